@@ -1,0 +1,42 @@
+"""Shared request dependencies: the app state and the optional API key."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+
+from fastapi import Header, HTTPException, Request, status
+
+from service.config import Settings
+from service.observability import Metrics
+from service.runtime import Ensemble
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    ensemble: Ensemble | None = None
+    ready: bool = False
+    not_ready_reason: str = "starting"
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.mri
+    return state
+
+
+def require_api_key(request: Request, x_api_key: str | None = Header(None, description="Needed when the server sets MRI_API_KEY.")) -> None:
+    expected = get_state(request).settings.api_key
+    if expected is None:
+        return
+    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected.get_secret_value().encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Missing or wrong X-API-Key header.")
+
+
+def ready_ensemble(request: Request) -> Ensemble:
+    state = get_state(request)
+    if not state.ready or state.ensemble is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"Models not ready: {state.not_ready_reason}.")
+    return state.ensemble

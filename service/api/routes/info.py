@@ -1,0 +1,58 @@
+"""Health, model information, metrics and the upload page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import DISCLAIMER
+from service.api.deps import get_state, ready_ensemble, require_api_key
+from service.runtime import Ensemble
+from service.schemas import ErrorResponse, Health
+
+router = APIRouter()
+PAGE = Path(__file__).resolve().parents[2] / "static" / "index.html"
+
+
+@router.get("/health/live", response_model=Health, tags=["health"], summary="The process is up")
+def live() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/health/ready",
+    response_model=Health,
+    tags=["health"],
+    summary="All models loaded and warmed up",
+    responses={503: {"model": Health, "description": "Not ready yet."}},
+)
+def ready(request: Request) -> Any:
+    state = get_state(request)
+    if not state.ready:
+        return JSONResponse({"status": "not ready", "detail": state.not_ready_reason, "disclaimer": DISCLAIMER}, 503)
+    return {"status": "ready"}
+
+
+@router.get(
+    "/v1/models",
+    tags=["models"],
+    summary="The ensemble: classes, input, models, metrics and where they were measured",
+    dependencies=[Depends(require_api_key)],
+    responses={503: {"model": ErrorResponse}},
+)
+def models(ensemble: Ensemble = Depends(ready_ensemble)) -> dict[str, Any]:
+    return {**ensemble.manifest.public(), "disclaimer": DISCLAIMER}
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(get_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False, response_class=HTMLResponse)
+def page() -> HTMLResponse:
+    return HTMLResponse(PAGE.read_text(encoding="utf-8"))

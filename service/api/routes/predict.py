@@ -1,0 +1,106 @@
+"""POST /v1/predict: one image in, the ensemble's vote and probabilities out."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import cv2
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from service import DISCLAIMER
+from service.api.deps import get_state, ready_ensemble, require_api_key
+from service.preprocessing import ImageDecodeError, preprocess_bytes
+from service.runtime import Ensemble
+from service.schemas import ErrorResponse, PredictResponse
+from service.upload import FIELD, UploadError, extract_image
+
+router = APIRouter(prefix="/v1", tags=["prediction"], dependencies=[Depends(require_api_key)])
+
+UPLOAD_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A JPEG or PNG brain-MRI slice: multipart field `file`, or the raw image as the body.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {FIELD: {"type": "string", "format": "binary", "description": "JPEG or PNG image"}},
+                }
+            },
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "API key required and missing or wrong."},
+    413: {"model": ErrorResponse, "description": "Body larger than MRI_MAX_UPLOAD_BYTES."},
+    415: {"model": ErrorResponse, "description": "Not a JPEG or PNG by its content, or an unsupported Content-Type."},
+    422: {"model": ErrorResponse, "description": "Missing field, empty, truncated, undecodable or too many pixels."},
+    503: {"model": ErrorResponse, "description": "Models not loaded yet."},
+}
+
+
+def predict_bytes(ensemble: Ensemble, data: bytes, max_pixels: int, include_input: bool) -> dict[str, Any]:
+    """Decode, crop and run the ensemble (blocking; call off the event loop)."""
+    start = time.perf_counter()
+    crop = preprocess_bytes(data, max_pixels)
+    pred = ensemble.predict(crop.image)
+    classes = ensemble.classes
+    n_models = len(ensemble.sessions)
+    result: dict[str, Any] = {
+        "label": classes[pred.label],
+        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, pred.mean, strict=True)},
+        "votes": {c: int(v) for c, v in zip(classes, pred.votes, strict=True)},
+        "agreement": round(float(pred.votes[pred.label]) / n_models, 4),
+        "models": [
+            {
+                "name": entry.name,
+                "label": classes[int(probs.argmax())],
+                "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)},
+            }
+            for entry, probs in zip(ensemble.manifest.models, pred.per_model, strict=True)
+        ],
+        "model_version": ensemble.manifest.model_version,
+        "crop_fallback": crop.fallback,
+        "input_png_base64": None,
+        "disclaimer": DISCLAIMER,
+    }
+    if include_input:
+        ok, png = cv2.imencode(".png", cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR))
+        if ok:
+            result["input_png_base64"] = base64.b64encode(png.tobytes()).decode()
+    result["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 2)
+    return result
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra=UPLOAD_DOC,
+    summary="Classify one brain-MRI slice",
+    description="Crops the brain, resizes to 150×150 RGB, runs the three models and returns their majority "
+    "vote, mean probabilities and each model's output. Research tool, not for clinical use.",
+)
+async def predict(
+    request: Request,
+    include_input: bool = Query(False, description="Also return the 150×150 crop the models saw (PNG, base64)."),
+    ensemble: Ensemble = Depends(ready_ensemble),
+) -> dict[str, Any]:
+    state = get_state(request)
+    body = await request.body()
+    try:
+        data = extract_image(request.headers.get("content-type"), body)
+        result = await run_in_threadpool(
+            predict_bytes, ensemble, data, state.settings.max_image_pixels, include_input
+        )
+    except (UploadError, ImageDecodeError) as e:
+        raise HTTPException(e.status, str(e)) from e
+    state.metrics.predictions.labels(result["label"]).inc()
+    state.metrics.inference.observe(result["elapsed_ms"] / 1000)
+    return result

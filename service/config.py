@@ -1,0 +1,24 @@
+"""Settings from environment variables (prefix MRI_), e.g. MRI_MODELS_DIR=/models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MRI_", env_file=None)
+
+    models_dir: Path = Field(REPO_MODELS, description="Folder with manifest.json and the ONNX files.")
+    host: str = Field("0.0.0.0", description="Bind address for `python -m service` (HOST also works).")
+    port: int = Field(8000, description="Port for `python -m service` (PORT also works).")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest request body accepted (413 above).")
+    max_image_pixels: int = Field(40_000_000, description="Largest width×height decoded (422 above).")
+    threads: int = Field(0, description="onnxruntime intra-op threads per model (0 = one per core).")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
+    api_key: SecretStr | None = Field(None, description="If set, /v1/* requires header X-API-Key.")
+    verify_sha256: bool = Field(True, description="Check every model file against the manifest at start-up.")

@@ -1,0 +1,85 @@
+"""The FastAPI application: `uvicorn service.main:app` or `python -m service`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from service import DISCLAIMER, __version__
+from service.api.deps import AppState
+from service.api.routes import info, predict
+from service.config import Settings
+from service.middleware import BodyLimitMiddleware
+from service.observability import Metrics, MetricsMiddleware
+from service.runtime import Ensemble
+
+log = logging.getLogger("service")
+
+DESCRIPTION = f"""
+Classifies a brain-MRI slice as glioma, meningioma, no tumour or pituitary tumour with a majority vote of
+three ONNX models (class names come from the bundled manifest). Upload a JPEG or PNG to `POST /v1/predict`.
+
+**{DISCLAIMER}** It has not been validated for diagnosis; see `GET /v1/models` for measured accuracy.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state: AppState = app.state.mri
+        try:
+            state.not_ready_reason = f"loading models from {settings.models_dir}"
+            ensemble = Ensemble.load(settings.models_dir, settings.threads, settings.verify_sha256)
+            state.not_ready_reason = "warming up"
+            ensemble.warmup()
+        except Exception as e:
+            log.error("cannot start: %s", e)
+            raise
+        state.ensemble = ensemble
+        state.ready = True
+        log.info(
+            "ready: %d models, version %s, classes %s",
+            len(ensemble.sessions), ensemble.manifest.model_version, ensemble.classes,
+        )
+        yield
+        state.ready = False
+        state.not_ready_reason = "shutting down"
+
+    app = FastAPI(
+        title="Brain-MRI tumour classifier",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.mri = AppState(settings=settings, metrics=metrics)
+    app.include_router(predict.router)
+    app.include_router(info.router)
+
+    @app.exception_handler(Exception)
+    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"detail": "Internal server error."}, status_code=500)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn service.main:app` builds the app on first access, so importing this module has no side effects.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

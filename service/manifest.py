@@ -1,0 +1,109 @@
+"""The ensemble manifest (models/manifest.json): the one place class names and model facts live."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class ClassMetrics(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Metrics(BaseModel):
+    split: str = Field(description="Which images the numbers were measured on.")
+    n: int
+    accuracy: float
+    macro_f1: float
+    loss: float | None = None
+    per_class: dict[str, ClassMetrics]
+    confusion_matrix: list[list[int]] = Field(description="Rows: true class, columns: predicted class.")
+
+
+class TensorSpec(BaseModel):
+    name: str
+    shape: list[int | None]
+    dtype: str
+
+
+class ModelEntry(BaseModel):
+    name: str
+    file: str
+    sha256: str
+    family: str
+    weights_origin: str
+    params: int
+    config: dict[str, Any] = Field(default_factory=dict)
+    parity_max_abs_diff: float
+    metrics: dict[str, Metrics] = Field(default_factory=dict)
+
+
+class EnsembleInfo(BaseModel):
+    vote: dict[str, str]
+    metrics: dict[str, Metrics] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    schema_version: int = SCHEMA_VERSION
+    model_version: str
+    created: str
+    trainer_version: str
+    data_hash: str
+    notes: str = ""
+    classes: list[str] = Field(min_length=2)
+    input: TensorSpec
+    output: TensorSpec
+    preprocessing: dict[str, Any]
+    models: list[ModelEntry] = Field(min_length=1)
+    ensemble: EnsembleInfo
+
+    def public(self) -> dict[str, Any]:
+        """What GET /v1/models shows: everything but file paths."""
+        data = self.model_dump()
+        for m in data["models"]:
+            m.pop("file", None)
+        return data
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(models_dir: Path) -> Manifest:
+    path = models_dir / MANIFEST_NAME
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ManifestError(f"{path}: manifest not found") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path}: unreadable manifest ({e})") from e
+    try:
+        return Manifest.model_validate(raw)
+    except ValueError as e:
+        raise ManifestError(f"{path}: invalid manifest ({e})") from e
+
+
+def write_manifest(manifest: Manifest, models_dir: Path) -> Path:
+    path = models_dir / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+    return path
+
+
+class ManifestError(RuntimeError):
+    """The manifest or a model file it names is missing, corrupt or inconsistent."""

@@ -1,0 +1,219 @@
+"""The one implementation of decode → crop → resize → colour order, shared by trainer and service.
+
+numpy + OpenCV only: the service image imports this module and must never pull in TensorFlow.
+
+Contract of the models' input (also written into the manifest):
+  RGB channel order, float32 pixel values 0–255, NHWC, 150×150×3. Normalisation is inside the models.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+# A backstop for OpenCV's own decoder; we check declared dimensions before decoding as well.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(100_000_000))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+IMAGE_SIZE = 150
+CHANNEL_ORDER = "RGB"
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# Cropping parameters (the student project's recipe, made explicit).
+BLUR_KERNEL = 5
+THRESHOLD = 45
+MORPH_ITERATIONS = 2
+MIN_CONTOUR_AREA_FRACTION = 0.01  # a "brain" smaller than 1% of the image is noise → fall back
+MIN_CROP_SIDE = 8
+
+PREPROCESSING_PARAMS = {
+    "image_size": IMAGE_SIZE,
+    "channel_order": CHANNEL_ORDER,
+    "dtype": "float32",
+    "value_range": [0.0, 255.0],
+    "layout": "NHWC",
+    "crop": {
+        "method": "largest_external_contour_extreme_points",
+        "blur_kernel": BLUR_KERNEL,
+        "threshold": THRESHOLD,
+        "morph_iterations": MORPH_ITERATIONS,
+        "min_contour_area_fraction": MIN_CONTOUR_AREA_FRACTION,
+    },
+    "resize_interpolation": "INTER_AREA",
+}
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image we can use. ``status`` is the HTTP status the service answers."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class CropResult:
+    image: np.ndarray  # uint8 RGB, IMAGE_SIZE × IMAGE_SIZE × 3
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in the decoded image
+    fallback: bool  # True when no sane contour was found and the whole image was used
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format by its magic bytes, whatever the filename or Content-Type claims."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise ImageDecodeError("The PNG file is damaged: its IHDR header is missing.")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i = 2
+    n = len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _SOF_MARKERS:
+            if i + 9 > n:
+                break
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        i += 2 + length
+    raise ImageDecodeError("The JPEG file is truncated or damaged: no frame header was found.")
+
+
+def declared_size(data: bytes, fmt: str) -> tuple[int, int]:
+    """Width and height the header declares, read without decoding the pixels."""
+    return _png_size(data) if fmt == "png" else _jpeg_size(data)
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        # 16-bit scans rarely use the full range (12-bit detectors): stretch what is there.
+        lo, hi = int(img.min()), int(img.max())
+        if hi <= lo:
+            return np.zeros(img.shape, np.uint8)
+        scaled = (img.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if np.issubdtype(img.dtype, np.floating):
+        return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    raise ImageDecodeError(f"Unsupported pixel type {img.dtype}.")
+
+
+def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
+    """Any OpenCV-decoded image (grey, grey+alpha, BGR, BGRA; 8 or 16 bit) → uint8 RGB."""
+    img = _to_uint8(img)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    channels = img.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 2:  # grey + alpha: composite over black, the MRI background
+        grey = (img[:, :, 0].astype(np.uint16) * img[:, :, 1] // 255).astype(np.uint8)
+        return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        alpha = img[:, :, 3:4].astype(np.uint16)
+        bgr = (img[:, :, :3].astype(np.uint16) * alpha // 255).astype(np.uint8)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    raise ImageDecodeError(f"Unsupported number of channels: {channels}.")
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes of a JPEG or PNG → uint8 RGB array. Raises ImageDecodeError (415 or 422)."""
+    if not data:
+        raise ImageDecodeError("The upload is empty (0 bytes).")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageDecodeError(
+            "Unsupported media type: by its content this is not a JPEG or PNG image.", status=415
+        )
+    width, height = declared_size(data, fmt)
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"The image declares impossible dimensions {width}×{height}.")
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"The image declares {width}×{height} = {width * height:,} pixels, more than the limit of "
+            f"{max_pixels:,}; refusing to decode it."
+        )
+    buf = np.frombuffer(data, dtype=np.uint8)
+    # IMREAD_UNCHANGED keeps 16-bit depth and alpha so we convert them ourselves;
+    # libjpeg turns CMYK/YCCK JPEGs into BGR for us.
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageDecodeError(f"The {fmt.upper()} data could not be decoded (truncated or corrupt).")
+    return to_rgb_uint8(img)
+
+
+def find_brain_box(rgb: np.ndarray) -> tuple[tuple[int, int, int, int], bool]:
+    """Box (x0, y0, x1, y1) around the largest external contour; (whole image, True) on fallback."""
+    h, w = rgb.shape[:2]
+    whole = (0, 0, w, h)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    gray = cv2.GaussianBlur(gray, (BLUR_KERNEL, BLUR_KERNEL), 0)
+    mask = cv2.threshold(gray, THRESHOLD, 255, cv2.THRESH_BINARY)[1]
+    mask = cv2.erode(mask, None, iterations=MORPH_ITERATIONS)
+    mask = cv2.dilate(mask, None, iterations=MORPH_ITERATIONS)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return whole, True
+    largest = max(contours, key=cv2.contourArea)
+    if cv2.contourArea(largest) < MIN_CONTOUR_AREA_FRACTION * h * w:
+        return whole, True
+    pts = largest.reshape(-1, 2)
+    x0, y0 = int(pts[:, 0].min()), int(pts[:, 1].min())
+    x1, y1 = int(pts[:, 0].max()) + 1, int(pts[:, 1].max()) + 1
+    if x1 - x0 < MIN_CROP_SIDE or y1 - y0 < MIN_CROP_SIDE:
+        return whole, True
+    return (x0, y0, x1, y1), False
+
+
+def crop_and_resize(rgb: np.ndarray, size: int = IMAGE_SIZE) -> CropResult:
+    """Crop to the brain and resize to size×size. Input and output are uint8 RGB."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB H×W×3, got {rgb.dtype} {rgb.shape}")
+    box, fallback = find_brain_box(rgb)
+    x0, y0, x1, y1 = box
+    crop = rgb[y0:y1, x0:x1]
+    h, w = crop.shape[:2]
+    interp = cv2.INTER_AREA if (h >= size and w >= size) else cv2.INTER_LINEAR
+    resized = cv2.resize(crop, (size, size), interpolation=interp)
+    return CropResult(np.ascontiguousarray(resized), box, fallback)
+
+
+def preprocess_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> CropResult:
+    """Uploaded or on-disk file bytes → the 150×150 uint8 RGB crop the models see."""
+    return crop_and_resize(decode_image(data, max_pixels))
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 (N,)H×W×3 RGB → float32 NHWC batch with values 0–255, as the models expect."""
+    batch = images if images.ndim == 4 else images[None]
+    return batch.astype(np.float32)

@@ -1,0 +1,106 @@
+"""The ONNX ensemble: load and verify the files the manifest names, run the models, vote.
+
+Used by the service and by the trainer's export/evaluation, so both measure the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.ensemble import majority_vote
+from service.manifest import Manifest, ManifestError, load_manifest, sha256_file
+from service.preprocessing import to_model_input
+
+
+class ModelLoadError(ManifestError):
+    """A model file is missing, corrupt, or does not match the manifest."""
+
+
+@dataclass
+class Prediction:
+    label: int
+    mean: np.ndarray  # (classes,)
+    votes: np.ndarray  # (classes,)
+    per_model: np.ndarray  # (models, classes)
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+class Ensemble:
+    def __init__(self, manifest: Manifest, sessions: list[ort.InferenceSession]) -> None:
+        self.manifest = manifest
+        self.sessions = sessions
+        self.classes = manifest.classes
+        self.input_name = manifest.input.name
+
+    @classmethod
+    def load(cls, models_dir: Path, threads: int = 0, verify_sha256: bool = True) -> Ensemble:
+        """Load every model named in models_dir/manifest.json, checking hash, input and output shapes.
+
+        Raises ModelLoadError / ManifestError naming the file and the reason.
+        """
+        manifest = load_manifest(models_dir)
+        expected_in = manifest.input.shape[1:]
+        sessions = []
+        for entry in manifest.models:
+            path = models_dir / entry.file
+            if not path.is_file():
+                raise ModelLoadError(f"{path}: model file missing (named by the manifest as {entry.name!r})")
+            if verify_sha256:
+                actual = sha256_file(path)
+                if actual != entry.sha256:
+                    raise ModelLoadError(
+                        f"{path}: sha256 mismatch (manifest {entry.sha256[:12]}…, file {actual[:12]}…); "
+                        "the file is corrupt or was replaced"
+                    )
+            try:
+                sess = ort.InferenceSession(
+                    str(path), _session_options(threads), providers=["CPUExecutionProvider"]
+                )
+            except Exception as e:  # onnxruntime raises several private exception types
+                raise ModelLoadError(f"{path}: not a loadable ONNX model ({e})") from e
+            inputs, outputs = sess.get_inputs(), sess.get_outputs()
+            if len(inputs) != 1 or inputs[0].name != manifest.input.name:
+                raise ModelLoadError(
+                    f"{path}: expected one input named {manifest.input.name!r}, "
+                    f"found {[i.name for i in inputs]}"
+                )
+            if list(inputs[0].shape[1:]) != expected_in:
+                raise ModelLoadError(
+                    f"{path}: input shape {inputs[0].shape} does not match the manifest's {manifest.input.shape}"
+                )
+            if outputs[0].shape[-1] != len(manifest.classes):
+                raise ModelLoadError(
+                    f"{path}: output has {outputs[0].shape[-1]} classes, the manifest names {len(manifest.classes)}"
+                )
+            sessions.append(sess)
+        return cls(manifest, sessions)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 NHWC batch → probabilities (models, N, classes)."""
+        return np.stack([s.run(None, {self.input_name: batch})[0] for s in self.sessions])
+
+    def predict_images(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 RGB (N, H, W, 3) → probabilities (models, N, classes), in batches."""
+        parts = [self.run(to_model_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        return np.concatenate(parts, axis=1)
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        probs = self.run(to_model_input(image))  # (models, 1, classes)
+        labels, votes, mean = majority_vote(probs)
+        return Prediction(int(labels[0]), mean[0], votes[0], probs[:, 0, :])
+
+    def warmup(self) -> None:
+        size = self.manifest.input.shape[1:]
+        self.predict(np.zeros([int(d or 1) for d in size], np.uint8))

@@ -1,0 +1,47 @@
+"""Response models: what the OpenAPI schema documents, with examples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service import DISCLAIMER
+
+EXAMPLE_PROBS = {"glioma": 0.71, "meningioma": 0.2, "no_tumor": 0.04, "pituitary": 0.05}
+
+
+class ModelPrediction(BaseModel):
+    name: str = Field(description="Model name from the manifest.", examples=["cnn-c3-f64-d1"])
+    label: str = Field(description="This model's arg-max class.", examples=["glioma"])
+    probabilities: dict[str, float] = Field(description="This model's softmax output by class.", examples=[EXAMPLE_PROBS])
+
+
+class PredictResponse(BaseModel):
+    label: str = Field(description="Majority vote of the models (tie: highest mean probability).", examples=["glioma"])
+    probabilities: dict[str, float] = Field(
+        description="Mean of the models' probabilities, by class; sums to 1.", examples=[EXAMPLE_PROBS]
+    )
+    votes: dict[str, int] = Field(
+        description="How many models voted for each class.",
+        examples=[{"glioma": 2, "meningioma": 1, "no_tumor": 0, "pituitary": 0}],
+    )
+    agreement: float = Field(description="Share of models that voted for `label`.", examples=[0.667])
+    models: list[ModelPrediction] = Field(description="Each model's own prediction.")
+    model_version: str = Field(description="Version of the ensemble (manifest).", examples=["20261126-231432-d441bf39"])
+    elapsed_ms: float = Field(description="Server time for decode, crop and inference.", examples=[41.3])
+    crop_fallback: bool = Field(description="True when no brain contour was found and the whole image was used.")
+    input_png_base64: str | None = Field(
+        None, description="The 150×150 crop the models saw (PNG, base64), when `include_input=true`."
+    )
+    disclaimer: str = Field(DISCLAIMER, examples=[DISCLAIMER])
+
+
+class ErrorResponse(BaseModel):
+    detail: Any = Field(description="What was wrong with the request.", examples=["The upload is empty (0 bytes)."])
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+    detail: str | None = None
+    disclaimer: str = DISCLAIMER

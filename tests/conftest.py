@@ -1,0 +1,116 @@
+"""Shared fixtures: real MRI sample images and tiny ONNX ensembles built without TensorFlow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from service.ensemble import VOTE_RULE
+from service.manifest import Manifest, sha256_file, write_manifest
+from service.preprocessing import IMAGE_SIZE, PREPROCESSING_PARAMS
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+MRI_FIXTURES = FIXTURES / "mri"
+DATASET = (ROOT / ".." / "shared" / "data" / "brain-tumor-mri").resolve()
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+
+
+def fixture_images() -> list[Path]:
+    return sorted(MRI_FIXTURES.glob("*/*/*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def mri_jpeg() -> bytes:
+    return (MRI_FIXTURES / "Training" / "glioma_tumor" / "gg (1).jpg").read_bytes()
+
+
+def tiny_onnx(path: Path, weights: np.ndarray, bias: np.ndarray, size: int = IMAGE_SIZE) -> None:
+    """image (N,size,size,3) → mean over H,W → (N,3) @ W(3,C) + b → softmax. A real, tiny classifier."""
+    n_classes = weights.shape[1]
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "axes"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "W"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", n_classes])],
+        initializer=[
+            numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+            numpy_helper.from_array(weights.astype(np.float32), "W"),
+            numpy_helper.from_array(bias.astype(np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def make_tiny_ensemble(models_dir: Path, n_models: int = 3, classes: list[str] | None = None) -> Manifest:
+    classes = classes or CLASSES
+    models_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(n_models):
+        path = models_dir / f"tiny{i}.onnx"
+        tiny_onnx(path, rng.normal(0, 0.05, (3, len(classes))), rng.normal(0, 1, len(classes)))
+        entries.append(
+            {
+                "name": f"tiny{i}",
+                "file": path.name,
+                "sha256": sha256_file(path),
+                "family": "test",
+                "weights_origin": "random (test fixture)",
+                "params": 3 * len(classes) + len(classes),
+                "parity_max_abs_diff": 0.0,
+            }
+        )
+    manifest = Manifest.model_validate(
+        {
+            "model_version": "test-1",
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "trainer_version": "test",
+            "data_hash": "0" * 64,
+            "notes": "tiny test ensemble",
+            "classes": classes,
+            "input": {"name": "image", "shape": [None, IMAGE_SIZE, IMAGE_SIZE, 3], "dtype": "float32"},
+            "output": {"name": "probabilities", "shape": [None, len(classes)], "dtype": "float32"},
+            "preprocessing": PREPROCESSING_PARAMS,
+            "models": entries,
+            "ensemble": {"vote": {k: str(v) for k, v in VOTE_RULE.items()}, "metrics": {}},
+        }
+    )
+    write_manifest(manifest, models_dir)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("tiny_models")
+    make_tiny_ensemble(d)
+    return d
+
+
+@pytest.fixture
+def models_copy(tiny_models: Path, tmp_path: Path) -> Iterator[Path]:
+    """A private copy a test may damage."""
+    d = tmp_path / "models"
+    shutil.copytree(tiny_models, d)
+    yield d
+
+
+def read_manifest(models_dir: Path) -> dict:
+    return json.loads((models_dir / "manifest.json").read_text())

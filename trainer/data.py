@@ -1,0 +1,264 @@
+"""Data preparation: scan, crop/resize (shared preprocessing), cache, duplicate analysis, splits.
+
+No TensorFlow here: `python -m trainer prepare` stays fast and light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from service.preprocessing import IMAGE_SIZE, PREPROCESSING_PARAMS, preprocess_bytes
+from trainer.progress import progress
+
+# The dataset's folder names → the class names the models and the manifest use (in this order).
+CLASS_FOLDERS: dict[str, str] = {
+    "glioma_tumor": "glioma",
+    "meningioma_tumor": "meningioma",
+    "no_tumor": "no_tumor",
+    "pituitary_tumor": "pituitary",
+}
+CLASSES: list[str] = list(CLASS_FOLDERS.values())
+SPLITS = ("Training", "Testing")
+TRAIN, TEST = 0, 1
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+NEAR_DUPLICATE_MAX_HAMMING = 4  # pHash bits that may differ for two images to count as near-duplicates
+CACHE_FORMAT = 2
+
+
+@dataclass
+class Prepared:
+    """The prepared dataset: arrays aligned by index."""
+
+    x: np.ndarray  # uint8 (N, 150, 150, 3) RGB
+    y: np.ndarray  # int64 class index into CLASSES
+    split: np.ndarray  # int8: TRAIN or TEST (the official split)
+    paths: np.ndarray  # str, relative to the data root
+    sha256: np.ndarray  # str, of the file bytes
+    phash: np.ndarray  # uint64 perceptual hash of the original image
+    fallback: np.ndarray  # bool: crop fell back to the whole image
+    group: np.ndarray  # int64 duplicate-group id (exact ∪ near duplicates); singletons have their own
+    data_hash: str
+
+    def subset(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.x[mask], self.y[mask]
+
+
+def scan(root: Path, limit_per_class: int | None = None) -> list[tuple[str, int, int]]:
+    """(relative path, split, class index) for every image under root/{Training,Testing}/<class>/."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    found: list[tuple[str, int, int]] = []
+    for split_index, split_name in enumerate(SPLITS):
+        for class_index, folder in enumerate(CLASS_FOLDERS):
+            class_dir = root / split_name / folder
+            if not class_dir.is_dir():
+                raise FileNotFoundError(f"expected class folder {class_dir}")
+            files = sorted(
+                p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if limit_per_class is not None:
+                files = files[:limit_per_class]
+            found += [(str(p.relative_to(root)), split_index, class_index) for p in files]
+    if not found:
+        raise ValueError(f"no images found under {root}")
+    return found
+
+
+def phash(data: bytes) -> int:
+    """64-bit DCT perceptual hash of the (uncropped) image, robust to re-encoding and resizing."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        return 0
+    small = cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    low = cv2.dct(small)[:8, :8].flatten()
+    bits = low > np.median(low[1:])
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return int(root)
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def duplicate_groups(
+    sha: np.ndarray, hashes: np.ndarray, max_hamming: int = NEAR_DUPLICATE_MAX_HAMMING
+) -> tuple[np.ndarray, np.ndarray]:
+    """Group ids for exact duplicates (same sha256) and for exact ∪ near duplicates (pHash distance).
+
+    Returns (exact_group, group): each an int array, equal ids meaning "same group".
+    """
+    n = len(sha)
+    exact = _UnionFind(n)
+    first: dict[str, int] = {}
+    for i, s in enumerate(sha):
+        if s in first:
+            exact.union(first[s], i)
+        else:
+            first[s] = i
+    exact_group = np.array([exact.find(i) for i in range(n)])
+    near = _UnionFind(n)
+    for i in range(n):
+        near.union(i, int(exact_group[i]))
+    h = hashes.astype(np.uint64)
+    for i in range(n - 1):
+        dist = np.bitwise_count(h[i + 1 :] ^ h[i])
+        for j in np.nonzero(dist <= max_hamming)[0]:
+            near.union(i, i + 1 + int(j))
+    group = np.array([near.find(i) for i in range(n)])
+    return exact_group, group
+
+
+def _cache_key(root: Path, files: list[tuple[str, int, int]], digests: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": CACHE_FORMAT, "preprocessing": PREPROCESSING_PARAMS}).encode())
+    for (rel, split, label), digest in zip(files, digests, strict=True):
+        h.update(f"{rel}\0{split}\0{label}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def prepare(root: Path, cache_dir: Path, limit_per_class: int | None = None) -> Prepared:
+    """Crop/resize every image once; reuse the .npz cache when the inputs' content hash matches."""
+    files = scan(root, limit_per_class)
+    blobs_digest = []
+    for rel, _, _ in progress(files, len(files), "hashing"):
+        blobs_digest.append(hashlib.sha256((root / rel).read_bytes()).hexdigest())
+    key = _cache_key(root, files, blobs_digest)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir / f"prepared-{key[:16]}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            return Prepared(**{k: z[k] for k in z.files if k != "data_hash"}, data_hash=key)
+    n = len(files)
+    x = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    hashes = np.zeros(n, np.uint64)
+    fallback = np.zeros(n, bool)
+    for i, (rel, _, _) in enumerate(progress(files, n, "cropping")):
+        data = (root / rel).read_bytes()
+        result = preprocess_bytes(data)
+        x[i] = result.image
+        fallback[i] = result.fallback
+        hashes[i] = phash(data)
+    sha = np.array(blobs_digest)
+    _, group = duplicate_groups(sha, hashes)
+    prepared = Prepared(
+        x=x,
+        y=np.array([f[2] for f in files], np.int64),
+        split=np.array([f[1] for f in files], np.int8),
+        paths=np.array([f[0] for f in files]),
+        sha256=sha,
+        phash=hashes,
+        fallback=fallback,
+        group=group,
+        data_hash=key,
+    )
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **{k: v for k, v in prepared.__dict__.items() if k != "data_hash"})
+    tmp.replace(cache)
+    return prepared
+
+
+def report(p: Prepared) -> dict:
+    """Per-class counts, crop fallbacks and duplicate facts, as a JSON-able dict."""
+    exact_group, _ = duplicate_groups(p.sha256, p.phash)
+
+    def group_stats(groups: np.ndarray) -> dict:
+        ids, counts = np.unique(groups, return_counts=True)
+        multi = ids[counts > 1]
+        crossing = sum(1 for g in multi if len(np.unique(p.split[groups == g])) > 1)
+        conflicting = sum(1 for g in multi if len(np.unique(p.y[groups == g])) > 1)
+        return {
+            "groups": int(len(multi)),
+            "images": int(counts[counts > 1].sum()),
+            "groups_crossing_training_testing": int(crossing),
+            "groups_with_conflicting_labels": int(conflicting),
+        }
+
+    per_class = {}
+    for c, name in enumerate(CLASSES):
+        row = {}
+        for s, split_name in enumerate(SPLITS):
+            m = (p.y == c) & (p.split == s)
+            row[split_name] = {"images": int(m.sum()), "crop_fallbacks": int(p.fallback[m].sum())}
+        in_class = p.y == c
+        ids, counts = np.unique(exact_group[in_class], return_counts=True)
+        row["exact_duplicate_images"] = int(counts[counts > 1].sum())
+        ids, counts = np.unique(p.group[in_class], return_counts=True)
+        row["near_duplicate_images"] = int(counts[counts > 1].sum())
+        per_class[name] = row
+    return {
+        "data_hash": p.data_hash,
+        "images": int(len(p.y)),
+        "per_class": per_class,
+        "crop_fallbacks": int(p.fallback.sum()),
+        "exact_duplicates": group_stats(exact_group),
+        "near_duplicates": {**group_stats(p.group), "max_phash_hamming": NEAR_DUPLICATE_MAX_HAMMING},
+    }
+
+
+def format_report(r: dict) -> str:
+    lines = [
+        f"{'class':<12}{'train':>7}{'test':>7}{'fallb.':>8}{'exact dup':>11}{'near dup':>10}",
+    ]
+    for name, row in r["per_class"].items():
+        fb = row["Training"]["crop_fallbacks"] + row["Testing"]["crop_fallbacks"]
+        lines.append(
+            f"{name:<12}{row['Training']['images']:>7}{row['Testing']['images']:>7}{fb:>8}"
+            f"{row['exact_duplicate_images']:>11}{row['near_duplicate_images']:>10}"
+        )
+    e, nd = r["exact_duplicates"], r["near_duplicates"]
+    lines.append(
+        f"exact duplicates: {e['groups']} groups ({e['images']} images), "
+        f"{e['groups_crossing_training_testing']} cross Training/Testing"
+    )
+    lines.append(
+        f"near duplicates (pHash ≤ {nd['max_phash_hamming']} bits, incl. exact): {nd['groups']} groups "
+        f"({nd['images']} images), {nd['groups_crossing_training_testing']} cross Training/Testing, "
+        f"{nd['groups_with_conflicting_labels']} with conflicting labels"
+    )
+    lines.append(f"crop fallbacks (whole image used): {r['crop_fallbacks']} of {r['images']}")
+    return "\n".join(lines)
+
+
+def split_train_val(
+    y: np.ndarray, group: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, duplicate-aware split of indices: a duplicate group never straddles the two sides.
+
+    Groups are shuffled with the seed and given to validation while their (majority) class is short
+    of its quota, so each class gets close to val_fraction of its images.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    ids = np.unique(group)
+    rng.shuffle(ids)
+    n_classes = int(y.max()) + 1
+    quota = np.bincount(y, minlength=n_classes) * val_fraction
+    taken = np.zeros(n_classes)
+    val = np.zeros(len(y), bool)
+    for g in ids:
+        members = group == g
+        label = np.bincount(y[members], minlength=n_classes).argmax()
+        if taken[label] + members.sum() <= quota[label] + 0.5:
+            val[members] = True
+            taken[label] += members.sum()
+    return np.nonzero(~val)[0], np.nonzero(val)[0]

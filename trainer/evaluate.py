@@ -1,0 +1,126 @@
+"""Evaluate every trained run on validation and on the untouched official Testing split; write the
+leaderboard (CSV, Markdown, JSON) and PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import trainer.models  # noqa: E402,F401  (registers the custom layers for loading)
+from trainer.data import CLASSES, TEST, Prepared  # noqa: E402
+from trainer.metrics import compute_metrics  # noqa: E402
+from trainer.plots import plot_confusion, plot_curves, plot_leaderboard  # noqa: E402
+from trainer.train import train_val_indices  # noqa: E402
+
+VAL_SPLIT = "validation (carved from Training, duplicate-aware)"
+TEST_SPLIT = "official Testing split (394 images when complete)"
+
+
+def finished_runs(runs_dir: Path) -> list[Path]:
+    return sorted(d for d in runs_dir.iterdir() if (d / "result.json").exists() and (d / "model.keras").exists())
+
+
+def predict(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
+
+
+def evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]:
+    result = json.loads((run_dir / "result.json").read_text())
+    cfg = result["config"]
+    _, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
+    te = np.nonzero(p.split == TEST)[0]
+    model = keras.models.load_model(run_dir / "model.keras")
+    val = compute_metrics(p.y[va], predict(model, p.x[va]), CLASSES, VAL_SPLIT)
+    test = compute_metrics(p.y[te], predict(model, p.x[te]), CLASSES, TEST_SPLIT.split(" (")[0])
+    out = report_dir / cfg["name"]
+    out.mkdir(parents=True, exist_ok=True)
+    history = json.loads((run_dir / "history.json").read_text())
+    plot_curves(history, cfg["name"], out / "curves.png")
+    plot_confusion(val["confusion_matrix"], CLASSES, f"{cfg['name']} — validation", out / "confusion_val.png")
+    plot_confusion(test["confusion_matrix"], CLASSES, f"{cfg['name']} — official Testing", out / "confusion_test.png")
+    metrics = {"validation": val, "official_test": test}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return {
+        "name": cfg["name"],
+        "family": cfg["family"],
+        "params": result["params"],
+        "epochs_run": result["epochs_run"],
+        "train_seconds": result["train_seconds"],
+        "augment": cfg["augment"],
+        "weights_origin": result["weights_origin"],
+        "val_accuracy": val["accuracy"],
+        "val_macro_f1": val["macro_f1"],
+        "val_loss": val["loss"],
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "test_loss": test["loss"],
+        "test_glioma_recall": test["per_class"][CLASSES[0]]["recall"],
+        "run_dir": str(run_dir),
+        "metrics": metrics,
+        "config": cfg,
+    }
+
+
+LEADERBOARD_COLUMNS = [
+    "rank",
+    "name",
+    "family",
+    "params",
+    "epochs_run",
+    "train_seconds",
+    "augment",
+    "val_accuracy",
+    "val_macro_f1",
+    "val_loss",
+    "test_accuracy",
+    "test_macro_f1",
+    "test_loss",
+    "test_glioma_recall",
+    "weights_origin",
+]
+
+
+def write_leaderboard(rows: list[dict[str, Any]], report_dir: Path) -> None:
+    rows.sort(key=lambda r: (-r["val_macro_f1"], r["val_loss"] or 0.0, r["name"]))
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i
+    (report_dir / "leaderboard.json").write_text(json.dumps(rows, indent=1))
+    with (report_dir / "leaderboard.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, LEADERBOARD_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    md = [
+        "| " + " | ".join(LEADERBOARD_COLUMNS) + " |",
+        "|" + "---|" * len(LEADERBOARD_COLUMNS),
+    ]
+    md += ["| " + " | ".join(str(r[c]) for c in LEADERBOARD_COLUMNS) + " |" for r in rows]
+    (report_dir / "leaderboard.md").write_text(
+        "Models ranked by validation macro-F1 (selection metric). The official Testing split was used "
+        "for nothing but these columns.\n\n" + "\n".join(md) + "\n"
+    )
+    plot_leaderboard(rows, report_dir / "leaderboard.png")
+
+
+def evaluate_all(runs_dir: Path, p: Prepared, report_dir: Path) -> list[dict[str, Any]]:
+    runs = finished_runs(runs_dir) if runs_dir.is_dir() else []
+    if not runs:
+        raise FileNotFoundError(f"no trained runs under {runs_dir}; run `python -m trainer train` first")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, run in enumerate(runs, 1):
+        row = evaluate_run(run, p, report_dir)
+        print(
+            f"[{i}/{len(runs)}] {row['name']:<32} val F1 {row['val_macro_f1']:.3f}  "
+            f"test acc {row['test_accuracy']:.3f} F1 {row['test_macro_f1']:.3f}"
+        )
+        rows.append(row)
+    write_leaderboard(rows, report_dir)
+    return rows

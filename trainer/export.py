@@ -1,0 +1,166 @@
+"""Export the top-k models (by validation macro-F1) to ONNX, check parity with Keras, evaluate the
+majority vote with onnxruntime, and write models/ with manifest.json."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf2onnx  # noqa: E402
+
+import trainer  # noqa: E402
+from service.ensemble import VOTE_RULE, majority_vote  # noqa: E402
+from service.manifest import EnsembleInfo, Manifest, sha256_file, write_manifest  # noqa: E402
+from service.preprocessing import PREPROCESSING_PARAMS, to_model_input  # noqa: E402
+from service.runtime import Ensemble  # noqa: E402
+from trainer.data import CLASSES, TEST, Prepared  # noqa: E402
+from trainer.evaluate import TEST_SPLIT, VAL_SPLIT  # noqa: E402
+from trainer.metrics import compute_metrics  # noqa: E402
+from trainer.models import INPUT_NAME, OUTPUT_NAME  # noqa: E402
+from trainer.train import train_val_indices  # noqa: E402
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def to_onnx(model: keras.Model, path: Path, opset: int = OPSET) -> None:
+    """Keras model → ONNX with a dynamic batch dimension, input 'image', output 'probabilities'."""
+    shape = (None, *model.inputs[0].shape[1:])
+    spec = (tf.TensorSpec(shape, tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    outputs = [o.name for o in proto.graph.output]
+    if outputs != [OUTPUT_NAME]:
+        raise ValueError(f"{path.name}: expected the single output {OUTPUT_NAME!r}, got {outputs}")
+    path.write_bytes(proto.SerializeToString())
+
+
+def parity(model: keras.Model, onnx_path: Path, images: np.ndarray) -> float:
+    """Max abs difference between Keras and onnxruntime probabilities on real images."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = to_model_input(images)
+    keras_out = np.asarray(model.predict(x, verbose=0))
+    onnx_out = sess.run(None, {INPUT_NAME: x})[0]
+    return float(np.abs(keras_out - onnx_out).max())
+
+
+def export_top(
+    leaderboard: list[dict[str, Any]],
+    p: Prepared,
+    models_dir: Path,
+    top: int = 3,
+    notes: str = "",
+    parity_images: int = 32,
+) -> Manifest:
+    if len(leaderboard) < top:
+        raise ValueError(f"the leaderboard has {len(leaderboard)} models, fewer than --top {top}")
+    chosen = sorted(leaderboard, key=lambda r: (-r["val_macro_f1"], r["val_loss"] or 0.0, r["name"]))[:top]
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for stale in models_dir.glob("*.onnx"):
+        stale.unlink()
+    cfg0 = chosen[0]["config"]
+    _, va = train_val_indices(p, float(cfg0["val_fraction"]), int(cfg0["seed"]))
+    te = np.nonzero(p.split == TEST)[0]
+    entries = []
+    for row in chosen:
+        cfg = row["config"]
+        if (cfg["val_fraction"], cfg["seed"]) != (cfg0["val_fraction"], cfg0["seed"]):
+            raise ValueError("the chosen models were validated on different splits; use one seed/val_fraction")
+        model = keras.models.load_model(Path(row["run_dir"]) / "model.keras")
+        path = models_dir / f"{row['name']}.onnx"
+        to_onnx(model, path)
+        diff = parity(model, path, p.x[va[:parity_images]])
+        print(f"[export] {path.name}: parity max |keras - onnx| = {diff:.2e} on {min(parity_images, len(va))} images")
+        if not diff <= PARITY_TOLERANCE:
+            raise ParityError(f"{path.name}: ONNX differs from Keras by {diff:.2e} > {PARITY_TOLERANCE:.0e}")
+        entries.append(
+            {
+                "name": row["name"],
+                "file": path.name,
+                "sha256": sha256_file(path),
+                "family": cfg["family"],
+                "weights_origin": row["weights_origin"],
+                "params": row["params"],
+                "config": cfg,
+                "parity_max_abs_diff": diff,
+                "metrics": row["metrics"],
+            }
+        )
+    now = dt.datetime.now(dt.UTC)
+    draft = Manifest.model_validate(
+        {
+            "model_version": f"{now:%Y%m%d-%H%M%S}-{p.data_hash[:8]}",
+            "created": now.isoformat(timespec="seconds"),
+            "trainer_version": trainer.__version__,
+            "data_hash": p.data_hash,
+            "notes": notes,
+            "classes": CLASSES,
+            "input": {"name": INPUT_NAME, "shape": [None, *p.x.shape[1:]], "dtype": "float32"},
+            "output": {"name": OUTPUT_NAME, "shape": [None, len(CLASSES)], "dtype": "float32"},
+            "preprocessing": PREPROCESSING_PARAMS,
+            "models": entries,
+            "ensemble": {"vote": {k: str(v) for k, v in VOTE_RULE.items()}, "metrics": {}},
+        }
+    )
+    write_manifest(draft, models_dir)
+    ensemble = Ensemble.load(models_dir)
+    metrics = {}
+    for key, idx, split in (("validation", va, VAL_SPLIT), ("official_test", te, TEST_SPLIT.split(" (")[0])):
+        probs = ensemble.predict_images(p.x[idx])
+        labels, _, mean = majority_vote(probs)
+        metrics[key] = compute_metrics(p.y[idx], mean, CLASSES, split, y_pred=labels)
+    draft.ensemble = EnsembleInfo.model_validate({"vote": draft.ensemble.vote, "metrics": metrics})
+    write_manifest(draft, models_dir)
+    t = metrics["official_test"]
+    print(
+        f"[export] ensemble of {top}: validation acc {metrics['validation']['accuracy']:.3f}, "
+        f"official Testing acc {t['accuracy']:.3f} macro-F1 {t['macro_f1']:.3f} (n={t['n']})"
+    )
+    (models_dir / "README.md").write_text(_models_readme(draft))
+    return draft
+
+
+def _models_readme(m: Manifest) -> str:
+    lines = [
+        "# Bundled ensemble",
+        "",
+        "Written by `python -m trainer export`; do not edit by hand (the service checks every sha256).",
+        "Research tool, not for clinical use.",
+        "",
+        f"- model_version: `{m.model_version}`, data hash `{m.data_hash[:16]}`",
+        f"- notes: {m.notes or '-'}",
+        "",
+        "| model | weights origin | val macro-F1 | official Testing acc | parity |",
+        "|---|---|---|---|---|",
+    ]
+    for e in m.models:
+        val, test = e.metrics.get("validation"), e.metrics.get("official_test")
+        lines.append(
+            f"| {e.name} | {e.weights_origin} | {val.macro_f1 if val else '-'} | "
+            f"{test.accuracy if test else '-'} | {e.parity_max_abs_diff:.1e} |"
+        )
+    t = m.ensemble.metrics.get("official_test")
+    if t:
+        lines += ["", f"Ensemble (majority vote) on the official Testing split (n={t.n}): accuracy "
+                  f"{t.accuracy}, macro-F1 {t.macro_f1}."]
+    return "\n".join(lines) + "\n"
+
+
+def load_leaderboard(report_dir: Path) -> list[dict[str, Any]]:
+    path = report_dir / "leaderboard.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `python -m trainer evaluate` first")
+    return list(json.loads(path.read_text()))

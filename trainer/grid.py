@@ -1,0 +1,68 @@
+"""Grid files (TOML): each [[ann]] / [[cnn]] / [[transfer]] table expands as the Cartesian product of
+its list-valued keys; [defaults] holds the training recipe shared by every entry."""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from pathlib import Path
+from typing import Any
+
+FAMILIES = ("ann", "cnn", "transfer")
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "epochs": 20,
+    "batch_size": 32,
+    "learning_rate": 1e-3,
+    "patience": 4,
+    "augment": True,
+    "seed": 42,
+    "val_fraction": 0.15,
+    "fine_tune_epochs": 0,
+    "fine_tune_learning_rate": 1e-5,
+}
+_NAME_KEYS = {
+    "ann": ("dense_layers", "d", "units", "u"),
+    "cnn": ("conv_layers", "c", "filters", "f", "dense_layers", "d"),
+    "transfer": ("backbone", "", "dense_layers", "d"),
+}
+
+
+def entry_name(cfg: dict[str, Any]) -> str:
+    keys = _NAME_KEYS[cfg["family"]]
+    parts = [cfg["family"]] + [f"{short}{cfg[key]}" for key, short in zip(keys[::2], keys[1::2], strict=True)]
+    if cfg["family"] == "transfer":
+        w = str(cfg.get("weights", "imagenet"))
+        parts.append("imagenet" if w == "imagenet" else "scratch" if w == "none" else Path(w).stem.split(".")[0])
+        if cfg.get("fine_tune_epochs", 0):
+            parts.append("ft")
+    if not cfg.get("augment", True):
+        parts.append("noaug")
+    return "-".join(parts)
+
+
+def expand(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    unknown = set(grid) - set(FAMILIES) - {"defaults"}
+    if unknown:
+        raise ValueError(f"unknown grid sections {sorted(unknown)}; allowed: defaults, {', '.join(FAMILIES)}")
+    defaults = {**RECIPE_DEFAULTS, **grid.get("defaults", {})}
+    entries: list[dict[str, Any]] = []
+    for family in FAMILIES:
+        for table in grid.get(family, []):
+            keys = list(table)
+            values = [v if isinstance(v, list) else [v] for v in table.values()]
+            for combo in itertools.product(*values):
+                cfg = {**defaults, "family": family, **dict(zip(keys, combo, strict=True))}
+                cfg["name"] = entry_name(cfg)
+                entries.append(cfg)
+    names = [e["name"] for e in entries]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"grid produces duplicate entries: {sorted(dupes)}")
+    if not entries:
+        raise ValueError("grid has no entries")
+    return entries
+
+
+def load_grid(path: Path) -> list[dict[str, Any]]:
+    with path.open("rb") as f:
+        return expand(tomllib.load(f))

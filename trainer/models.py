@@ -1,0 +1,204 @@
+"""Functional-API model builders. Every model takes raw RGB float32 pixels 0–255 (NHWC) and does its
+own normalisation, so the exported ONNX needs nothing but the shared crop/resize."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+# ImageNet "caffe" mode means (BGR), as in keras.applications.{vgg16,vgg19,resnet50}.preprocess_input
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="trainer")
+class CaffePreprocess(layers.Layer):
+    """RGB 0–255 → BGR minus the ImageNet mean: `preprocess_input` of VGG16/VGG19/ResNet50 as a layer."""
+
+    def call(self, inputs: Any) -> Any:
+        bgr = keras.ops.flip(inputs, axis=-1)
+        return bgr - keras.ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=inputs.dtype)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    factory: Any
+    preprocess: str  # "caffe" or "tf" (scale to -1..1)
+    fine_tune_prefix: str | None  # layer-name prefix of the top block unfrozen in phase 2
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone(keras.applications.VGG16, "caffe", "block5_"),
+    "vgg19": Backbone(keras.applications.VGG19, "caffe", "block5_"),
+    "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_"),
+    "mobilenetv2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_"),
+    "inceptionv3": Backbone(keras.applications.InceptionV3, "tf", "mixed10"),
+}
+
+
+def _input(input_shape: tuple[int, int, int]) -> keras.KerasTensor:
+    return keras.Input(shape=input_shape, name=INPUT_NAME, dtype="float32")
+
+
+def _head(x: Any, num_classes: int, dense_layers: int, units: int, dropout: float) -> Any:
+    for i in range(dense_layers):
+        x = layers.Dense(units, activation="relu", name=f"dense_{i + 1}")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    return layers.Dense(num_classes, activation="softmax", name=OUTPUT_NAME)(x)
+
+
+def _check(num_classes: int, **counts: int) -> None:
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be ≥ 2, got {num_classes}")
+    for name, value in counts.items():
+        if value < 0:
+            raise ValueError(f"{name} must be ≥ 0, got {value}")
+
+
+def build_ann(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    dense_layers: int = 1,
+    units: int = 64,
+    dropout: float = 0.25,
+) -> keras.Model:
+    """Flatten → dense_layers × Dense(units, relu) → Dropout → Dense(num_classes, softmax)."""
+    _check(num_classes, dense_layers=dense_layers, units=units)
+    inputs = _input(input_shape)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.Flatten(name="flatten")(x)
+    outputs = _head(x, num_classes, dense_layers, units, dropout)
+    return keras.Model(inputs, outputs, name=f"ann_d{dense_layers}_u{units}")
+
+
+def build_cnn(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    conv_layers: int = 2,
+    filters: int = 64,
+    dense_layers: int = 1,
+    units: int | None = None,
+    dropout: float = 0.25,
+) -> keras.Model:
+    """conv_layers × [Conv2D(filters, 3×3, relu) + MaxPool] → Flatten → dense_layers × Dense → softmax.
+
+    As in the original grid, the dense width defaults to the conv width ("layer size").
+    """
+    units = filters if units is None else units
+    _check(num_classes, conv_layers=conv_layers, filters=filters, dense_layers=dense_layers)
+    if conv_layers < 1:
+        raise ValueError("a CNN needs at least one conv layer")
+    inputs = _input(input_shape)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    for i in range(conv_layers):
+        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv_{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool_{i + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    outputs = _head(x, num_classes, dense_layers, units, dropout)
+    return keras.Model(inputs, outputs, name=f"cnn_c{conv_layers}_f{filters}_d{dense_layers}")
+
+
+def describe_weights(weights: str) -> str:
+    """A plain statement of where a backbone's weights came from, for the manifest and README."""
+    if weights == "imagenet":
+        return "imagenet (keras.applications download)"
+    if weights == "none":
+        return "random initialisation (no pretrained weights)"
+    path = Path(weights)
+    sidecar = path.with_name(path.name + ".json")
+    origin = json.loads(sidecar.read_text()).get("origin", "") if sidecar.exists() else ""
+    return f"local file {path.name}" + (f": {origin}" if origin else "")
+
+
+def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str = "imagenet") -> Any:
+    """A headless keras.applications backbone; weights: 'imagenet', 'none' or a local .weights.h5 file."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+    factory = BACKBONES[name].factory
+    if weights == "imagenet":
+        return factory(include_top=False, weights="imagenet", input_shape=input_shape)
+    base = factory(include_top=False, weights=None, input_shape=input_shape)
+    if weights != "none":
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights file not found: {path}")
+        base.load_weights(str(path))
+    return base
+
+
+def build_transfer(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    backbone: str = "vgg16",
+    weights: str = "imagenet",
+    dense_layers: int = 0,
+    units: int = 128,
+    dropout: float = 0.3,
+) -> keras.Model:
+    """Frozen backbone (its own preprocessing inside) → GlobalAveragePooling → new softmax head."""
+    _check(num_classes, dense_layers=dense_layers, units=units)
+    base = build_backbone(backbone, input_shape, weights)
+    base.trainable = False
+    inputs = _input(input_shape)
+    if BACKBONES[backbone].preprocess == "caffe":
+        x = CaffePreprocess(name="caffe_preprocess")(inputs)
+    else:
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="tf_preprocess")(inputs)
+    x = base(x, training=False)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = _head(x, num_classes, dense_layers, units, dropout)
+    return keras.Model(inputs, outputs, name=f"{backbone}_transfer")
+
+
+def unfreeze_top(model: keras.Model, backbone: str) -> int:
+    """Phase 2: make the backbone's top block trainable (BatchNorm stays frozen). Returns #layers."""
+    prefix = BACKBONES[backbone].fine_tune_prefix
+    base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    base.trainable = True
+    count = 0
+    for layer in base.layers:
+        on = bool(prefix) and layer.name.startswith(str(prefix))
+        on = on and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = on
+        count += int(on)
+    return count
+
+
+def build_from_config(cfg: dict[str, Any], input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    family = cfg["family"]
+    if family == "ann":
+        return build_ann(input_shape, num_classes, cfg["dense_layers"], cfg["units"], cfg.get("dropout", 0.25))
+    if family == "cnn":
+        return build_cnn(
+            input_shape,
+            num_classes,
+            cfg["conv_layers"],
+            cfg["filters"],
+            cfg["dense_layers"],
+            cfg.get("units"),
+            cfg.get("dropout", 0.25),
+        )
+    if family == "transfer":
+        return build_transfer(
+            input_shape,
+            num_classes,
+            cfg["backbone"],
+            cfg.get("weights", "imagenet"),
+            cfg.get("dense_layers", 0),
+            cfg.get("units", 128),
+            cfg.get("dropout", 0.3),
+        )
+    raise ValueError(f"unknown model family {family!r} (ann, cnn, transfer)")
+
+
+def weights_origin(cfg: dict[str, Any]) -> str:
+    if cfg["family"] == "transfer":
+        return describe_weights(cfg.get("weights", "imagenet"))
+    return "random initialisation, trained from scratch on this dataset"

@@ -1,0 +1,66 @@
+"""PNG plots: training curves, confusion matrices, the leaderboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: dict[str, list[float]], title: str, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key in zip(axes, ("accuracy", "loss"), strict=True):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = history.get(prefix + key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, label=(prefix or "train_") + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_confusion(cm: list[list[int]], classes: list[str], title: str, path: Path) -> None:
+    m = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            color = "white" if m[i, j] > m.max() / 2 else "black"
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", color=color)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_leaderboard(rows: list[dict[str, Any]], path: Path, top: int = 40) -> None:
+    rows = rows[:top]
+    names = [r["name"] for r in rows][::-1]
+    val = [r["val_macro_f1"] for r in rows][::-1]
+    test = [r["test_macro_f1"] for r in rows][::-1]
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.28 * len(rows)))
+    ax.barh(y + 0.2, val, height=0.4, label="validation macro-F1 (selection)")
+    ax.barh(y - 0.2, test, height=0.4, label="official Testing macro-F1")
+    ax.set_yticks(y, names, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title("Leaderboard (sorted by validation macro-F1)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

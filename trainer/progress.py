@@ -1,0 +1,30 @@
+"""A dependency-free progress line for long loops (TTY: redrawn in place; logs: every 10%)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], total: int, label: str) -> Iterator[T]:
+    stream = sys.stderr
+    tty = stream.isatty()
+    start = time.monotonic()
+    step = max(1, total // 10)
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        if tty or done % step == 0 or done == total:
+            elapsed = time.monotonic() - start
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = (total - done) / rate if rate > 0 else 0.0
+            line = f"{label}: {done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:.0f}/s eta {eta:.0f}s"
+            stream.write(("\r" + line) if tty else line + "\n")
+            stream.flush()
+    if tty:
+        stream.write("\n")

@@ -1,0 +1,161 @@
+"""Training: tf.data pipeline with on-the-fly augmentation (not part of the exported model), class
+weights, early stopping, optional fine-tuning phase, TensorBoard logs, resumable per grid entry."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from trainer.data import CLASSES, TRAIN, Prepared, split_train_val  # noqa: E402
+from trainer.models import BACKBONES, build_from_config, unfreeze_top, weights_origin  # noqa: E402
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def make_augmenter(seed: int) -> keras.Sequential:
+    """Rotation, horizontal flip, zoom, brightness and contrast on 0–255 RGB images."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(0.04, fill_mode="constant", seed=seed),
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed),
+            keras.layers.RandomBrightness(0.15, value_range=(0.0, 255.0), seed=seed),
+            keras.layers.RandomContrast(0.15, value_range=(0.0, 255.0), seed=seed),
+        ],
+        name="augment",
+    )
+
+
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    augment: bool = False,
+    shuffle: bool = False,
+    seed: int = 42,
+) -> tf.data.Dataset:
+    """uint8 images → float32 0–255 batches; augmentation runs in the pipeline, on the CPU, per batch."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=AUTOTUNE)
+    if augment:
+        aug = make_augmenter(seed)
+        ds = ds.map(
+            lambda a, b: (tf.clip_by_value(aug(a, training=True), 0.0, 255.0), b),
+            num_parallel_calls=AUTOTUNE,
+        )
+    return ds.prefetch(AUTOTUNE)
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
+
+
+def train_val_indices(p: Prepared, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the prepared arrays; validation carved from the official Training split only."""
+    train_pool = np.nonzero(p.split == TRAIN)[0]
+    tr, va = split_train_val(p.y[train_pool], p.group[train_pool], val_fraction, seed)
+    return train_pool[tr], train_pool[va]
+
+
+def _merge(history: dict[str, list[float]], more: dict[str, list[float]]) -> dict[str, list[float]]:
+    return {k: history.get(k, []) + [float(v) for v in more.get(k, [])] for k in set(history) | set(more)}
+
+
+def train_entry(cfg: dict[str, Any], p: Prepared, run_dir: Path, verbose: int = 2) -> dict[str, Any]:
+    """Train one grid entry into run_dir (model.keras, history.json, result.json). Skips finished runs."""
+    result_path = run_dir / "result.json"
+    if result_path.exists() and (run_dir / "model.keras").exists():
+        done = json.loads(result_path.read_text())
+        if done.get("config") == cfg and done.get("data_hash") == p.data_hash:
+            print(f"[{cfg['name']}] already trained, skipping (delete {run_dir} to retrain)")
+            return dict(done)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg["seed"])
+    keras.utils.set_random_seed(seed)
+    tr, va = train_val_indices(p, float(cfg["val_fraction"]), seed)
+    n_classes = len(CLASSES)
+    input_shape = tuple(int(d) for d in p.x.shape[1:])
+    model = build_from_config(cfg, input_shape, n_classes)  # type: ignore[arg-type]
+    model.compile(
+        optimizer=keras.optimizers.Adam(float(cfg["learning_rate"])),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    bs = int(cfg["batch_size"])
+    train_ds = make_dataset(p.x[tr], p.y[tr], bs, augment=bool(cfg["augment"]), shuffle=True, seed=seed)
+    val_ds = make_dataset(p.x[va], p.y[va], bs)
+
+    def callbacks(phase: str) -> list[keras.callbacks.Callback]:
+        return [
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=int(cfg["patience"]), restore_best_weights=True
+            ),
+            keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / phase)),
+        ]
+
+    print(f"[{cfg['name']}] {model.count_params():,} params, train {len(tr)} / val {len(va)} images")
+    start = time.monotonic()
+    hist = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=int(cfg["epochs"]),
+        class_weight=class_weights(p.y[tr], n_classes),
+        callbacks=callbacks("train"),
+        verbose=verbose,
+    )
+    history = _merge({}, hist.history)
+    ft_epochs = int(cfg.get("fine_tune_epochs", 0))
+    if cfg["family"] == "transfer" and ft_epochs > 0 and BACKBONES[cfg["backbone"]].fine_tune_prefix:
+        n = unfreeze_top(model, cfg["backbone"])
+        print(f"[{cfg['name']}] fine-tuning {n} top backbone layers for up to {ft_epochs} epochs")
+        model.compile(
+            optimizer=keras.optimizers.Adam(float(cfg["fine_tune_learning_rate"])),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        hist = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=ft_epochs,
+            class_weight=class_weights(p.y[tr], n_classes),
+            callbacks=callbacks("fine_tune"),
+            verbose=verbose,
+        )
+        history = _merge(history, hist.history)
+    seconds = time.monotonic() - start
+    model.save(run_dir / "model.keras")
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    result = {
+        "name": cfg["name"],
+        "config": cfg,
+        "data_hash": p.data_hash,
+        "params": int(model.count_params()),
+        "epochs_run": len(history.get("loss", [])),
+        "train_seconds": round(seconds, 1),
+        "weights_origin": weights_origin(cfg),
+        "n_train": int(len(tr)),
+        "n_val": int(len(va)),
+    }
+    result_path.write_text(json.dumps(result, indent=1))
+    print(f"[{cfg['name']}] done in {seconds:.0f}s, {result['epochs_run']} epochs")
+    return result
+
+
+def train_grid(entries: list[dict[str, Any]], p: Prepared, runs_dir: Path, verbose: int = 2) -> list[dict[str, Any]]:
+    results = []
+    for i, cfg in enumerate(entries, 1):
+        print(f"=== model {i}/{len(entries)}: {cfg['name']}")
+        results.append(train_entry(cfg, p, runs_dir / cfg["name"], verbose))
+    return results
