@@ -47,7 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.ready = True
         log.info(
             "ready: %d models, version %s, classes %s",
-            len(ensemble.sessions), ensemble.manifest.model_version, ensemble.classes,
+            len(ensemble.sessions),
+            ensemble.manifest.model_version,
+            ensemble.classes,
         )
         yield
         state.ready = False
@@ -71,7 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key"],
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)

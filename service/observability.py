@@ -14,18 +14,25 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "mri_requests", "HTTP requests by endpoint, method and status", ["endpoint", "method", "status"],
+            "mri_requests",
+            "HTTP requests by endpoint, method and status",
+            ["endpoint", "method", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "mri_request_duration_seconds", "HTTP request latency", ["endpoint"], registry=self.registry,
+            "mri_request_duration_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.predictions = Counter(
             "mri_predictions", "Ensemble predictions by voted label", ["label"], registry=self.registry
         )
         self.inference = Histogram(
-            "mri_inference_seconds", "Preprocessing + ensemble inference time per image", registry=self.registry,
+            "mri_inference_seconds",
+            "Preprocessing + ensemble inference time per image",
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28),
         )
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 # A backstop for OpenCV's own decoder; we check declared dimensions before decoding as well.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(100_000_000))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
 IMAGE_SIZE = 150
 CHANNEL_ORDER = "RGB"
@@ -152,9 +152,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise ImageDecodeError("The upload is empty (0 bytes).")
     fmt = sniff_format(data)
     if fmt is None:
-        raise ImageDecodeError(
-            "Unsupported media type: by its content this is not a JPEG or PNG image.", status=415
-        )
+        raise ImageDecodeError("Unsupported media type: by its content this is not a JPEG or PNG image.", status=415)
     width, height = declared_size(data, fmt)
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"The image declares impossible dimensions {width}×{height}.")

@@ -65,16 +65,13 @@ class Ensemble:
                         "the file is corrupt or was replaced"
                     )
             try:
-                sess = ort.InferenceSession(
-                    str(path), _session_options(threads), providers=["CPUExecutionProvider"]
-                )
+                sess = ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises several private exception types
                 raise ModelLoadError(f"{path}: not a loadable ONNX model ({e})") from e
             inputs, outputs = sess.get_inputs(), sess.get_outputs()
             if len(inputs) != 1 or inputs[0].name != manifest.input.name:
                 raise ModelLoadError(
-                    f"{path}: expected one input named {manifest.input.name!r}, "
-                    f"found {[i.name for i in inputs]}"
+                    f"{path}: expected one input named {manifest.input.name!r}, found {[i.name for i in inputs]}"
                 )
             if list(inputs[0].shape[1:]) != expected_in:
                 raise ModelLoadError(

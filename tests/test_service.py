@@ -108,7 +108,9 @@ def test_class_names_come_from_the_manifest(tmp_path: Path, mri_jpeg: bytes) -> 
     "make",
     [
         pytest.param(lambda img: png_bytes(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)), id="grey-png"),
-        pytest.param(lambda img: png_bytes(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257), id="16bit-png"),
+        pytest.param(
+            lambda img: png_bytes(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257), id="16bit-png"
+        ),
         pytest.param(lambda img: png_bytes(cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)), id="rgba-png"),
         pytest.param(lambda img: pil_bytes(Image.fromarray(img[:, :, ::-1]).convert("CMYK"), "JPEG"), id="cmyk-jpeg"),
         pytest.param(lambda img: pil_bytes(Image.fromarray(img[:, :, ::-1]).convert("P"), "PNG"), id="palette-png"),
@@ -129,7 +131,9 @@ def bomb_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(

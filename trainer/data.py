@@ -9,6 +9,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -59,9 +60,7 @@ def scan(root: Path, limit_per_class: int | None = None) -> list[tuple[str, int,
             class_dir = root / split_name / folder
             if not class_dir.is_dir():
                 raise FileNotFoundError(f"expected class folder {class_dir}")
-            files = sorted(
-                p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if limit_per_class is not None:
                 files = files[:limit_per_class]
             found += [(str(p.relative_to(root)), split_index, class_index) for p in files]
@@ -186,7 +185,7 @@ def report(p: Prepared) -> dict:
         crossing = sum(1 for g in multi if len(np.unique(p.split[groups == g])) > 1)
         conflicting = sum(1 for g in multi if len(np.unique(p.y[groups == g])) > 1)
         return {
-            "groups": int(len(multi)),
+            "groups": len(multi),
             "images": int(counts[counts > 1].sum()),
             "groups_crossing_training_testing": int(crossing),
             "groups_with_conflicting_labels": int(conflicting),
@@ -194,19 +193,19 @@ def report(p: Prepared) -> dict:
 
     per_class = {}
     for c, name in enumerate(CLASSES):
-        row = {}
+        row: dict[str, Any] = {}
         for s, split_name in enumerate(SPLITS):
             m = (p.y == c) & (p.split == s)
             row[split_name] = {"images": int(m.sum()), "crop_fallbacks": int(p.fallback[m].sum())}
         in_class = p.y == c
-        ids, counts = np.unique(exact_group[in_class], return_counts=True)
+        _, counts = np.unique(exact_group[in_class], return_counts=True)
         row["exact_duplicate_images"] = int(counts[counts > 1].sum())
-        ids, counts = np.unique(p.group[in_class], return_counts=True)
+        _, counts = np.unique(p.group[in_class], return_counts=True)
         row["near_duplicate_images"] = int(counts[counts > 1].sum())
         per_class[name] = row
     return {
         "data_hash": p.data_hash,
-        "images": int(len(p.y)),
+        "images": len(p.y),
         "per_class": per_class,
         "crop_fallbacks": int(p.fallback.sum()),
         "exact_duplicates": group_stats(exact_group),
@@ -238,9 +237,7 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def split_train_val(
-    y: np.ndarray, group: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(y: np.ndarray, group: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, duplicate-aware split of indices: a duplicate group never straddles the two sides.
 
     Groups are shuffled with the seed and given to validation while their (majority) class is short

@@ -11,14 +11,14 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import trainer.models  # noqa: E402,F401  (registers the custom layers for loading)
-from trainer.data import CLASSES, TEST, Prepared  # noqa: E402
-from trainer.metrics import compute_metrics  # noqa: E402
-from trainer.plots import plot_confusion, plot_curves, plot_leaderboard  # noqa: E402
-from trainer.train import train_val_indices  # noqa: E402
+import trainer.models  # noqa: F401  (registers the custom layers for loading)
+from trainer.data import CLASSES, TEST, Prepared
+from trainer.metrics import compute_metrics
+from trainer.plots import plot_confusion, plot_curves, plot_leaderboard
+from trainer.train import train_val_indices
 
 VAL_SPLIT = "validation (carved from Training, duplicate-aware)"
 TEST_SPLIT = "official Testing split (394 images when complete)"

@@ -11,21 +11,21 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf2onnx  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+import tf2onnx
 
-import trainer  # noqa: E402
-from service.ensemble import VOTE_RULE, majority_vote  # noqa: E402
-from service.manifest import EnsembleInfo, Manifest, sha256_file, write_manifest  # noqa: E402
-from service.preprocessing import PREPROCESSING_PARAMS, to_model_input  # noqa: E402
-from service.runtime import Ensemble  # noqa: E402
-from trainer.data import CLASSES, TEST, Prepared  # noqa: E402
-from trainer.evaluate import TEST_SPLIT, VAL_SPLIT  # noqa: E402
-from trainer.metrics import compute_metrics  # noqa: E402
-from trainer.models import INPUT_NAME, OUTPUT_NAME  # noqa: E402
-from trainer.train import train_val_indices  # noqa: E402
+import trainer
+from service.ensemble import VOTE_RULE, majority_vote
+from service.manifest import EnsembleInfo, Manifest, sha256_file, write_manifest
+from service.preprocessing import PREPROCESSING_PARAMS, to_model_input
+from service.runtime import Ensemble
+from trainer.data import CLASSES, TEST, Prepared
+from trainer.evaluate import TEST_SPLIT, VAL_SPLIT
+from trainer.metrics import compute_metrics
+from trainer.models import INPUT_NAME, OUTPUT_NAME
+from trainer.train import train_val_indices
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -154,8 +154,11 @@ def _models_readme(m: Manifest) -> str:
         )
     t = m.ensemble.metrics.get("official_test")
     if t:
-        lines += ["", f"Ensemble (majority vote) on the official Testing split (n={t.n}): accuracy "
-                  f"{t.accuracy}, macro-F1 {t.macro_f1}."]
+        lines += [
+            "",
+            f"Ensemble (majority vote) on the official Testing split (n={t.n}): accuracy "
+            f"{t.accuracy}, macro-F1 {t.macro_f1}.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,11 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "fine_tune_epochs": 0,
     "fine_tune_learning_rate": 1e-5,
 }
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ann": {"dropout": 0.25},
+    "cnn": {"dropout": 0.25},
+    "transfer": {"weights": "imagenet", "dense_layers": 0, "units": 128, "dropout": 0.3},
+}
 _NAME_KEYS = {
     "ann": ("dense_layers", "d", "units", "u"),
     "cnn": ("conv_layers", "c", "filters", "f", "dense_layers", "d"),
@@ -51,7 +56,7 @@ def expand(grid: dict[str, Any]) -> list[dict[str, Any]]:
             keys = list(table)
             values = [v if isinstance(v, list) else [v] for v in table.values()]
             for combo in itertools.product(*values):
-                cfg = {**defaults, "family": family, **dict(zip(keys, combo, strict=True))}
+                cfg = {**defaults, **FAMILY_DEFAULTS[family], "family": family, **dict(zip(keys, combo, strict=True))}
                 cfg["name"] = entry_name(cfg)
                 entries.append(cfg)
     names = [e["name"] for e in entries]

@@ -50,7 +50,7 @@ def compute_metrics(
         loss = round(float(-np.log(p_true).mean()), 4)
     return {
         "split": split,
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": round(float((y_true == y_pred).mean()), 4),
         "macro_f1": round(float(np.mean(f1s)), 4),
         "loss": loss,

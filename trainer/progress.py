@@ -15,10 +15,8 @@ def progress(items: Iterable[T], total: int, label: str) -> Iterator[T]:
     tty = stream.isatty()
     start = time.monotonic()
     step = max(1, total // 10)
-    done = 0
-    for item in items:
+    for done, item in enumerate(items, 1):
         yield item
-        done += 1
         if tty or done % step == 0 or done == total:
             elapsed = time.monotonic() - start
             rate = done / elapsed if elapsed > 0 else 0.0

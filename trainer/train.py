@@ -11,12 +11,12 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from trainer.data import CLASSES, TRAIN, Prepared, split_train_val  # noqa: E402
-from trainer.models import BACKBONES, build_from_config, unfreeze_top, weights_origin  # noqa: E402
+from trainer.data import CLASSES, TRAIN, Prepared, split_train_val
+from trainer.models import BACKBONES, build_from_config, unfreeze_top, weights_origin
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -99,9 +99,7 @@ def train_entry(cfg: dict[str, Any], p: Prepared, run_dir: Path, verbose: int = 
 
     def callbacks(phase: str) -> list[keras.callbacks.Callback]:
         return [
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=int(cfg["patience"]), restore_best_weights=True
-            ),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(cfg["patience"]), restore_best_weights=True),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / phase)),
         ]
 
@@ -145,8 +143,8 @@ def train_entry(cfg: dict[str, Any], p: Prepared, run_dir: Path, verbose: int = 
         "epochs_run": len(history.get("loss", [])),
         "train_seconds": round(seconds, 1),
         "weights_origin": weights_origin(cfg),
-        "n_train": int(len(tr)),
-        "n_val": int(len(va)),
+        "n_train": len(tr),
+        "n_val": len(va),
     }
     result_path.write_text(json.dumps(result, indent=1))
     print(f"[{cfg['name']}] done in {seconds:.0f}s, {result['epochs_run']} epochs")

@@ -27,7 +27,9 @@ def get_state(request: Request) -> AppState:
     return state
 
 
-def require_api_key(request: Request, x_api_key: str | None = Header(None, description="Needed when the server sets MRI_API_KEY.")) -> None:
+def require_api_key(
+    request: Request, x_api_key: str | None = Header(None, description="Needed when the server sets MRI_API_KEY.")
+) -> None:
     expected = get_state(request).settings.api_key
     if expected is None:
         return

@@ -96,9 +96,7 @@ async def predict(
     body = await request.body()
     try:
         data = extract_image(request.headers.get("content-type"), body)
-        result = await run_in_threadpool(
-            predict_bytes, ensemble, data, state.settings.max_image_pixels, include_input
-        )
+        result = await run_in_threadpool(predict_bytes, ensemble, data, state.settings.max_image_pixels, include_input)
     except (UploadError, ImageDecodeError) as e:
         raise HTTPException(e.status, str(e)) from e
     state.metrics.predictions.labels(result["label"]).inc()

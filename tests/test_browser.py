@@ -1,0 +1,69 @@
+"""The upload page in real headless Chromium (Debian's, never a downloaded browser)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MRI_FIXTURES
+from tests.test_e2e import start_server
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.browser
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("MRI_REQUIRE_BROWSER"):
+        raise RuntimeError(f"{CHROMIUM} missing but MRI_REQUIRE_BROWSER is set (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models: Path) -> Iterator[str]:
+    proc, url = start_server(tiny_models)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_upload_page_shows_label_crop_bars_and_disclaimer(server: str, tmp_path: Path) -> None:
+    image = MRI_FIXTURES / "Testing" / "pituitary_tumor" / "image(1).jpg"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.goto(server + "/")
+        assert "not for clinical use" in page.inner_text("#disclaimer")
+        page.set_input_files("#file", str(image))
+        page.click("#go")
+        page.wait_for_selector("#result:not([hidden])", timeout=20_000)
+        label = page.inner_text("[data-testid=label]").strip()
+        assert label in {"glioma", "meningioma", "no_tumor", "pituitary"}
+        assert page.locator("#models > div").count() == 3
+        assert page.locator("#ensemble-bars .bar").count() == 4
+        crop_src = page.get_attribute("#crop", "src") or ""
+        assert crop_src.startswith("data:image/png;base64,")
+        assert page.evaluate("document.getElementById('crop').naturalWidth") == 150
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        # a bad file shows the server's message, not a crash
+        bad = tmp_path / "notes.jpg"
+        bad.write_text("not an image")
+        page.set_input_files("#file", str(bad))
+        page.click("#go")
+        page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=20_000)
+        assert "not a JPEG or PNG" in page.inner_text("#error")
+        browser.close()

@@ -1,0 +1,84 @@
+"""Dataset scan, cache, duplicate detection and the duplicate-aware split (no TensorFlow)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from service.preprocessing import preprocess_bytes
+from tests.conftest import MRI_FIXTURES
+from trainer.data import CLASSES, TEST, TRAIN, duplicate_groups, phash, prepare, report, scan, split_train_val
+
+
+def test_scan_maps_folders_to_classes_and_handles_spaces() -> None:
+    files = scan(MRI_FIXTURES)
+    assert len(files) == 20
+    assert any(" " in rel for rel, _, _ in files)
+    assert {label for _, _, label in files} == set(range(len(CLASSES)))
+    assert {split for _, split, _ in files} == {TRAIN, TEST}
+
+
+def test_planted_duplicates_are_found(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(MRI_FIXTURES, root)
+    src = root / "Training" / "glioma_tumor" / "gg (1).jpg"
+    # exact copy across the split, and a re-encoded, resized near-copy
+    shutil.copy(src, root / "Testing" / "glioma_tumor" / "copy of gg (1).jpg")
+    img = cv2.imread(str(src))
+    near = cv2.resize(img, (400, 400))
+    cv2.imwrite(str(root / "Training" / "glioma_tumor" / "near.jpg"), near, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    p = prepare(root, tmp_path / "cache")
+    r = report(p)
+    assert r["exact_duplicates"]["groups"] == 1
+    assert r["exact_duplicates"]["groups_crossing_training_testing"] == 1
+    idx = {Path(str(path)).name: i for i, path in enumerate(p.paths)}
+    assert p.group[idx["gg (1).jpg"]] == p.group[idx["near.jpg"]] == p.group[idx["copy of gg (1).jpg"]]
+    # distinct images stay apart
+    assert len(np.unique(p.group)) == len(p.group) - 2
+
+
+def test_cache_is_reused_and_matches_shared_preprocessing(tmp_path: Path) -> None:
+    p1 = prepare(MRI_FIXTURES, tmp_path)
+    caches = list(tmp_path.glob("prepared-*.npz"))
+    assert len(caches) == 1
+    mtime = caches[0].stat().st_mtime_ns
+    p2 = prepare(MRI_FIXTURES, tmp_path)
+    assert caches[0].stat().st_mtime_ns == mtime and p1.data_hash == p2.data_hash
+    np.testing.assert_array_equal(p1.x, p2.x)
+    # parity: the trainer's cached array is byte for byte what the service computes from the upload
+    for i, rel in enumerate(p1.paths):
+        service_view = preprocess_bytes((MRI_FIXTURES / str(rel)).read_bytes()).image
+        assert service_view.tobytes() == p1.x[i].tobytes(), rel
+
+
+def test_phash_robust_to_reencoding() -> None:
+    data = (MRI_FIXTURES / "Training" / "no_tumor" / "1.jpg").read_bytes()
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    other = cv2.imencode(".png", cv2.resize(img, (200, 200)))[1].tobytes()
+    a, b = np.uint64(phash(data)), np.uint64(phash(other))
+    assert int(np.bitwise_count(a ^ b)) <= 4
+    sha = np.array(["a", "b"])
+    _, groups = duplicate_groups(sha, np.array([a, b], np.uint64))
+    assert groups[0] == groups[1]
+
+
+def test_split_is_stratified_and_never_splits_a_group() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 1000)
+    group = np.arange(1000)
+    group[100:110] = 100  # a duplicate group of 10
+    group[500:503] = 500
+    y[100:110] = y[100]
+    tr, va = split_train_val(y, group, 0.2, seed=3)
+    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 1000
+    for g in (100, 500):
+        members = np.nonzero(group == g)[0]
+        assert set(members) <= set(tr) or set(members) <= set(va)
+    for c in range(4):
+        share = np.isin(va, np.nonzero(y == c)[0]).sum() / (y == c).sum()
+        assert abs(share - 0.2) < 0.03
+    _, va2 = split_train_val(y, group, 0.2, seed=3)
+    assert np.array_equal(va, va2)

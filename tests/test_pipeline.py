@@ -1,0 +1,84 @@
+"""Export parity and the whole trainer pipeline (prepare → train → evaluate → export) on the fixtures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.main import create_app
+from service.manifest import Manifest, load_manifest
+from service.runtime import Ensemble
+from tests.conftest import MRI_FIXTURES, ROOT
+from trainer.export import parity, to_onnx
+from trainer.models import build_ann, build_cnn
+
+pytestmark = pytest.mark.slow
+
+
+def test_onnx_export_parity_and_dynamic_batch(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    model = build_cnn((150, 150, 3), 4, conv_layers=1, filters=4, dense_layers=1, units=8)
+    path = tmp_path / "m.onnx"
+    to_onnx(model, path)
+    images = np.random.default_rng(0).integers(0, 256, (5, 150, 150, 3), dtype=np.uint8)
+    assert parity(model, path, images) <= 1e-4
+    sess = ort.InferenceSession(str(path))
+    assert sess.get_inputs()[0].name == "image"
+    assert sess.get_outputs()[0].name == "probabilities"
+    for n in (1, 3):
+        out = sess.run(None, {"image": images[:n].astype(np.float32)})[0]
+        assert out.shape == (n, 4)
+    # the parity check can fail: a different model's ONNX file differs by far more than the tolerance
+    other = build_ann((150, 150, 3), 4, 1, 8)
+    assert parity(other, path, images) > 1e-4
+
+
+def run(*args: str, cwd: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        "[defaults]\nepochs = 1\nbatch_size = 8\nval_fraction = 0.25\n"
+        "[[ann]]\ndense_layers = [0, 1]\nunits = 8\n"
+        "[[cnn]]\nconv_layers = 1\nfilters = 4\ndense_layers = 0\n"
+    )
+    work, models = tmp_path / "work", tmp_path / "models"
+    common = ["--data", str(MRI_FIXTURES), "--work", str(work)]
+    out = run("prepare", *common, cwd=ROOT)
+    assert "exact duplicates" in out
+    run("train", *common, "--grid", str(grid), "--verbose", "0", cwd=ROOT)
+    run("evaluate", *common, cwd=ROOT)
+    board = json.loads((work / "report" / "leaderboard.json").read_text())
+    assert len(board) == 3 and [r["rank"] for r in board] == [1, 2, 3]
+    for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.png"):
+        assert (work / "report" / name).stat().st_size > 0
+    assert (work / "report" / board[0]["name"] / "confusion_test.png").exists()
+    out = run("export", *common, "--models-dir", str(models), "--top", "3", cwd=ROOT)
+    assert "parity max" in out
+    manifest = load_manifest(models)
+    assert isinstance(manifest, Manifest)
+    assert manifest.classes == ["glioma", "meningioma", "no_tumor", "pituitary"]
+    assert len(manifest.models) == 3 and all(m.parity_max_abs_diff <= 1e-4 for m in manifest.models)
+    assert manifest.ensemble.metrics["official_test"].n == 8
+    assert {m.name for m in manifest.models} == {r["name"] for r in board}
+    Ensemble.load(models)  # sha256 and shapes verify
+    with TestClient(create_app(Settings(models_dir=models))) as client:
+        data = (MRI_FIXTURES / "Testing" / "glioma_tumor" / "image(1).jpg").read_bytes()
+        r = client.post("/v1/predict", files={"file": ("x.jpg", data, "image/jpeg")})
+        assert r.status_code == 200
+        assert r.json()["model_version"] == manifest.model_version

@@ -1,0 +1,113 @@
+"""The shared decode → crop → resize implementation (numpy + OpenCV only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.preprocessing import (
+    IMAGE_SIZE,
+    ImageDecodeError,
+    crop_and_resize,
+    declared_size,
+    decode_image,
+    find_brain_box,
+    preprocess_bytes,
+    sniff_format,
+    to_rgb_uint8,
+)
+
+
+def disc_image(h: int = 300, w: int = 400, center: tuple[int, int] = (220, 140), r: int = 60) -> np.ndarray:
+    img = np.zeros((h, w, 3), np.uint8)
+    cv2.circle(img, center, r, (200, 200, 200), -1)
+    return img
+
+
+def test_crop_finds_a_bright_disc_within_2px() -> None:
+    cx, cy, r = 220, 140, 60
+    (x0, y0, x1, y1), fallback = find_brain_box(disc_image(center=(cx, cy), r=r))
+    assert not fallback
+    for got, want in ((x0, cx - r), (y0, cy - r), (x1, cx + r + 1), (y1, cy + r + 1)):
+        assert abs(got - want) <= 2, (x0, y0, x1, y1)
+
+
+def test_crop_falls_back_on_black_and_on_specks() -> None:
+    black = np.zeros((200, 200, 3), np.uint8)
+    result = crop_and_resize(black)
+    assert result.fallback and result.box == (0, 0, 200, 200)
+    assert result.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and result.image.dtype == np.uint8
+    speck = black.copy()
+    cv2.circle(speck, (50, 50), 4, (255, 255, 255), -1)  # far below 1% of the area
+    assert crop_and_resize(speck).fallback
+
+
+def test_output_is_rgb_not_bgr() -> None:
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[20:80, 20:80] = (255, 0, 0)  # pure red in RGB
+    _, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    out = preprocess_bytes(buf.tobytes()).image
+    assert out[75, 75].tolist() == [255, 0, 0]
+
+
+def test_conversions() -> None:
+    grey16 = np.array([[1000, 3000], [2000, 1000]], np.uint16)
+    rgb = to_rgb_uint8(grey16)
+    assert rgb.shape == (2, 2, 3) and rgb[0, 0, 0] == 0 and rgb[0, 1, 0] == 255 and rgb[1, 0, 0] == 128
+    bgra = np.zeros((2, 2, 4), np.uint8)
+    bgra[..., :3] = (10, 20, 200)
+    bgra[0, 0, 3] = 255  # opaque; others transparent → black
+    rgb = to_rgb_uint8(bgra)
+    assert rgb[0, 0].tolist() == [200, 20, 10] and rgb[1, 1].tolist() == [0, 0, 0]
+    grey_alpha = np.dstack([np.full((2, 2), 100, np.uint8), np.full((2, 2), 255, np.uint8)])
+    assert to_rgb_uint8(grey_alpha)[0, 0].tolist() == [100, 100, 100]
+
+
+def test_formats_sniffed_by_content_and_sizes_read_from_headers() -> None:
+    img = disc_image()
+    jpg = cv2.imencode(".jpg", img)[1].tobytes()
+    png = cv2.imencode(".png", img)[1].tobytes()
+    assert sniff_format(jpg) == "jpeg" and sniff_format(png) == "png"
+    assert sniff_format(b"GIF89a....") is None
+    assert declared_size(jpg, "jpeg") == (400, 300)
+    assert declared_size(png, "png") == (400, 300)
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(png, max_pixels=1000)
+    assert e.value.status == 422 and "limit" in str(e.value)
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(b"GIF89a" + b"\0" * 100)
+    assert e.value.status == 415
+
+
+def test_module_does_not_import_tensorflow() -> None:
+    code = "import sys, service.preprocessing, service.runtime, service.main; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=2048))
+def test_random_bytes_never_crash(data: bytes) -> None:
+    try:
+        result = preprocess_bytes(data)
+    except ImageDecodeError as e:
+        assert e.status in (415, 422)
+    else:
+        assert result.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 600), st.integers(1, 600), st.integers(0, 255), st.sampled_from([".png", ".jpg"]))
+def test_random_dimensions_decode_and_crop(w: int, h: int, value: int, ext: str) -> None:
+    img = np.full((h, w, 3), value, np.uint8)
+    data = cv2.imencode(ext, img)[1].tobytes()
+    result = preprocess_bytes(data)
+    assert result.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    x0, y0, x1, y1 = result.box
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
