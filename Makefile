@@ -12,7 +12,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help serve test lint train train-smoke vgg16-weights install-service install-dev clean
+.PHONY: help serve test lint train train-smoke vgg16-weights install-service install-dev clean docker-smoke
 
 help:
 	@echo "make serve        install the service and start it on models/ (HOST=$(HOST) PORT=$(PORT))"
@@ -63,3 +63,6 @@ train-smoke: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+docker-smoke:
+	bash docker/smoke.sh

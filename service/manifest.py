@@ -61,6 +61,7 @@ class Manifest(BaseModel):
     created: str
     trainer_version: str
     data_hash: str
+    limit_per_class: int | None = Field(None, description="Set when trained on a subset (smoke runs).")
     notes: str = ""
     classes: list[str] = Field(min_length=2)
     input: TensorSpec

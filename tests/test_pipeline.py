@@ -77,8 +77,43 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     assert manifest.ensemble.metrics["official_test"].n == 8
     assert {m.name for m in manifest.models} == {r["name"] for r in board}
     Ensemble.load(models)  # sha256 and shapes verify
+    # the headline numbers recompute from the shipped ONNX files with one command
+    out = run("evaluate", *common, "--models-dir", str(models), cwd=ROOT)
+    assert "official_test: n=8" in out and "DIFFERS" not in out
     with TestClient(create_app(Settings(models_dir=models))) as client:
         data = (MRI_FIXTURES / "Testing" / "glioma_tumor" / "image(1).jpg").read_bytes()
         r = client.post("/v1/predict", files={"file": ("x.jpg", data, "image/jpeg")})
         assert r.status_code == 200
         assert r.json()["model_version"] == manifest.model_version
+
+
+def test_frozen_transfer_trains_its_head_on_cached_features(tmp_path: Path) -> None:
+    import keras
+
+    from trainer.data import prepare
+    from trainer.grid import expand
+    from trainer.train import frozen_features, head_model, train_entry
+
+    p = prepare(MRI_FIXTURES, tmp_path / "cache")
+    (cfg,) = expand(
+        {
+            "defaults": {"epochs": 2, "batch_size": 8, "val_fraction": 0.25},
+            "transfer": [{"backbone": "mobilenetv2", "weights": "none", "cache_features": True}],
+        }
+    )
+    result = train_entry(cfg, p, tmp_path / "runs" / cfg["name"], verbose=0, cache_dir=tmp_path / "cache")
+    assert result["epochs_run"] >= 1
+    assert len(list((tmp_path / "cache").glob("features-mobilenetv2-*.npz"))) == 1
+    model = keras.models.load_model(tmp_path / "runs" / cfg["name"] / "model.keras")
+    feats = frozen_features(model, cfg, p, tmp_path / "cache")  # from the cache now
+    via_head = np.asarray(head_model(model).predict(feats[:4], verbose=0))
+    via_model = np.asarray(model.predict(p.x[:4].astype(np.float32), verbose=0))
+    np.testing.assert_allclose(via_head, via_model, atol=1e-5)
+    # the saved full model carries the trained head: its validation loss is the best one training saw
+    from trainer.train import train_val_indices
+
+    _, va = train_val_indices(p, cfg["val_fraction"], cfg["seed"])
+    probs = np.asarray(model.predict(p.x[va].astype(np.float32), verbose=0))
+    val_loss = float(-np.log(np.clip(probs[np.arange(len(va)), p.y[va]], 1e-7, 1)).mean())
+    history = json.loads((tmp_path / "runs" / cfg["name"] / "history.json").read_text())
+    assert val_loss == pytest.approx(min(history["val_loss"]), abs=1e-3)

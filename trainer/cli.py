@@ -66,6 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.models_dir is not None:
+        return _evaluate_shipped(args)
     from trainer.evaluate import evaluate_all
 
     p = _prepare(args)
@@ -74,12 +76,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_shipped(args: argparse.Namespace) -> int:
+    """Recompute the ensemble metrics of an exported models/ dir and compare them with its manifest."""
+    from service.manifest import load_manifest
+    from trainer.export import evaluate_ensemble
+
+    manifest = load_manifest(args.models_dir)
+    if args.limit_per_class is None:
+        args.limit_per_class = manifest.limit_per_class
+    p = _prepare(args)
+    if p.data_hash != manifest.data_hash:
+        print(f"data hash {p.data_hash[:12]} differs from the manifest's {manifest.data_hash[:12]}", file=sys.stderr)
+        return 2
+    metrics = evaluate_ensemble(args.models_dir, p)
+    status = 0
+    for key, m in metrics.items():
+        shipped = manifest.ensemble.metrics.get(key)
+        same = shipped is not None and shipped.model_dump() == m
+        status |= 0 if same else 1
+        print(
+            f"{key}: n={m['n']} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} "
+            f"glioma recall {m['per_class'][manifest.classes[0]]['recall']:.3f} "
+            f"({'matches' if same else 'DIFFERS from'} the manifest)"
+        )
+    return status
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from trainer.export import export_top, load_leaderboard
 
     p = _prepare(args)
     board = load_leaderboard(args.work / "report")
-    manifest = export_top(board, p, args.models_dir, args.top, notes=args.notes)
+    manifest = export_top(board, p, args.models_dir, args.top, notes=args.notes, limit_per_class=args.limit_per_class)
     print(f"wrote {args.models_dir}/manifest.json ({manifest.model_version})")
     return 0
 
@@ -107,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="score all runs; write the leaderboard and plots")
     _common(p)
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="instead: recompute an exported ensemble's metrics from its ONNX files and compare with its manifest",
+    )
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("export", help="export the top models to ONNX + manifest.json")
     _common(p)

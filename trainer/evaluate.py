@@ -21,7 +21,7 @@ from trainer.plots import plot_confusion, plot_curves, plot_leaderboard
 from trainer.train import train_val_indices
 
 VAL_SPLIT = "validation (carved from Training, duplicate-aware)"
-TEST_SPLIT = "official Testing split (394 images when complete)"
+TEST_SPLIT = "official Testing split"
 
 
 def finished_runs(runs_dir: Path) -> list[Path]:
@@ -39,7 +39,7 @@ def evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]
     te = np.nonzero(p.split == TEST)[0]
     model = keras.models.load_model(run_dir / "model.keras")
     val = compute_metrics(p.y[va], predict(model, p.x[va]), CLASSES, VAL_SPLIT)
-    test = compute_metrics(p.y[te], predict(model, p.x[te]), CLASSES, TEST_SPLIT.split(" (")[0])
+    test = compute_metrics(p.y[te], predict(model, p.x[te]), CLASSES, TEST_SPLIT)
     out = report_dir / cfg["name"]
     out.mkdir(parents=True, exist_ok=True)
     history = json.loads((run_dir / "history.json").read_text())

@@ -57,6 +57,21 @@ def parity(model: keras.Model, onnx_path: Path, images: np.ndarray) -> float:
     return float(np.abs(keras_out - onnx_out).max())
 
 
+def evaluate_ensemble(models_dir: Path, p: Prepared) -> dict[str, dict[str, Any]]:
+    """Majority-vote metrics of the ONNX ensemble in models_dir, run by the service's own runtime, on the
+    validation split its models were selected on and on the official Testing split."""
+    ensemble = Ensemble.load(models_dir)
+    cfg = ensemble.manifest.models[0].config
+    _, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
+    te = np.nonzero(p.split == TEST)[0]
+    metrics = {}
+    for key, idx, split in (("validation", va, VAL_SPLIT), ("official_test", te, TEST_SPLIT)):
+        probs = ensemble.predict_images(p.x[idx])
+        labels, _, mean = majority_vote(probs)
+        metrics[key] = compute_metrics(p.y[idx], mean, CLASSES, split, y_pred=labels)
+    return metrics
+
+
 def export_top(
     leaderboard: list[dict[str, Any]],
     p: Prepared,
@@ -64,6 +79,7 @@ def export_top(
     top: int = 3,
     notes: str = "",
     parity_images: int = 32,
+    limit_per_class: int | None = None,
 ) -> Manifest:
     if len(leaderboard) < top:
         raise ValueError(f"the leaderboard has {len(leaderboard)} models, fewer than --top {top}")
@@ -73,7 +89,6 @@ def export_top(
         stale.unlink()
     cfg0 = chosen[0]["config"]
     _, va = train_val_indices(p, float(cfg0["val_fraction"]), int(cfg0["seed"]))
-    te = np.nonzero(p.split == TEST)[0]
     entries = []
     for row in chosen:
         cfg = row["config"]
@@ -106,6 +121,7 @@ def export_top(
             "created": now.isoformat(timespec="seconds"),
             "trainer_version": trainer.__version__,
             "data_hash": p.data_hash,
+            "limit_per_class": limit_per_class,
             "notes": notes,
             "classes": CLASSES,
             "input": {"name": INPUT_NAME, "shape": [None, *p.x.shape[1:]], "dtype": "float32"},
@@ -116,12 +132,7 @@ def export_top(
         }
     )
     write_manifest(draft, models_dir)
-    ensemble = Ensemble.load(models_dir)
-    metrics = {}
-    for key, idx, split in (("validation", va, VAL_SPLIT), ("official_test", te, TEST_SPLIT.split(" (")[0])):
-        probs = ensemble.predict_images(p.x[idx])
-        labels, _, mean = majority_vote(probs)
-        metrics[key] = compute_metrics(p.y[idx], mean, CLASSES, split, y_pred=labels)
+    metrics = evaluate_ensemble(models_dir, p)
     draft.ensemble = EnsembleInfo.model_validate({"vote": draft.ensemble.vote, "metrics": metrics})
     write_manifest(draft, models_dir)
     t = metrics["official_test"]

@@ -37,7 +37,8 @@ def entry_name(cfg: dict[str, Any]) -> str:
     parts = [cfg["family"]] + [f"{short}{cfg[key]}" for key, short in zip(keys[::2], keys[1::2], strict=True)]
     if cfg["family"] == "transfer":
         w = str(cfg.get("weights", "imagenet"))
-        parts.append("imagenet" if w == "imagenet" else "scratch" if w == "none" else Path(w).stem.split(".")[0])
+        local = Path(w).name.split(".")[0].replace(f"{cfg['backbone']}_", "").replace("_notop", "")
+        parts.append("imagenet" if w == "imagenet" else "scratch" if w == "none" else local)
         if cfg.get("fine_tune_epochs", 0):
             parts.append("ft")
     if not cfg.get("augment", True):

@@ -3,6 +3,7 @@ weights, early stopping, optional fine-tuning phase, TensorBoard logs, resumable
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -69,11 +70,50 @@ def train_val_indices(p: Prepared, val_fraction: float, seed: int) -> tuple[np.n
     return train_pool[tr], train_pool[va]
 
 
+def _feature_cache_path(cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> Path:
+    key = hashlib.sha256(
+        json.dumps([cfg["backbone"], cfg["weights"], _weights_digest(cfg["weights"]), p.data_hash]).encode()
+    ).hexdigest()[:16]
+    return cache_dir / f"features-{cfg['backbone']}-{key}.npz"
+
+
+def _weights_digest(weights: str) -> str:
+    path = Path(weights)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else weights
+
+
+def frozen_features(model: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> np.ndarray:
+    """Pooled backbone features of every prepared image, computed once and cached (.npz)."""
+    path = _feature_cache_path(cfg, p, cache_dir)
+    if path.exists():
+        with np.load(path) as z:
+            return np.asarray(z["features"])
+    extractor = keras.Model(model.inputs, model.get_layer("gap").output)
+    print(f"[{cfg['name']}] computing frozen {cfg['backbone']} features for {len(p.x)} images (cached after)")
+    feats = np.asarray(extractor.predict(p.x.astype(np.float32), batch_size=32, verbose=2))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(path, features=feats)
+    return feats
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """The layers after global pooling, as a model on pooled features (weights shared with `model`)."""
+    gap = model.get_layer("gap")
+    inputs = keras.Input(shape=gap.output.shape[1:], name="features")
+    x = inputs
+    after = model.layers[model.layers.index(gap) + 1 :]
+    for layer in after:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head")
+
+
 def _merge(history: dict[str, list[float]], more: dict[str, list[float]]) -> dict[str, list[float]]:
     return {k: history.get(k, []) + [float(v) for v in more.get(k, [])] for k in set(history) | set(more)}
 
 
-def train_entry(cfg: dict[str, Any], p: Prepared, run_dir: Path, verbose: int = 2) -> dict[str, Any]:
+def train_entry(
+    cfg: dict[str, Any], p: Prepared, run_dir: Path, verbose: int = 2, cache_dir: Path | None = None
+) -> dict[str, Any]:
     """Train one grid entry into run_dir (model.keras, history.json, result.json). Skips finished runs."""
     result_path = run_dir / "result.json"
     if result_path.exists() and (run_dir / "model.keras").exists():
@@ -105,14 +145,35 @@ def train_entry(cfg: dict[str, Any], p: Prepared, run_dir: Path, verbose: int = 
 
     print(f"[{cfg['name']}] {model.count_params():,} params, train {len(tr)} / val {len(va)} images")
     start = time.monotonic()
-    hist = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=int(cfg["epochs"]),
-        class_weight=class_weights(p.y[tr], n_classes),
-        callbacks=callbacks("train"),
-        verbose=verbose,
-    )
+    if cfg["family"] == "transfer" and cfg.get("cache_features", False):
+        # Frozen backbone: train the head on cached pooled features (no augmentation in this phase).
+        feats = frozen_features(model, cfg, p, cache_dir or run_dir.parent.parent / "cache")
+        head = head_model(model)
+        head.compile(
+            optimizer=keras.optimizers.Adam(float(cfg["learning_rate"])),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        hist = head.fit(
+            feats[tr],
+            p.y[tr],
+            validation_data=(feats[va], p.y[va]),
+            batch_size=bs,
+            epochs=int(cfg["epochs"]),
+            class_weight=class_weights(p.y[tr], n_classes),
+            callbacks=callbacks("train"),
+            shuffle=True,
+            verbose=verbose,
+        )
+    else:
+        hist = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=int(cfg["epochs"]),
+            class_weight=class_weights(p.y[tr], n_classes),
+            callbacks=callbacks("train"),
+            verbose=verbose,
+        )
     history = _merge({}, hist.history)
     ft_epochs = int(cfg.get("fine_tune_epochs", 0))
     if cfg["family"] == "transfer" and ft_epochs > 0 and BACKBONES[cfg["backbone"]].fine_tune_prefix:

@@ -1,0 +1,32 @@
+# Slim inference image: onnxruntime + FastAPI, no TensorFlow. Research tool, not for clinical use.
+# Build: docker build -f docker/service.Dockerfile -t mri-classifier-service .
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY service ./service
+RUN pip install -c constraints.txt ".[service]" \
+ && python -c "import service.main, importlib.util as u; assert u.find_spec('tensorflow') is None" \
+ && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
+ && rm -rf /opt/venv/lib/python3.11/site-packages/pip /opt/venv/lib/python3.11/site-packages/setuptools
+
+FROM ${PYTHON_IMAGE}
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MRI_MODELS_DIR=/models \
+    HOST=0.0.0.0 \
+    PORT=8000
+# The default ensemble; docker-compose mounts ./models over it read-only.
+COPY --chown=root:root models /models
+USER app
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import os, sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('PORT', '8000'), timeout=3).status == 200 else 1)"]
+CMD ["python", "-m", "service"]
