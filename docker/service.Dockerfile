@@ -11,8 +11,12 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY service ./service
 RUN pip install -c constraints.txt ".[service]" \
  && python -c "import service.main, importlib.util as u; assert u.find_spec('tensorflow') is None" \
- && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
- && rm -rf /opt/venv/lib/python3.11/site-packages/pip /opt/venv/lib/python3.11/site-packages/setuptools
+ && cd /opt/venv/lib/python3.11/site-packages \
+ && rm -rf pip setuptools pkg_resources _distutils_hack distutils-precedence.pth \
+      onnxruntime/transformers onnxruntime/quantization onnxruntime/tools numpy/f2py \
+ && find . -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} + \
+ && find . -name "*.pyi" -delete \
+ && python -c "import numpy, cv2, onnxruntime, service.main"
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin app
@@ -23,8 +27,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     MRI_MODELS_DIR=/models \
     HOST=0.0.0.0 \
     PORT=8000
-# The default ensemble; docker-compose mounts ./models over it read-only.
-COPY --chown=root:root models /models
+# Models are not baked in: mount an exported ensemble read-only at /models
+# (docker-compose does: ./models:/models:ro), e.g. docker run -v "$PWD/models:/models:ro" ...
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
