@@ -73,7 +73,7 @@ def test_transfer_frozen_head_and_fine_tune_unfreeze() -> None:
     base = next(layer for layer in m.layers if isinstance(layer, keras.Model))
     assert not base.trainable
     trainable_before = sum(int(np.prod(w.shape)) for w in m.trainable_weights)
-    assert trainable_before == 1280 * 4 + 4
+    assert trainable_before == 2 * 1280 + 1280 * 4 + 4  # BatchNorm scale+offset, then the softmax layer
     n = unfreeze_top(m, "mobilenetv2")
     assert n > 0
     assert sum(int(np.prod(w.shape)) for w in m.trainable_weights) > trainable_before

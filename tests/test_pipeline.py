@@ -119,3 +119,23 @@ def test_frozen_transfer_trains_its_head_on_cached_features(tmp_path: Path) -> N
     val_loss = float(-np.log(np.clip(probs[np.arange(len(va)), p.y[va]], 1e-7, 1)).mean())
     history = json.loads((tmp_path / "runs" / cfg["name"] / "history.json").read_text())
     assert val_loss == pytest.approx(min(history["val_loss"]), abs=1e-3)
+
+
+def test_choose_models_respects_rank_size_and_backbone_diversity() -> None:
+    from trainer.export import choose_models
+
+    def row(name: str, f1: float, params: int, backbone: str | None = None) -> dict:
+        cfg = {"family": "transfer" if backbone else "cnn", **({"backbone": backbone} if backbone else {})}
+        return {"name": name, "val_macro_f1": f1, "val_loss": 1.0, "params": params, "config": cfg}
+
+    board = [
+        row("vgg-a", 0.9, 15_000_000, "vgg16"),
+        row("vgg-b", 0.85, 15_000_000, "vgg16"),
+        row("huge", 0.8, 40_000_000),
+        row("cnn-1", 0.7, 1_000_000),
+        row("cnn-2", 0.6, 1_000_000),
+    ]
+    assert [r["name"] for r in choose_models(board, 3)] == ["vgg-a", "cnn-1", "cnn-2"]
+    assert [r["name"] for r in choose_models(board, 3, max_mb=1000, max_per_backbone=2)] == ["vgg-a", "vgg-b", "huge"]
+    with pytest.raises(ValueError, match="only 1 of the 3"):  # vgg-b: same backbone; huge: over budget
+        choose_models(board[:3], 3)

@@ -107,7 +107,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     p = _prepare(args)
     board = load_leaderboard(args.work / "report")
-    manifest = export_top(board, p, args.models_dir, args.top, notes=args.notes, limit_per_class=args.limit_per_class)
+    manifest = export_top(
+        board,
+        p,
+        args.models_dir,
+        args.top,
+        notes=args.notes,
+        limit_per_class=args.limit_per_class,
+        max_mb=args.max_mb,
+        max_per_backbone=args.max_per_backbone,
+    )
     print(f"wrote {args.models_dir}/manifest.json ({manifest.model_version})")
     return 0
 
@@ -155,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3)
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--notes", default="", help="free text stored in the manifest")
+    p.add_argument("--max-mb", type=float, default=120.0, help="size budget of the ensemble's weights (MB)")
+    p.add_argument(
+        "--max-per-backbone",
+        type=int,
+        default=1,
+        help="at most this many voters per frozen backbone (they are near-duplicate voters)",
+    )
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("report", help="write docs/evaluation.md from the run's artefacts and models/")
     p.add_argument("--work", type=Path, default=Path(DEFAULT_WORK))

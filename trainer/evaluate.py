@@ -33,6 +33,19 @@ def predict(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarr
 
 
 def evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]:
+    """Metrics and plots of one run; reused when the run has not changed since it was last evaluated."""
+    cached = report_dir / run_dir.name / "row.json"
+    model_path = run_dir / "model.keras"
+    if cached.exists() and cached.stat().st_mtime > model_path.stat().st_mtime:
+        row = json.loads(cached.read_text())
+        if row.get("data_hash") == p.data_hash:
+            return dict(row)
+    row = _evaluate_run(run_dir, p, report_dir)
+    cached.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]:
     result = json.loads((run_dir / "result.json").read_text())
     cfg = result["config"]
     _, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
@@ -64,6 +77,7 @@ def evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]
         "test_loss": test["loss"],
         "test_glioma_recall": test["per_class"][CLASSES[0]]["recall"],
         "run_dir": str(run_dir),
+        "data_hash": p.data_hash,
         "metrics": metrics,
         "config": cfg,
     }

@@ -72,6 +72,28 @@ def evaluate_ensemble(models_dir: Path, p: Prepared) -> dict[str, dict[str, Any]
     return metrics
 
 
+def choose_models(
+    leaderboard: list[dict[str, Any]], top: int = 3, max_mb: float = 120.0, max_per_backbone: int = 1
+) -> list[dict[str, Any]]:
+    """The `top` best by validation macro-F1, going down the ranking past a model that would push the
+    ensemble over `max_mb` (float32 weights) or add another voter on an already used frozen backbone."""
+    ranked = sorted(leaderboard, key=lambda r: (-r["val_macro_f1"], r["val_loss"] or 0.0, r["name"]))
+    chosen: list[dict[str, Any]] = []
+    budget = max_mb * 1024 * 1024
+    for row in ranked:
+        size = 4 * row["params"]
+        backbone = row["config"].get("backbone")
+        same = sum(1 for c in chosen if backbone and c["config"].get("backbone") == backbone)
+        if size > budget or same >= max_per_backbone:
+            print(f"[export] skipping {row['name']}: " + ("size budget" if size > budget else f"another {backbone}"))
+            continue
+        chosen.append(row)
+        budget -= size
+        if len(chosen) == top:
+            return chosen
+    raise ValueError(f"only {len(chosen)} of the {len(leaderboard)} models fit --top {top} under the constraints")
+
+
 def export_top(
     leaderboard: list[dict[str, Any]],
     p: Prepared,
@@ -80,10 +102,10 @@ def export_top(
     notes: str = "",
     parity_images: int = 32,
     limit_per_class: int | None = None,
+    max_mb: float = 120.0,
+    max_per_backbone: int = 1,
 ) -> Manifest:
-    if len(leaderboard) < top:
-        raise ValueError(f"the leaderboard has {len(leaderboard)} models, fewer than --top {top}")
-    chosen = sorted(leaderboard, key=lambda r: (-r["val_macro_f1"], r["val_loss"] or 0.0, r["name"]))[:top]
+    chosen = choose_models(leaderboard, top, max_mb, max_per_backbone)
     models_dir.mkdir(parents=True, exist_ok=True)
     for stale in models_dir.glob("*.onnx"):
         stale.unlink()
