@@ -7,14 +7,29 @@ import uvicorn
 
 from service.config import Settings
 from service.main import create_app
+from service.observability import JsonFormatter
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     host = os.environ.get("HOST", settings.host)
     port = int(os.environ.get("PORT", settings.port))
-    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True)
+    # our middleware writes the access log (with request id); uvicorn's own lines go through the same handler
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        proxy_headers=True,
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=5,
+    )
 
 
 if __name__ == "__main__":

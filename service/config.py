@@ -22,3 +22,4 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
     api_key: SecretStr | None = Field(None, description="If set, /v1/* requires header X-API-Key.")
     verify_sha256: bool = Field(True, description="Check every model file against the manifest at start-up.")
+    log_format: str = Field("json", description="'json' (one object per line) or 'text'.")

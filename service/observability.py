@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+import uuid
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -37,7 +40,39 @@ class Metrics:
         )
 
 
+access_log = logging.getLogger("service.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any `extra` fields."""
+
+    RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in self.RESERVED})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def _request_id(scope: Any) -> str:
+    for name, value in scope.get("headers") or []:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")[:64]
+            if candidate.replace("-", "").isalnum():
+                return candidate
+    return uuid.uuid4().hex
+
+
 class MetricsMiddleware:
+    """Counts and times every request, tags it with an X-Request-ID and writes one access-log line."""
+
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
@@ -50,14 +85,26 @@ class MetricsMiddleware:
         endpoint = path if path in KNOWN_PATHS else "other"
         status = [500]
         start = time.perf_counter()
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.metrics.latency.labels(endpoint).observe(elapsed)
             self.metrics.requests.labels(endpoint, scope["method"], str(status[0])).inc()
+            access_log.info(
+                "%s %s %d",
+                scope["method"],
+                path,
+                status[0],
+                extra={"request_id": request_id, "status": status[0], "ms": round(elapsed * 1000, 2)},
+            )

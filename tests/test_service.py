@@ -230,3 +230,22 @@ def test_cors_closed_by_default_and_configurable(tiny_models: Path) -> None:
         assert "access-control-allow-origin" not in c.get("/health/live", headers=origin).headers
     with make_client(tiny_models, cors_origins=["https://app.example"]) as c:
         assert c.get("/health/live", headers=origin).headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
+    assert client.get("/health/live", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
+    generated = client.get("/health/live", headers={"X-Request-ID": "bad id; drop"}).headers["x-request-id"]
+    assert len(generated) == 32 and generated.isalnum()
+
+
+def test_json_log_lines_carry_the_request_id() -> None:
+    import json
+    import logging
+
+    from service.observability import JsonFormatter
+
+    record = logging.makeLogRecord(
+        {"msg": "POST /v1/predict %d", "args": (200,), "request_id": "r1", "levelname": "INFO"}
+    )
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "POST /v1/predict 200" and line["request_id"] == "r1" and line["level"] == "info"
