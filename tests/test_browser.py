@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import MRI_FIXTURES
-from tests.test_e2e import start_server
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
@@ -33,20 +31,12 @@ FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models: Path) -> Iterator[str]:
-    proc, url = start_server(tiny_models)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
-
-
-def test_upload_page_shows_label_crop_bars_and_disclaimer(server: str, tmp_path: Path) -> None:
+def test_upload_page_shows_label_crop_bars_and_disclaimer(live_server: str, tmp_path: Path) -> None:
     image = MRI_FIXTURES / "Testing" / "pituitary_tumor" / "image(1).jpg"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
-        page.goto(server + "/")
+        page.goto(live_server + "/")
         assert "not for clinical use" in page.inner_text("#disclaimer")
         page.set_input_files("#file", str(image))
         page.click("#go")

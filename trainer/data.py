@@ -213,16 +213,24 @@ def report(p: Prepared) -> dict:
     }
 
 
-def format_report(r: dict) -> str:
-    lines = [
-        f"{'class':<12}{'train':>7}{'test':>7}{'fallb.':>8}{'exact dup':>11}{'near dup':>10}",
-    ]
-    for name, row in r["per_class"].items():
-        fb = row["Training"]["crop_fallbacks"] + row["Testing"]["crop_fallbacks"]
-        lines.append(
-            f"{name:<12}{row['Training']['images']:>7}{row['Testing']['images']:>7}{fb:>8}"
-            f"{row['exact_duplicate_images']:>11}{row['near_duplicate_images']:>10}"
+def class_rows(r: dict) -> list[tuple[str, int, int, int, int, int]]:
+    """(class, Training images, Testing images, crop fallbacks, exact-dup images, near-dup images)."""
+    return [
+        (
+            name,
+            row["Training"]["images"],
+            row["Testing"]["images"],
+            row["Training"]["crop_fallbacks"] + row["Testing"]["crop_fallbacks"],
+            row["exact_duplicate_images"],
+            row["near_duplicate_images"],
         )
+        for name, row in r["per_class"].items()
+    ]
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{'class':<12}{'train':>7}{'test':>7}{'fallb.':>8}{'exact dup':>11}{'near dup':>10}"]
+    lines += [f"{n:<12}{a:>7}{b:>7}{c:>8}{d:>11}{e:>10}" for n, a, b, c, d, e in class_rows(r)]
     e, nd = r["exact_duplicates"], r["near_duplicates"]
     lines.append(
         f"exact duplicates: {e['groups']} groups ({e['images']} images), "

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from service.manifest import load_manifest
+from trainer.data import class_rows
 from trainer.plots import plot_confusion
 
 PUBLISHED = (
@@ -87,12 +88,7 @@ def write_report(work: Path, models_dir: Path, docs: Path) -> Path:
         "| class | Training | Testing | crop fallbacks | exact-duplicate images | near-duplicate images |",
         "|---|---|---|---|---|---|",
     ]
-    for c, row in data["per_class"].items():
-        fb = row["Training"]["crop_fallbacks"] + row["Testing"]["crop_fallbacks"]
-        lines.append(
-            f"| {c} | {row['Training']['images']} | {row['Testing']['images']} | {fb} | "
-            f"{row['exact_duplicate_images']} | {row['near_duplicate_images']} |"
-        )
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in class_rows(data)]
     e, nd = data["exact_duplicates"], data["near_duplicates"]
     lines += [
         "",
