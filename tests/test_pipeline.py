@@ -82,6 +82,12 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     # the headline numbers recompute from the shipped ONNX files with one command
     out = run("evaluate", *common, "--models-dir", str(models), cwd=ROOT)
     assert "official_test: n=8" in out and "DIFFERS" not in out
+    docs = tmp_path / "docs"
+    run("report", "--work", str(work), "--models-dir", str(models), "--docs", str(docs), cwd=ROOT)
+    text = (docs / "evaluation.md").read_text()
+    test_acc = manifest.ensemble.metrics["official_test"].accuracy
+    assert f"**{100 * test_acc:.1f} %**" in text and "not for clinical use" in text
+    assert (docs / "img" / "ensemble_official_test.png").stat().st_size > 0
     with TestClient(create_app(Settings(models_dir=models))) as client:
         data = (MRI_FIXTURES / "Testing" / "glioma_tumor" / "image(1).jpg").read_bytes()
         r = client.post("/v1/predict", files={"file": ("x.jpg", data, "image/jpeg")})
