@@ -12,7 +12,7 @@ EXAMPLE_PROBS = {"glioma": 0.71, "meningioma": 0.2, "no_tumor": 0.04, "pituitary
 
 
 class ModelPrediction(BaseModel):
-    name: str = Field(description="Model name from the manifest.", examples=["cnn-c3-f64-d1"])
+    name: str = Field(description="Model name from the manifest.", examples=["cnn-c3-f32-d1"])
     label: str = Field(description="This model's arg-max class.", examples=["glioma"])
     probabilities: dict[str, float] = Field(
         description="This model's softmax output by class.", examples=[EXAMPLE_PROBS]
