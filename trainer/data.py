@@ -98,25 +98,25 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+def exact_groups(sha: np.ndarray) -> np.ndarray:
+    """Group ids of byte-identical files: equal ids for equal sha256."""
+    return np.unique(sha, return_inverse=True)[1]
+
+
 def duplicate_groups(
     sha: np.ndarray, hashes: np.ndarray, max_hamming: int = NEAR_DUPLICATE_MAX_HAMMING
 ) -> tuple[np.ndarray, np.ndarray]:
     """Group ids for exact duplicates (same sha256) and for exact ∪ near duplicates (pHash distance).
 
-    Returns (exact_group, group): each an int array, equal ids meaning "same group".
+    Returns (exact_group, group): each an int array, equal ids meaning "same group"; a near-duplicate
+    group's id is the index of its first member.
     """
     n = len(sha)
-    exact = _UnionFind(n)
-    first: dict[str, int] = {}
-    for i, s in enumerate(sha):
-        if s in first:
-            exact.union(first[s], i)
-        else:
-            first[s] = i
-    exact_group = np.array([exact.find(i) for i in range(n)])
+    exact_group = exact_groups(sha)
     near = _UnionFind(n)
-    for i in range(n):
-        near.union(i, int(exact_group[i]))
+    first_of: dict[int, int] = {}
+    for i, g in enumerate(exact_group):
+        near.union(first_of.setdefault(int(g), i), i)
     h = hashes.astype(np.uint64)
     for i in range(n - 1):
         dist = np.bitwise_count(h[i + 1 :] ^ h[i])
@@ -177,7 +177,7 @@ def prepare(root: Path, cache_dir: Path, limit_per_class: int | None = None) -> 
 
 def report(p: Prepared) -> dict:
     """Per-class counts, crop fallbacks and duplicate facts, as a JSON-able dict."""
-    exact_group, _ = duplicate_groups(p.sha256, p.phash)
+    exact_group = exact_groups(p.sha256)
 
     def group_stats(groups: np.ndarray) -> dict:
         ids, counts = np.unique(groups, return_counts=True)

@@ -131,71 +131,42 @@ def train_entry(
     n_classes = len(CLASSES)
     input_shape = tuple(int(d) for d in p.x.shape[1:])
     model = build_from_config(cfg, input_shape, n_classes)  # type: ignore[arg-type]
-    model.compile(
-        optimizer=keras.optimizers.Adam(float(cfg["learning_rate"])),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
     bs = int(cfg["batch_size"])
-    train_ds = make_dataset(p.x[tr], p.y[tr], bs, augment=bool(cfg["augment"]), shuffle=True, seed=seed)
-    val_ds = make_dataset(p.x[va], p.y[va], bs)
+    weights = class_weights(p.y[tr], n_classes)
 
-    def callbacks(phase: str) -> list[keras.callbacks.Callback]:
-        return [
+    def fit(target: keras.Model, lr: float, epochs: int, phase: str, train: Any, val: Any, **kw: Any) -> dict:
+        target.compile(
+            optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
+        callbacks = [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(cfg["patience"]), restore_best_weights=True),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / phase)),
         ]
+        out = target.fit(
+            *train, validation_data=val, epochs=epochs, class_weight=weights, callbacks=callbacks, verbose=verbose, **kw
+        )
+        return dict(out.history)
+
+    def image_datasets() -> tuple[tuple[tf.data.Dataset], tf.data.Dataset]:
+        train_ds = make_dataset(p.x[tr], p.y[tr], bs, augment=bool(cfg["augment"]), shuffle=True, seed=seed)
+        return (train_ds,), make_dataset(p.x[va], p.y[va], bs)
 
     print(f"[{cfg['name']}] {model.count_params():,} params, train {len(tr)} / val {len(va)} images")
     start = time.monotonic()
+    lr, epochs = float(cfg["learning_rate"]), int(cfg["epochs"])
     if cfg["family"] == "transfer" and cfg.get("cache_features", False):
         # Frozen backbone: train the head on cached pooled features (no augmentation in this phase).
         feats = frozen_features(model, cfg, p, cache_dir or run_dir.parent.parent / "cache")
-        head = head_model(model)
-        head.compile(
-            optimizer=keras.optimizers.Adam(float(cfg["learning_rate"])),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        hist = head.fit(
-            feats[tr],
-            p.y[tr],
-            validation_data=(feats[va], p.y[va]),
-            batch_size=bs,
-            epochs=int(cfg["epochs"]),
-            class_weight=class_weights(p.y[tr], n_classes),
-            callbacks=callbacks("train"),
-            shuffle=True,
-            verbose=verbose,
-        )
+        train_f, val_f = (feats[tr], p.y[tr]), (feats[va], p.y[va])
+        history = _merge({}, fit(head_model(model), lr, epochs, "train", train_f, val_f, batch_size=bs, shuffle=True))
     else:
-        hist = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=int(cfg["epochs"]),
-            class_weight=class_weights(p.y[tr], n_classes),
-            callbacks=callbacks("train"),
-            verbose=verbose,
-        )
-    history = _merge({}, hist.history)
+        history = _merge({}, fit(model, lr, epochs, "train", *image_datasets()))
     ft_epochs = int(cfg.get("fine_tune_epochs", 0))
     if cfg["family"] == "transfer" and ft_epochs > 0 and BACKBONES[cfg["backbone"]].fine_tune_prefix:
         n = unfreeze_top(model, cfg["backbone"])
         print(f"[{cfg['name']}] fine-tuning {n} top backbone layers for up to {ft_epochs} epochs")
-        model.compile(
-            optimizer=keras.optimizers.Adam(float(cfg["fine_tune_learning_rate"])),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        hist = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=ft_epochs,
-            class_weight=class_weights(p.y[tr], n_classes),
-            callbacks=callbacks("fine_tune"),
-            verbose=verbose,
-        )
-        history = _merge(history, hist.history)
+        ft_lr = float(cfg["fine_tune_learning_rate"])
+        history = _merge(history, fit(model, ft_lr, ft_epochs, "fine_tune", *image_datasets()))
     seconds = time.monotonic() - start
     model.save(run_dir / "model.keras")
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
