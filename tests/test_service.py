@@ -249,3 +249,39 @@ def test_json_log_lines_carry_the_request_id() -> None:
     )
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "POST /v1/predict 200" and line["request_id"] == "r1" and line["level"] == "info"
+
+
+def _encoded(ext: str) -> bytes:
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    return cv2.imencode(ext, img)[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"PK\x03\x04" + b"\0" * 100, id="zip"),
+        pytest.param(b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', id="svg"),
+        pytest.param(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", id="gif"),
+        pytest.param(_encoded(".bmp"), id="bmp"),
+        pytest.param(_encoded(".tiff"), id="tiff"),
+        pytest.param(_encoded(".webp"), id="webp"),
+    ],
+)
+def test_other_formats_are_415_whatever_the_name(client: TestClient, data: bytes) -> None:
+    r = post(client, data, name="scan.jpg", ctype="image/jpeg")
+    assert r.status_code == 415 and "not a JPEG or PNG" in r.json()["detail"]
+    assert client.get("/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        pytest.param(np.full((1, 1, 3), 128, np.uint8), id="1x1"),
+        pytest.param(np.full((10, 10_000, 3), 200, np.uint8), id="10000x10"),
+        pytest.param(np.random.default_rng(1).integers(0, 256, (240, 320, 3), dtype=np.uint8), id="colour-photo"),
+    ],
+)
+def test_odd_but_valid_images_predict(client: TestClient, image: np.ndarray) -> None:
+    r = post(client, png_bytes(image), name="x.png", ctype="image/png")
+    assert r.status_code == 200, r.text
+    assert_prediction(r.json())
