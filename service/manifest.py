@@ -36,16 +36,19 @@ class TensorSpec(BaseModel):
     dtype: str
 
 
-class ModelEntry(BaseModel):
-    name: str
-    file: str
+class PublicModelEntry(BaseModel):
+    name: str = Field(examples=["cnn-c3-f32-d1"])
     sha256: str
-    family: str
-    weights_origin: str
+    family: str = Field(description="ann, cnn or transfer.", examples=["cnn"])
+    weights_origin: str = Field(description="Where the weights the model started from came from.")
     params: int
-    config: dict[str, Any] = Field(default_factory=dict)
-    parity_max_abs_diff: float
-    metrics: dict[str, Metrics] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict, description="The grid entry it was trained from.")
+    parity_max_abs_diff: float = Field(description="Max |Keras − ONNX| probability on real images at export.")
+    metrics: dict[str, Metrics] = Field(default_factory=dict, description="By split: validation, official_test.")
+
+
+class ModelEntry(PublicModelEntry):
+    file: str
 
 
 class EnsembleInfo(BaseModel):
@@ -53,7 +56,9 @@ class EnsembleInfo(BaseModel):
     metrics: dict[str, Metrics] = Field(default_factory=dict)
 
 
-class Manifest(BaseModel):
+class PublicManifest(BaseModel):
+    """What GET /v1/models shows: the manifest without file paths."""
+
     model_config = ConfigDict(protected_namespaces=())
 
     schema_version: int = SCHEMA_VERSION
@@ -63,19 +68,16 @@ class Manifest(BaseModel):
     data_hash: str
     limit_per_class: int | None = Field(None, description="Set when trained on a subset (smoke runs).")
     notes: str = ""
-    classes: list[str] = Field(min_length=2)
+    classes: list[str] = Field(min_length=2, description="Class names in output order: the only list of them.")
     input: TensorSpec
     output: TensorSpec
     preprocessing: dict[str, Any]
-    models: list[ModelEntry] = Field(min_length=1)
+    models: list[PublicModelEntry] = Field(min_length=1)
     ensemble: EnsembleInfo
 
-    def public(self) -> dict[str, Any]:
-        """What GET /v1/models shows: everything but file paths."""
-        data = self.model_dump()
-        for m in data["models"]:
-            m.pop("file", None)
-        return data
+
+class Manifest(PublicManifest):
+    models: list[ModelEntry] = Field(min_length=1)  # type: ignore[assignment]
 
 
 def sha256_file(path: Path) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from service import DISCLAIMER
+from service.manifest import PublicManifest
 
 EXAMPLE_PROBS = {"glioma": 0.71, "meningioma": 0.2, "no_tumor": 0.04, "pituitary": 0.05}
 
@@ -47,3 +48,7 @@ class Health(BaseModel):
     status: str = Field(examples=["ok"])
     detail: str | None = None
     disclaimer: str = DISCLAIMER
+
+
+class ModelsInfo(PublicManifest):
+    disclaimer: str = Field(DISCLAIMER, examples=[DISCLAIMER])

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service import DISCLAIMER
 from service.api.deps import get_state, ready_ensemble, require_api_key
 from service.runtime import Ensemble
-from service.schemas import ErrorResponse, Health
+from service.schemas import ErrorResponse, Health, ModelsInfo
 
 router = APIRouter()
 PAGE = Path(__file__).resolve().parents[2] / "static" / "index.html"
@@ -42,10 +42,12 @@ def ready(request: Request) -> Any:
     tags=["models"],
     summary="The ensemble: classes, input, models, metrics and where they were measured",
     dependencies=[Depends(require_api_key)],
-    responses={503: {"model": ErrorResponse}},
+    response_model=ModelsInfo,
+    responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
 def models(ensemble: Ensemble = Depends(ready_ensemble)) -> dict[str, Any]:
-    return {**ensemble.manifest.public(), "disclaimer": DISCLAIMER}
+    # response_model drops what is not public (the file paths)
+    return {**ensemble.manifest.model_dump(), "disclaimer": DISCLAIMER}
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
