@@ -11,9 +11,11 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY service ./service
 RUN pip install -c constraints.txt ".[service]" \
  && python -c "import service.main, importlib.util as u; assert u.find_spec('tensorflow') is None" \
+ && pip uninstall -y -q Jinja2 MarkupSafe \
  && cd /opt/venv/lib/python3.11/site-packages \
+ && find swagger_ui_bundle/vendor -type f ! -name swagger-ui-bundle.js ! -name swagger-ui.css -delete \
  && rm -rf pip setuptools pkg_resources _distutils_hack distutils-precedence.pth \
-      onnxruntime/transformers onnxruntime/quantization onnxruntime/tools numpy/f2py \
+      onnxruntime/transformers onnxruntime/quantization onnxruntime/tools numpy/f2py numpy/_core/include \
  && find . -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} + \
  && find . -name "*.pyi" -delete \
  && python -c "import numpy, cv2, onnxruntime, service.main"

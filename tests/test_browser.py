@@ -57,3 +57,18 @@ def test_upload_page_shows_label_crop_bars_and_disclaimer(live_server: str, tmp_
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=20_000)
         assert "not a JPEG or PNG" in page.inner_text("#error")
         browser.close()
+
+
+def test_swagger_ui_renders_offline_from_bundled_assets(live_server: str) -> None:
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        failed: list[str] = []
+        page.on("requestfailed", lambda req: failed.append(req.url))
+        page.goto(live_server + "/docs")
+        page.wait_for_selector("#operations-prediction-predict_v1_predict_post", timeout=20_000)
+        page.click("#operations-prediction-predict_v1_predict_post .opblock-summary")
+        page.wait_for_selector("text=Try it out", timeout=10_000)
+        assert "/v1/predict" in page.inner_text("#swagger-ui")
+        assert not [u for u in failed if u.startswith(live_server)]
+        browser.close()

@@ -198,7 +198,9 @@ def test_health_models_metrics_docs_page(client: TestClient, mri_jpeg: bytes) ->
     assert 'mri_requests_total{endpoint="/v1/predict",method="POST",status="422"}' in text
     assert "mri_predictions_total{label=" in text
     assert "mri_inference_seconds_count" in text
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static/swagger/swagger-ui-bundle.js" in docs.text  # no CDN
+    assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
