@@ -43,17 +43,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.grid import load_grid
     from trainer.train import train_grid
 
-    entries = load_grid(args.grid)
-    for cfg in entries:
-        if args.no_augment:
-            cfg["augment"] = False
-        if args.epochs is not None:
-            cfg["epochs"] = args.epochs
-    if args.no_augment or args.epochs is not None:
-        from trainer.grid import entry_name
-
-        for cfg in entries:
-            cfg["name"] = entry_name(cfg)
+    overrides: dict[str, object] = {}
+    if args.no_augment:
+        overrides["augment"] = False
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    entries = load_grid(args.grid, overrides)
     if args.only:
         entries = [e for e in entries if any(s in e["name"] for s in args.only)]
         if not entries:

@@ -15,10 +15,10 @@ import keras
 import numpy as np
 
 import trainer.models  # noqa: F401  (registers the custom layers for loading)
-from trainer.data import CLASSES, TEST, Prepared
+from trainer.data import CLASSES, Prepared
 from trainer.metrics import compute_metrics
 from trainer.plots import plot_confusion, plot_curves, plot_leaderboard
-from trainer.train import train_val_indices
+from trainer.train import evaluation_indices
 
 VAL_SPLIT = "validation (carved from Training, duplicate-aware)"
 TEST_SPLIT = "official Testing split"
@@ -48,8 +48,7 @@ def evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]
 def _evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]:
     result = json.loads((run_dir / "result.json").read_text())
     cfg = result["config"]
-    _, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
-    te = np.nonzero(p.split == TEST)[0]
+    va, te = evaluation_indices(p, cfg)
     model = keras.models.load_model(run_dir / "model.keras")
     val = compute_metrics(p.y[va], predict(model, p.x[va]), CLASSES, VAL_SPLIT)
     test = compute_metrics(p.y[te], predict(model, p.x[te]), CLASSES, TEST_SPLIT)

@@ -21,11 +21,11 @@ from service.ensemble import VOTE_RULE, majority_vote
 from service.manifest import EnsembleInfo, Manifest, sha256_file, write_manifest
 from service.preprocessing import PREPROCESSING_PARAMS, to_model_input
 from service.runtime import Ensemble
-from trainer.data import CLASSES, TEST, Prepared
+from trainer.data import CLASSES, Prepared
 from trainer.evaluate import TEST_SPLIT, VAL_SPLIT
 from trainer.metrics import compute_metrics
 from trainer.models import INPUT_NAME, OUTPUT_NAME
-from trainer.train import train_val_indices
+from trainer.train import evaluation_indices
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -62,8 +62,7 @@ def evaluate_ensemble(models_dir: Path, p: Prepared) -> dict[str, dict[str, Any]
     validation split its models were selected on and on the official Testing split."""
     ensemble = Ensemble.load(models_dir)
     cfg = ensemble.manifest.models[0].config
-    _, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
-    te = np.nonzero(p.split == TEST)[0]
+    va, te = evaluation_indices(p, cfg)
     metrics = {}
     for key, idx, split in (("validation", va, VAL_SPLIT), ("official_test", te, TEST_SPLIT)):
         probs = ensemble.predict_images(p.x[idx])
@@ -110,7 +109,7 @@ def export_top(
     for stale in models_dir.glob("*.onnx"):
         stale.unlink()
     cfg0 = chosen[0]["config"]
-    _, va = train_val_indices(p, float(cfg0["val_fraction"]), int(cfg0["seed"]))
+    va, _ = evaluation_indices(p, cfg0)
     entries = []
     for row in chosen:
         cfg = row["config"]

@@ -46,7 +46,9 @@ def entry_name(cfg: dict[str, Any]) -> str:
     return "-".join(parts)
 
 
-def expand(grid: dict[str, Any]) -> list[dict[str, Any]]:
+def expand(grid: dict[str, Any], overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every grid entry as a config; `overrides` (e.g. from the command line) win over the file and
+    are part of the entry's name."""
     unknown = set(grid) - set(FAMILIES) - {"defaults"}
     if unknown:
         raise ValueError(f"unknown grid sections {sorted(unknown)}; allowed: defaults, {', '.join(FAMILIES)}")
@@ -57,7 +59,13 @@ def expand(grid: dict[str, Any]) -> list[dict[str, Any]]:
             keys = list(table)
             values = [v if isinstance(v, list) else [v] for v in table.values()]
             for combo in itertools.product(*values):
-                cfg = {**defaults, **FAMILY_DEFAULTS[family], "family": family, **dict(zip(keys, combo, strict=True))}
+                cfg = {
+                    **defaults,
+                    **FAMILY_DEFAULTS[family],
+                    "family": family,
+                    **dict(zip(keys, combo, strict=True)),
+                    **(overrides or {}),
+                }
                 cfg["name"] = entry_name(cfg)
                 entries.append(cfg)
     names = [e["name"] for e in entries]
@@ -69,6 +77,6 @@ def expand(grid: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def load_grid(path: Path) -> list[dict[str, Any]]:
+def load_grid(path: Path, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     with path.open("rb") as f:
-        return expand(tomllib.load(f))
+        return expand(tomllib.load(f), overrides)

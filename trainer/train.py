@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import CLASSES, TRAIN, Prepared, split_train_val
+from trainer.data import CLASSES, TEST, TRAIN, Prepared, split_train_val
 from trainer.grid import FAMILY_DEFAULTS
 from trainer.models import BACKBONES, build_from_config, unfreeze_top, weights_origin
 
@@ -69,6 +69,12 @@ def train_val_indices(p: Prepared, val_fraction: float, seed: int) -> tuple[np.n
     train_pool = np.nonzero(p.split == TRAIN)[0]
     tr, va = split_train_val(p.y[train_pool], p.group[train_pool], val_fraction, seed)
     return train_pool[tr], train_pool[va]
+
+
+def evaluation_indices(p: Prepared, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, official Testing) indices for a model trained with cfg's seed and val_fraction."""
+    _, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
+    return va, np.nonzero(p.split == TEST)[0]
 
 
 def _feature_cache_path(cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> Path:
