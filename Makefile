@@ -12,13 +12,14 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help serve test lint train train-smoke vgg16-weights install-service install-dev clean docker-smoke
+.PHONY: help serve test lint train train-smoke vgg16-weights install-service install-dev clean docker-smoke loadtest
 
 help:
 	@echo "make serve        install the service and start it on models/ (HOST=$(HOST) PORT=$(PORT))"
 	@echo "make test         install everything and run lint, types and the test suite"
 	@echo "make train        prepare → train ($(GRID)) → evaluate → export into models/"
 	@echo "make train-smoke OUT=/tmp/x   the whole trainer pipeline on a small real subset"
+	@echo "make loadtest     32 clients, 2000 mixed uploads against the service on models/"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +40,8 @@ serve: $(VENV)/.service
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m service
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check service trainer tests
-	$(BIN)/ruff format --check service trainer tests
+	$(BIN)/ruff check service trainer tests bench
+	$(BIN)/ruff format --check service trainer tests bench
 	$(BIN)/mypy
 
 test: lint
@@ -68,6 +69,10 @@ train-smoke: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Sustained load on loopback (docs/operations.md): fails on any unexpected status, connection error or ≥ 10 % memory growth.
+loadtest: $(VENV)/.dev
+	$(BIN)/python -m bench.loadtest --clients 32 --requests 2000
 
 docker-smoke:
 	bash docker/smoke.sh

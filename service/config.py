@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port for `python -m service` (PORT also works).")
     max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest request body accepted (413 above).")
     max_image_pixels: int = Field(40_000_000, description="Largest width×height decoded (422 above).")
+    request_timeout_s: float = Field(
+        30.0, description="Deadline per request, upload included: 408 if the body is late, 504 if the work is; 0 = off."
+    )
     threads: int = Field(0, description="onnxruntime intra-op threads per model (0 = one per core).")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
     api_key: SecretStr | None = Field(None, description="If set, /v1/* requires header X-API-Key.")

@@ -17,7 +17,7 @@ from service import DISCLAIMER, __version__
 from service.api.deps import AppState
 from service.api.routes import info, predict
 from service.config import Settings
-from service.middleware import BodyLimitMiddleware
+from service.middleware import BodyLimitMiddleware, TimeoutMiddleware
 from service.observability import Metrics, MetricsMiddleware
 from service.runtime import Ensemble
 
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "Internal server error."}, status_code=500)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

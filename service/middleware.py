@@ -1,7 +1,8 @@
-"""Pure-ASGI middleware: read the whole body into memory up to the limit (413 above), then replay it."""
+"""Pure-ASGI middleware: a request deadline (408/504) and a body limit (413 before anything is parsed)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -66,3 +67,45 @@ class BodyLimitMiddleware:
             return dict(await receive())
 
         await self.app(scope, replay, send)
+
+
+class TimeoutMiddleware:
+    """Abandons a request that takes longer than `seconds` in total: 408 if the client had not finished
+    sending its body (slow or stalled uploads), 504 if the service had it and was still working. A model
+    call already running in a worker thread finishes in the background; its result is dropped."""
+
+    def __init__(self, app: Any, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.seconds <= 0:
+            await self.app(scope, receive, send)
+            return
+        body_done = scope["method"] in ("GET", "HEAD", "OPTIONS")
+        started = False
+
+        async def tracked_receive() -> dict[str, Any]:
+            nonlocal body_done
+            message = dict(await receive())
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, tracked_receive, tracked_send), self.seconds)
+        except TimeoutError:
+            if started:  # too late for a status code; the connection is closed by the server
+                return
+            if body_done:
+                detail = f"The service did not finish within {self.seconds:g} s; try again later."
+                await send_json(send, 504, {"detail": detail})
+            else:
+                detail = f"The request body did not arrive within {self.seconds:g} s."
+                await send_json(send, 408, {"detail": detail})

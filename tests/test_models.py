@@ -17,6 +17,7 @@ from trainer.models import (  # noqa: E402
     build_from_config,
     build_transfer,
     describe_weights,
+    split_at_cut,
     unfreeze_top,
 )
 
@@ -77,6 +78,25 @@ def test_transfer_frozen_head_and_fine_tune_unfreeze() -> None:
     n = unfreeze_top(m, "mobilenetv2")
     assert n > 0
     assert sum(int(np.prod(w.shape)) for w in m.trainable_weights) > trainable_before
+
+
+@pytest.mark.slow
+def test_split_at_cut_shares_weights_with_the_full_model() -> None:
+    m = build_transfer((32, 32, 3), 4, "vgg16", weights="none", dense_layers=1, units=8)
+    unfreeze_top(m, "vgg16")
+    bottom, top = split_at_cut(m, "vgg16")
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    assert bottom.output_shape == (None, 2, 2, 512)
+    np.testing.assert_allclose(np.asarray(top(bottom(x))), np.asarray(m(x)), atol=1e-5)
+    # the top block's trainable weights are the full model's: a step on `top` changes `m`
+    assert {w.path for w in top.trainable_weights} <= {w.path for w in m.trainable_weights}
+    assert any(w.path.startswith("block5_conv1") for w in top.trainable_weights)
+    before = np.asarray(m(x))
+    top.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    top.fit(np.asarray(bottom(x)), np.array([0, 1]), epochs=1, verbose=0)
+    assert not np.allclose(np.asarray(m(x)), before)
+    with pytest.raises(ValueError, match="no fine_tune_cut"):
+        split_at_cut(build_transfer((32, 32, 3), 4, "mobilenetv2", weights="none"), "mobilenetv2")
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -287,3 +287,56 @@ def test_odd_but_valid_images_predict(client: TestClient, image: np.ndarray) -> 
     r = post(client, png_bytes(image), name="x.png", ctype="image/png")
     assert r.status_code == 200, r.text
     assert_prediction(r.json())
+
+
+def test_slow_work_is_504_and_the_service_stays_ready(
+    tiny_models: Path, mri_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    original = Ensemble.predict
+
+    def slow(self: Ensemble, *args: object, **kwargs: object) -> object:
+        time.sleep(1.5)
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Ensemble, "predict", slow)
+    with make_client(tiny_models, request_timeout_s=0.5) as c:
+        r = post(c, mri_jpeg)
+        assert r.status_code == 504
+        assert r.json()["detail"].startswith("The service did not finish within 0.5 s")
+        assert c.get("/health/ready").status_code == 200
+    monkeypatch.setattr(Ensemble, "predict", original)
+    with make_client(tiny_models, request_timeout_s=0.5) as c:
+        assert post(c, mri_jpeg).status_code == 200
+
+
+def test_stalled_upload_is_408() -> None:
+    import asyncio
+
+    from service.middleware import TimeoutMiddleware
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        while True:  # reads the body like the real app does
+            message = await receive()  # type: ignore[operator]
+            if not message.get("more_body"):
+                return
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if not sent:
+            sent.append({})
+            return {"type": "http.request", "body": b"\xff\xd8", "more_body": True}
+        await asyncio.sleep(10)  # the client stops sending
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    out: list[dict] = []
+
+    async def send(message: dict) -> None:
+        out.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict", "headers": []}
+    asyncio.run(TimeoutMiddleware(app, 0.2)(scope, receive, send))
+    assert out[0]["status"] == 408
+    assert b"did not arrive within 0.2 s" in out[1]["body"]

@@ -32,11 +32,14 @@ class Backbone:
     factory: Any
     preprocess: str  # "caffe" or "tf" (scale to -1..1)
     fine_tune_prefix: str | None  # layer-name prefix of the top block unfrozen in phase 2
+    # output of the last frozen layer when fine-tuning: sequential backbones can cache it and train
+    # only the top block on the cached tensors (None: fine-tune end to end on images)
+    fine_tune_cut: str | None = None
 
 
 BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone(keras.applications.VGG16, "caffe", "block5_"),
-    "vgg19": Backbone(keras.applications.VGG19, "caffe", "block5_"),
+    "vgg16": Backbone(keras.applications.VGG16, "caffe", "block5_", "block4_pool"),
+    "vgg19": Backbone(keras.applications.VGG19, "caffe", "block5_", "block4_pool"),
     "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_"),
     "mobilenetv2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_"),
     "inceptionv3": Backbone(keras.applications.InceptionV3, "tf", "mixed10"),
@@ -163,7 +166,7 @@ def build_transfer(
 def unfreeze_top(model: keras.Model, backbone: str) -> int:
     """Phase 2: make the backbone's top block trainable (BatchNorm stays frozen). Returns #layers."""
     prefix = BACKBONES[backbone].fine_tune_prefix
-    base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    base = backbone_of(model)
     base.trainable = True
     count = 0
     for layer in base.layers:
@@ -172,6 +175,38 @@ def unfreeze_top(model: keras.Model, backbone: str) -> int:
         layer.trainable = on
         count += int(on)
     return count
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def split_at_cut(model: keras.Model, backbone: str) -> tuple[keras.Model, keras.Model]:
+    """(bottom, top) of a transfer model at its backbone's fine_tune_cut, sharing weights with `model`.
+
+    bottom: RGB pixels 0–255 → cut tensor (preprocessing + frozen layers); top: cut tensor →
+    probabilities (the backbone's top block + pooling + head). Training `top` trains the layer objects
+    `model` holds, so `model` is the fine-tuned full model afterwards.
+    """
+    cut = BACKBONES[backbone].fine_tune_cut
+    if cut is None:
+        raise ValueError(f"backbone {backbone!r} has no fine_tune_cut; fine-tune it end to end instead")
+    base = backbone_of(model)
+    base_bottom = keras.Model(base.inputs, base.get_layer(cut).output)
+    pixels = keras.Input(shape=model.inputs[0].shape[1:], name=INPUT_NAME)
+    x = pixels
+    for layer in model.layers[1 : model.layers.index(base)]:  # the preprocessing layer(s)
+        x = layer(x)
+    bottom = keras.Model(pixels, base_bottom(x), name=f"{backbone}_bottom")
+    names = [layer.name for layer in base.layers]
+    inputs = keras.Input(shape=base.get_layer(cut).output.shape[1:], name="cut_features")
+    x = inputs
+    for layer in base.layers[names.index(cut) + 1 :]:
+        x = layer(x)
+    after = model.layers[model.layers.index(base) + 1 :]
+    for layer in after:
+        x = layer(x)
+    return bottom, keras.Model(inputs, x, name=f"{backbone}_top")
 
 
 def build_from_config(cfg: dict[str, Any], input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from trainer.data import CLASSES, TEST, TRAIN, Prepared, split_train_val
 from trainer.grid import FAMILY_DEFAULTS
-from trainer.models import BACKBONES, build_from_config, unfreeze_top, weights_origin
+from trainer.models import BACKBONES, build_from_config, split_at_cut, unfreeze_top, weights_origin
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -77,11 +77,12 @@ def evaluation_indices(p: Prepared, cfg: dict[str, Any]) -> tuple[np.ndarray, np
     return va, np.nonzero(p.split == TEST)[0]
 
 
-def _feature_cache_path(cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> Path:
-    key = hashlib.sha256(
-        json.dumps([cfg["backbone"], cfg["weights"], _weights_digest(cfg["weights"]), p.data_hash]).encode()
-    ).hexdigest()[:16]
-    return cache_dir / f"features-{cfg['backbone']}-{key}.npz"
+def _feature_cache_path(cfg: dict[str, Any], p: Prepared, cache_dir: Path, kind: str = "features") -> Path:
+    parts = [cfg["backbone"], cfg["weights"], _weights_digest(cfg["weights"]), p.data_hash]
+    if kind != "features":
+        parts.append(kind)
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    return cache_dir / f"{kind}-{cfg['backbone']}-{key}.npz"
 
 
 def _weights_digest(weights: str) -> str:
@@ -98,6 +99,29 @@ def frozen_features(model: keras.Model, cfg: dict[str, Any], p: Prepared, cache_
     extractor = keras.Model(model.inputs, model.get_layer("gap").output)
     print(f"[{cfg['name']}] computing frozen {cfg['backbone']} features for {len(p.x)} images (cached after)")
     feats = np.asarray(extractor.predict(p.x.astype(np.float32), batch_size=32, verbose=2))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(path, features=feats)
+    return feats
+
+
+CUT_VIEWS = ("identity", "hflip")
+
+
+def cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> np.ndarray:
+    """The frozen bottom's output for every image in each of CUT_VIEWS, shape (views, N, h, w, c), float16,
+    computed once and cached: fine-tuning the top block then costs a fraction of a full forward pass."""
+    cut = BACKBONES[cfg["backbone"]].fine_tune_cut
+    path = _feature_cache_path(cfg, p, cache_dir, f"cut-{cut}")
+    if path.exists():
+        with np.load(path) as z:
+            return np.asarray(z["features"])
+    views = []
+    for view in CUT_VIEWS:
+        print(f"[{cfg['name']}] computing frozen {cfg['backbone']} → {cut} for {len(p.x)} images, view {view}")
+        x = p.x if view == "identity" else p.x[:, :, ::-1, :]
+        out = bottom.predict(x.astype(np.float32), batch_size=32, verbose=2)
+        views.append(np.asarray(out).astype(np.float16))
+    feats = np.stack(views)
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(path, features=feats)
     return feats
@@ -160,9 +184,11 @@ def train_entry(
     print(f"[{cfg['name']}] {model.count_params():,} params, train {len(tr)} / val {len(va)} images")
     start = time.monotonic()
     lr, epochs = float(cfg["learning_rate"]), int(cfg["epochs"])
-    if cfg["family"] == "transfer" and cfg.get("cache_features", False):
+    cache_dir = cache_dir or run_dir.parent.parent / "cache"
+    cached = cfg["family"] == "transfer" and bool(cfg.get("cache_features", False))
+    if cached:
         # Frozen backbone: train the head on cached pooled features (no augmentation in this phase).
-        feats = frozen_features(model, cfg, p, cache_dir or run_dir.parent.parent / "cache")
+        feats = frozen_features(model, cfg, p, cache_dir)
         train_f, val_f = (feats[tr], p.y[tr]), (feats[va], p.y[va])
         history = _merge({}, fit(head_model(model), lr, epochs, "train", train_f, val_f, batch_size=bs, shuffle=True))
     else:
@@ -172,7 +198,19 @@ def train_entry(
         n = unfreeze_top(model, cfg["backbone"])
         print(f"[{cfg['name']}] fine-tuning {n} top backbone layers for up to {ft_epochs} epochs")
         ft_lr = float(cfg["fine_tune_learning_rate"])
-        history = _merge(history, fit(model, ft_lr, ft_epochs, "fine_tune", *image_datasets()))
+        if cached and BACKBONES[cfg["backbone"]].fine_tune_cut:
+            # Train the top block + head on the cached output of the frozen layers below it; the views
+            # (identity, horizontal flip) are the augmentation of this phase.
+            bottom, top = split_at_cut(model, cfg["backbone"])
+            cut = cut_features(bottom, cfg, p, cache_dir)
+            x_tr = np.concatenate([view[tr] for view in cut])
+            y_tr = np.concatenate([p.y[tr]] * len(cut))
+            ft = fit(
+                top, ft_lr, ft_epochs, "fine_tune", (x_tr, y_tr), (cut[0][va], p.y[va]), batch_size=bs, shuffle=True
+            )
+        else:
+            ft = fit(model, ft_lr, ft_epochs, "fine_tune", *image_datasets())
+        history = _merge(history, ft)
     seconds = time.monotonic() - start
     model.save(run_dir / "model.keras")
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
