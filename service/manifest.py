@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.confidence import UncertaintyRule
+
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 
@@ -44,6 +46,12 @@ class PublicModelEntry(BaseModel):
     params: int
     config: dict[str, Any] = Field(default_factory=dict, description="The grid entry it was trained from.")
     parity_max_abs_diff: float = Field(description="Max |Keras − ONNX| probability on real images at export.")
+    temperature: float = Field(
+        1.0, gt=0, description="Calibration: the service reports softmax(logits / temperature), fitted on validation."
+    )
+    calibration: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="By split: this model's ECE (15 bins) before/after its temperature."
+    )
     metrics: dict[str, Metrics] = Field(default_factory=dict, description="By split: validation, official_test.")
 
 
@@ -54,6 +62,14 @@ class ModelEntry(PublicModelEntry):
 class EnsembleInfo(BaseModel):
     vote: dict[str, str]
     metrics: dict[str, Metrics] = Field(default_factory=dict)
+    uncertainty: UncertaintyRule = Field(
+        default_factory=UncertaintyRule, description="When a prediction is flagged `uncertain`."
+    )
+    calibration: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="By split: expected calibration error (15 bins) of the mean probabilities before/after "
+        "temperature scaling, and accuracy of the confident vs the uncertain predictions.",
+    )
 
 
 class PublicManifest(BaseModel):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.confidence import apply_temperature, uncertainty_reasons
 from service.ensemble import majority_vote
 from service.manifest import Manifest, ManifestError, load_manifest, sha256_file
 from service.preprocessing import to_model_input
@@ -26,6 +27,7 @@ class Prediction:
     mean: np.ndarray  # (classes,)
     votes: np.ndarray  # (classes,)
     per_model: np.ndarray  # (models, classes)
+    uncertain: list[str]  # reasons; empty when confident
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
@@ -43,6 +45,7 @@ class Ensemble:
         self.sessions = sessions
         self.classes = manifest.classes
         self.input_name = manifest.input.name
+        self.temperatures = [m.temperature for m in manifest.models]
 
     @classmethod
     def load(cls, models_dir: Path, threads: int = 0, verify_sha256: bool = True) -> Ensemble:
@@ -84,19 +87,26 @@ class Ensemble:
             sessions.append(sess)
         return cls(manifest, sessions)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 NHWC batch → probabilities (models, N, classes)."""
+    def run_raw(self, batch: np.ndarray) -> np.ndarray:
+        """float32 NHWC batch → the models' own probabilities (models, N, classes)."""
         return np.stack([s.run(None, {self.input_name: batch})[0] for s in self.sessions])
 
-    def predict_images(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 NHWC batch → calibrated probabilities (models, N, classes), each model's temperature applied."""
+        raw = self.run_raw(batch)
+        return np.stack([apply_temperature(p, t) for p, t in zip(raw, self.temperatures, strict=True)])
+
+    def predict_images(self, images: np.ndarray, batch_size: int = 64, calibrated: bool = True) -> np.ndarray:
         """uint8 RGB (N, H, W, 3) → probabilities (models, N, classes), in batches."""
-        parts = [self.run(to_model_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        run = self.run if calibrated else self.run_raw
+        parts = [run(to_model_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
         return np.concatenate(parts, axis=1)
 
     def predict(self, image: np.ndarray) -> Prediction:
         probs = self.run(to_model_input(image))  # (models, 1, classes)
         labels, votes, mean = majority_vote(probs)
-        return Prediction(int(labels[0]), mean[0], votes[0], probs[:, 0, :])
+        reasons = uncertainty_reasons(votes, mean, labels, self.manifest.ensemble.uncertainty)[0]
+        return Prediction(int(labels[0]), mean[0], votes[0], probs[:, 0, :], reasons)
 
     def warmup(self) -> None:
         size = self.manifest.input.shape[1:]

@@ -16,20 +16,30 @@ class ModelPrediction(BaseModel):
     name: str = Field(description="Model name from the manifest.", examples=["cnn-c3-f32-d1"])
     label: str = Field(description="This model's arg-max class.", examples=["glioma"])
     probabilities: dict[str, float] = Field(
-        description="This model's softmax output by class.", examples=[EXAMPLE_PROBS]
+        description="This model's calibrated probabilities by class (softmax of logits / its temperature).",
+        examples=[EXAMPLE_PROBS],
     )
 
 
 class PredictResponse(BaseModel):
     label: str = Field(description="Majority vote of the models (tie: highest mean probability).", examples=["glioma"])
     probabilities: dict[str, float] = Field(
-        description="Mean of the models' probabilities, by class; sums to 1.", examples=[EXAMPLE_PROBS]
+        description="Mean of the models' calibrated probabilities, by class; sums to 1.", examples=[EXAMPLE_PROBS]
     )
     votes: dict[str, int] = Field(
         description="How many models voted for each class.",
         examples=[{"glioma": 2, "meningioma": 1, "no_tumor": 0, "pituitary": 0}],
     )
     agreement: float = Field(description="Share of models that voted for `label`.", examples=[0.667])
+    uncertain: bool = Field(
+        description="True when the prediction should not be trusted on its own: see `uncertainty_reasons`. "
+        "Thresholds were chosen on the validation split (GET /v1/models → ensemble.uncertainty).",
+        examples=[True],
+    )
+    uncertainty_reasons: list[str] = Field(
+        description="Why it is uncertain: models_disagree, low_top_probability, high_entropy (empty if confident).",
+        examples=[["models_disagree"]],
+    )
     models: list[ModelPrediction] = Field(description="Each model's own prediction.")
     model_version: str = Field(description="Version of the ensemble (manifest).", examples=["20261126-231432-d441bf39"])
     elapsed_ms: float = Field(description="Server time for decode, crop and inference.", examples=[41.3])

@@ -88,6 +88,12 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     test_acc = manifest.ensemble.metrics["official_test"].accuracy
     assert f"**{100 * test_acc:.1f} %**" in text and "not for clinical use" in text
     assert (docs / "img" / "ensemble_official_test.png").stat().st_size > 0
+    # calibration: a temperature per model and the uncertainty split, fitted at export, shown in the report
+    assert all(0.05 <= m.temperature <= 20 and "official_test" in m.calibration for m in manifest.models)
+    cal = manifest.ensemble.calibration["validation"]
+    assert cal["confident_n"] + cal["uncertain_n"] == manifest.ensemble.metrics["validation"].n
+    assert "## Calibration and uncertainty" in text
+    assert (docs / "img" / "reliability_official_test.png").stat().st_size > 0
     with TestClient(create_app(Settings(models_dir=models))) as client:
         data = (MRI_FIXTURES / "Testing" / "glioma_tumor" / "image(1).jpg").read_bytes()
         r = client.post("/v1/predict", files={"file": ("x.jpg", data, "image/jpeg")})

@@ -62,6 +62,9 @@ def assert_prediction(body: dict, classes: list[str] = CLASSES, n_models: int = 
         assert m["label"] == max(m["probabilities"], key=m["probabilities"].get)
     assert body["disclaimer"] == DISCLAIMER
     assert body["elapsed_ms"] > 0
+    assert body["uncertain"] == bool(body["uncertainty_reasons"])
+    if body["agreement"] < 1:
+        assert "models_disagree" in body["uncertainty_reasons"]
 
 
 def test_predict_multipart_matches_direct_ensemble(client: TestClient, tiny_models: Path, mri_jpeg: bytes) -> None:
@@ -340,3 +343,25 @@ def test_stalled_upload_is_408() -> None:
     asyncio.run(TimeoutMiddleware(app, 0.2)(scope, receive, send))
     assert out[0]["status"] == 408
     assert b"did not arrive within 0.2 s" in out[1]["body"]
+
+
+def test_temperature_and_uncertainty_rule_from_the_manifest_apply(tmp_path: Path, mri_jpeg: bytes) -> None:
+    import json
+
+    make_tiny_ensemble(tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    with make_client(tmp_path) as c:
+        before = post(c, mri_jpeg).json()
+    raw["models"][0]["temperature"] = 5.0
+    raw["ensemble"]["uncertainty"] = {"min_top_probability": 0.99, "max_normalized_entropy": 1.0}
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with make_client(tmp_path) as c:
+        after = post(c, mri_jpeg).json()
+        shown = c.get("/v1/models").json()
+    p0, q0 = before["models"][0]["probabilities"], after["models"][0]["probabilities"]
+    assert max(q0.values()) < max(p0.values())  # softened by T = 5
+    assert max(q0, key=q0.get) == max(p0, key=p0.get)  # same arg-max
+    assert after["models"][1] == before["models"][1]  # T = 1 models unchanged
+    assert after["uncertain"] and "low_top_probability" in after["uncertainty_reasons"]
+    assert shown["models"][0]["temperature"] == 5.0
+    assert shown["ensemble"]["uncertainty"]["min_top_probability"] == 0.99

@@ -116,10 +116,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Re-fit temperatures and uncertainty thresholds of an exported ensemble (its ONNX files unchanged)."""
+    from service.manifest import load_manifest
+    from trainer.export import finalize
+
+    manifest = load_manifest(args.models_dir)
+    if args.limit_per_class is None:
+        args.limit_per_class = manifest.limit_per_class
+    p = _prepare(args)
+    if p.data_hash != manifest.data_hash:
+        print(f"data hash {p.data_hash[:12]} differs from the manifest's {manifest.data_hash[:12]}", file=sys.stderr)
+        return 2
+    finalize(args.models_dir, p)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    from service.manifest import load_manifest
     from trainer.report import write_report
 
-    out = write_report(args.work, args.models_dir, args.docs)
+    if args.limit_per_class is None:
+        args.limit_per_class = load_manifest(args.models_dir).limit_per_class
+    out = write_report(args.work, args.models_dir, args.docs, _prepare(args))
     print(f"wrote {out}")
     return 0
 
@@ -167,8 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most this many voters per frozen backbone (they are near-duplicate voters)",
     )
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("calibrate", help="re-fit temperatures and uncertainty thresholds of an exported ensemble")
+    _common(p)
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("report", help="write docs/evaluation.md from the run's artefacts and models/")
-    p.add_argument("--work", type=Path, default=Path(DEFAULT_WORK))
+    _common(p)
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--docs", type=Path, default=Path("docs"))
     p.set_defaults(func=cmd_report)

@@ -17,10 +17,12 @@ import tensorflow as tf
 import tf2onnx
 
 import trainer
+from service.confidence import apply_temperature
 from service.ensemble import VOTE_RULE, majority_vote
-from service.manifest import EnsembleInfo, Manifest, sha256_file, write_manifest
+from service.manifest import Manifest, Metrics, sha256_file, write_manifest
 from service.preprocessing import PREPROCESSING_PARAMS, to_model_input
 from service.runtime import Ensemble
+from trainer.calibration import calibration_report, choose_rule, ece, fit_temperature
 from trainer.data import CLASSES, Prepared
 from trainer.evaluate import TEST_SPLIT, VAL_SPLIT
 from trainer.metrics import compute_metrics
@@ -61,14 +63,54 @@ def evaluate_ensemble(models_dir: Path, p: Prepared) -> dict[str, dict[str, Any]
     """Majority-vote metrics of the ONNX ensemble in models_dir, run by the service's own runtime, on the
     validation split its models were selected on and on the official Testing split."""
     ensemble = Ensemble.load(models_dir)
-    cfg = ensemble.manifest.models[0].config
-    va, te = evaluation_indices(p, cfg)
     metrics = {}
-    for key, idx, split in (("validation", va, VAL_SPLIT), ("official_test", te, TEST_SPLIT)):
+    for key, (split, idx) in _splits(ensemble, p).items():
         probs = ensemble.predict_images(p.x[idx])
         labels, _, mean = majority_vote(probs)
         metrics[key] = compute_metrics(p.y[idx], mean, CLASSES, split, y_pred=labels)
     return metrics
+
+
+def _splits(ensemble: Ensemble, p: Prepared) -> dict[str, tuple[str, np.ndarray]]:
+    va, te = evaluation_indices(p, ensemble.manifest.models[0].config)
+    return {"validation": (VAL_SPLIT, va), "official_test": (TEST_SPLIT, te)}
+
+
+def raw_probabilities(ensemble: Ensemble, p: Prepared) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The models' uncalibrated probabilities (models × N × classes) and labels, by split."""
+    splits = _splits(ensemble, p)
+    raw = {key: ensemble.predict_images(p.x[idx], calibrated=False) for key, (_, idx) in splits.items()}
+    return raw, {key: p.y[idx] for key, (_, idx) in splits.items()}
+
+
+def calibrate(models_dir: Path, p: Prepared) -> Manifest:
+    """Fit each model's temperature and the uncertainty thresholds on the validation split (the ONNX
+    outputs, via the service runtime), and record ECE before/after and the confident/uncertain accuracies
+    on validation and the official Testing split in the manifest."""
+    ensemble = Ensemble.load(models_dir)
+    manifest = ensemble.manifest
+    raw, y = raw_probabilities(ensemble, p)
+    for entry, val_probs in zip(manifest.models, raw["validation"], strict=True):
+        entry.temperature = fit_temperature(val_probs, y["validation"])
+        print(f"[export] {entry.name}: temperature {entry.temperature} (fitted on validation)")
+    temps = np.array([e.temperature for e in manifest.models])
+    calibrated = {
+        key: np.stack([apply_temperature(m, float(t)) for m, t in zip(probs, temps, strict=True)])
+        for key, probs in raw.items()
+    }
+    for i, entry in enumerate(manifest.models):
+        entry.calibration = {
+            key: {
+                "ece_before": round(ece(raw[key][i], y[key]), 4),
+                "ece_after": round(ece(calibrated[key][i], y[key]), 4),
+            }
+            for key in raw
+        }
+    rule = choose_rule(calibrated["validation"], y["validation"])
+    manifest.ensemble.uncertainty = rule
+    manifest.ensemble.calibration = calibration_report(raw, calibrated, y, rule)
+    write_manifest(manifest, models_dir)
+    return manifest
 
 
 def choose_models(
@@ -153,16 +195,28 @@ def export_top(
         }
     )
     write_manifest(draft, models_dir)
+    return finalize(models_dir, p)
+
+
+def finalize(models_dir: Path, p: Prepared) -> Manifest:
+    """Calibrate, then measure the ensemble as the service runs it, and write manifest.json + README.md."""
+    manifest = calibrate(models_dir, p)
     metrics = evaluate_ensemble(models_dir, p)
-    draft.ensemble = EnsembleInfo.model_validate({"vote": draft.ensemble.vote, "metrics": metrics})
-    write_manifest(draft, models_dir)
-    t = metrics["official_test"]
+    manifest.ensemble.metrics = {k: Metrics.model_validate(v) for k, v in metrics.items()}
+    write_manifest(manifest, models_dir)
+    t, v = metrics["official_test"], metrics["validation"]
     print(
-        f"[export] ensemble of {top}: validation acc {metrics['validation']['accuracy']:.3f}, "
+        f"[export] ensemble of {len(manifest.models)}: validation acc {v['accuracy']:.3f}, "
         f"official Testing acc {t['accuracy']:.3f} macro-F1 {t['macro_f1']:.3f} (n={t['n']})"
     )
-    (models_dir / "README.md").write_text(_models_readme(draft))
-    return draft
+    for split, c in manifest.ensemble.calibration.items():
+        print(
+            f"[export] {split}: ECE {c['ece_before']:.3f} → {c['ece_after']:.3f}; confident {c['confident_n']:.0f} "
+            f"(acc {c.get('confident_accuracy', float('nan')):.3f}), uncertain {c['uncertain_n']:.0f} "
+            f"(acc {c.get('uncertain_accuracy', float('nan')):.3f})"
+        )
+    (models_dir / "README.md").write_text(_models_readme(manifest))
+    return manifest
 
 
 def _models_readme(m: Manifest) -> str:

@@ -64,3 +64,22 @@ def plot_leaderboard(rows: list[dict[str, Any]], path: Path, top: int = 40) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_reliability(curves: dict[str, dict[str, np.ndarray]], title: str, path: Path) -> None:
+    """Reliability diagram: accuracy vs mean confidence per bin, one line per curve (e.g. before/after)."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    for label, r in curves.items():
+        filled = r["count"] > 0
+        ax.plot(r["confidence"][filled], r["accuracy"][filled], "o-", label=label, markersize=4)
+    ax.set_xlabel("mean confidence (top probability) in bin")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

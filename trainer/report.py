@@ -7,9 +7,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from service.manifest import load_manifest
-from trainer.data import class_rows
-from trainer.plots import plot_confusion
+import numpy as np
+
+from service.confidence import apply_temperature
+from service.manifest import Manifest, load_manifest
+from service.runtime import Ensemble
+from trainer.calibration import ECE_BINS, reliability
+from trainer.data import Prepared, class_rows
+from trainer.export import raw_probabilities
+from trainer.plots import plot_confusion, plot_reliability
 
 PUBLISHED = (
     "Published results on this official Testing split range 0.63–0.78 accuracy, with glioma recall "
@@ -31,7 +37,66 @@ def _per_class_table(m: dict[str, Any], classes: list[str]) -> list[str]:
     return rows
 
 
-def write_report(work: Path, models_dir: Path, docs: Path) -> Path:
+def _calibration_section(manifest: Manifest, models_dir: Path, p: Prepared, img: Path) -> list[str]:
+    """ECE before/after per model and for the ensemble mean, reliability diagrams, and the uncertainty rule."""
+    ensemble = Ensemble.load(models_dir)
+    raw, y = raw_probabilities(ensemble, p)
+    temps = [m.temperature for m in manifest.models]
+    for key, title in (("official_test", "official Testing split"), ("validation", "validation")):
+        after = np.stack([apply_temperature(m, t) for m, t in zip(raw[key], temps, strict=True)])
+        curves = {"ensemble mean, before": raw[key].mean(axis=0), "ensemble mean, after": after.mean(axis=0)}
+        for i, m in enumerate(manifest.models[:1]):
+            curves[f"{m.name}, before"], curves[f"{m.name}, after"] = raw[key][i], after[i]
+        plot_reliability(
+            {k: reliability(v, y[key]) for k, v in curves.items()},
+            f"Reliability, {title} ({ECE_BINS} bins)",
+            img / f"reliability_{key}.png",
+        )
+    cal, rule = manifest.ensemble.calibration, manifest.ensemble.uncertainty
+    lines = [
+        "## Calibration and uncertainty",
+        "",
+        "Each model's temperature T is fitted on the validation split at export (negative log-likelihood,",
+        "log grid 0.05–20); the service reports softmax(logits / T) per model and their mean. Expected",
+        f"calibration error ({ECE_BINS} equal-width bins of the top probability), lower is better:",
+        "",
+        "| | T | validation ECE before → after | official Testing ECE before → after |",
+        "|---|---|---|---|",
+    ]
+    for m in manifest.models:
+        v, t = m.calibration.get("validation", {}), m.calibration.get("official_test", {})
+        lines.append(
+            f"| {m.name} | {m.temperature:g} | {v.get('ece_before', float('nan')):.3f} → "
+            f"{v.get('ece_after', float('nan')):.3f} | {t.get('ece_before', float('nan')):.3f} → "
+            f"{t.get('ece_after', float('nan')):.3f} |"
+        )
+    v, t = cal.get("validation", {}), cal.get("official_test", {})
+    lines += [
+        f"| ensemble mean | – | {v.get('ece_before', float('nan')):.3f} → {v.get('ece_after', float('nan')):.3f} | "
+        f"{t.get('ece_before', float('nan')):.3f} → {t.get('ece_after', float('nan')):.3f} |",
+        "",
+        "![reliability, official Testing split](img/reliability_official_test.png)",
+        "![reliability, validation](img/reliability_validation.png)",
+        "",
+        "A prediction is flagged `uncertain` when the models do not all vote for the label, the mean probability",
+        f"of the label is below {rule.min_top_probability:g}, or the normalised entropy of the mean probabilities",
+        f"is above {rule.max_normalized_entropy:g}. The thresholds are the pair (searched on a grid) that keeps",
+        f"the most validation predictions confident while their accuracy stays ≥ {rule.target_accuracy or 0:g}.",
+        "",
+        "| split | n | accuracy, all | confident: n | confident: accuracy | uncertain: n | uncertain: accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, title in (("validation", "validation (thresholds fitted here)"), ("official_test", "official Testing")):
+        c = cal.get(key, {})
+        if c:
+            lines.append(
+                f"| {title} | {c['n']:.0f} | {_pct(c['accuracy'])} | {c['confident_n']:.0f} | "
+                f"{_pct(c.get('confident_accuracy'))} | {c['uncertain_n']:.0f} | {_pct(c.get('uncertain_accuracy'))} |"
+            )
+    return [*lines, ""]
+
+
+def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared) -> Path:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     data = json.loads((work / "data_report.json").read_text())
@@ -113,6 +178,7 @@ def write_report(work: Path, models_dir: Path, docs: Path) -> Path:
     for key, title in (("official_test", "official Testing split"), ("validation", "validation")):
         lines += ["", f"### Ensemble on the {title}", "", *_per_class_table(ens[key], classes)]
         lines += ["", f"![confusion matrix, {title}](img/ensemble_{key}.png)"]
+    lines += ["", *_calibration_section(manifest, models_dir, p, img)]
     lines += ["", "### Training curves of the chosen models", ""]
     curves = [m.name for m in manifest.models if (img / f"curves_{m.name}.png").exists()]
     lines += [f"![{name}](img/curves_{name}.png)" for name in curves]
@@ -144,7 +210,9 @@ def write_report(work: Path, models_dir: Path, docs: Path) -> Path:
         "  duplicate-aware split removes identical and near-identical images, not other slices of one patient.",
         "- The official Testing split differs in distribution from Training (notably glioma); accuracy on it is",
         "  the honest figure, validation accuracy is optimistic.",
-        "- Class probabilities are not calibrated; `agreement` below 1 means the models disagree.",
+        "- Temperatures are fitted on validation, which comes from the Training distribution; on the shifted",
+        "  Testing split the models stay over-confident (see the reliability diagram). Treat `uncertain` as a",
+        "  hint, not a guarantee: confident predictions are wrong too, more often on the Testing split.",
         "",
     ]
     out = docs / "evaluation.md"

@@ -57,6 +57,8 @@ def predict_bytes(ensemble: Ensemble, data: bytes, max_pixels: int, include_inpu
         "probabilities": {c: round(float(p), 6) for c, p in zip(classes, pred.mean, strict=True)},
         "votes": {c: int(v) for c, v in zip(classes, pred.votes, strict=True)},
         "agreement": round(float(pred.votes[pred.label]) / n_models, 4),
+        "uncertain": bool(pred.uncertain),
+        "uncertainty_reasons": pred.uncertain,
         "models": [
             {
                 "name": entry.name,

@@ -1,0 +1,106 @@
+"""Temperature scaling, expected calibration error and the uncertainty thresholds, fitted on validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from service.confidence import UncertaintyRule, apply_temperature, normalized_entropy, uncertainty_reasons
+from service.ensemble import majority_vote
+
+TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 301))
+ECE_BINS = 15
+TARGET_ACCURACY = 0.95
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)).mean())
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """The temperature (0.05–20, log grid) minimising the negative log-likelihood of probs (N, classes)."""
+    if len(y) == 0:
+        raise ValueError("cannot fit a temperature on no samples")
+    losses = [nll(apply_temperature(probs.astype(np.float64), float(t)), y) for t in TEMPERATURES]
+    return round(float(TEMPERATURES[int(np.argmin(losses))]), 4)
+
+
+def reliability(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Per equal-width confidence bin: mean confidence, accuracy and count (of the arg-max class)."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(float)
+    idx = np.clip((conf * bins).astype(int), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore"):
+        mean_conf = np.bincount(idx, weights=conf, minlength=bins) / count
+        acc = np.bincount(idx, weights=correct, minlength=bins) / count
+    return {"confidence": mean_conf, "accuracy": acc, "count": count, "edges": np.linspace(0, 1, bins + 1)}
+
+
+def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: Σ_bins (n_b / N) |accuracy_b − confidence_b|."""
+    r = reliability(probs, y, bins)
+    filled = r["count"] > 0
+    gaps = np.abs(r["accuracy"][filled] - r["confidence"][filled])
+    return float((r["count"][filled] / len(y) * gaps).sum())
+
+
+def _subsets(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[str, float]:
+    labels, votes, mean = majority_vote(probs)
+    flagged = np.array([bool(r) for r in uncertainty_reasons(votes, mean, labels, rule)])
+    correct = labels == y
+    out: dict[str, float] = {"n": len(y), "accuracy": round(float(correct.mean()), 4)}
+    for key, mask in (("confident", ~flagged), ("uncertain", flagged)):
+        out[f"{key}_n"] = int(mask.sum())
+        if mask.any():
+            out[f"{key}_accuracy"] = round(float(correct[mask].mean()), 4)
+    return out
+
+
+def choose_rule(probs: np.ndarray, y: np.ndarray, target: float = TARGET_ACCURACY) -> UncertaintyRule:
+    """Thresholds giving the confident subset of the validation predictions (unanimous vote, top
+    probability ≥ t, normalised entropy ≤ h) at least `target` accuracy with as many confident
+    predictions as possible; if no pair reaches the target, the pair with the best confident accuracy."""
+    labels, votes, mean = majority_vote(probs)
+    correct = labels == y
+    unanimous = votes[np.arange(len(y)), labels] == votes.sum(axis=1)
+    top = mean[np.arange(len(y)), labels]
+    ent = normalized_entropy(mean)
+    best: tuple[float, ...] | None = None
+    fallback: tuple[float, ...] | None = None
+    for t in np.round(np.arange(0.25, 1.0, 0.025), 3):
+        for h in np.round(np.arange(0.05, 1.0001, 0.05), 3):
+            mask = unanimous & (top >= t) & (ent <= h)
+            n = int(mask.sum())
+            if n < max(10, len(y) // 20):
+                continue
+            acc = float(correct[mask].mean())
+            if acc >= target and (best is None or n > best[0]):
+                best = (n, t, h)
+            if fallback is None or acc > fallback[0]:
+                fallback = (acc, t, h)
+    chosen = best or fallback
+    if chosen is None:
+        return UncertaintyRule(target_accuracy=target)
+    return UncertaintyRule(
+        min_top_probability=float(chosen[1]), max_normalized_entropy=float(chosen[2]), target_accuracy=target
+    )
+
+
+def calibration_report(
+    raw: dict[str, np.ndarray], calibrated: dict[str, np.ndarray], y: dict[str, np.ndarray], rule: UncertaintyRule
+) -> dict[str, dict[str, Any]]:
+    """By split: ECE of the ensemble's mean probabilities before/after, and the confident/uncertain split."""
+    out: dict[str, dict[str, Any]] = {}
+    for split in raw:
+        before = raw[split].mean(axis=0)
+        after = calibrated[split].mean(axis=0)
+        out[split] = {
+            "ece_before": round(ece(before, y[split]), 4),
+            "ece_after": round(ece(after, y[split]), 4),
+            "nll_before": round(nll(before, y[split]), 4),
+            "nll_after": round(nll(after, y[split]), 4),
+            **_subsets(calibrated[split], y[split], rule),
+        }
+    return out
