@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, description="Deadline per request, upload included: 408 if the body is late, 504 if the work is; 0 = off."
     )
+    max_batch: int = Field(
+        16, ge=1, description="Most requests run through the models as one batch (1 = one at a time)."
+    )
     threads: int = Field(0, description="onnxruntime intra-op threads per model (0 = one per core).")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
     api_key: SecretStr | None = Field(None, description="If set, /v1/* requires header X-API-Key.")

@@ -16,6 +16,7 @@ from swagger_ui_bundle import swagger_ui_path
 from service import DISCLAIMER, __version__
 from service.api.deps import AppState
 from service.api.routes import info, predict
+from service.batching import MicroBatcher
 from service.config import Settings
 from service.middleware import BodyLimitMiddleware, TimeoutMiddleware
 from service.observability import Metrics, MetricsMiddleware
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("cannot start: %s", e)
             raise
         state.ensemble = ensemble
+        state.batcher = MicroBatcher(ensemble, settings.max_batch)
         state.ready = True
         log.info(
             "ready: %d models, version %s, classes %s",
@@ -57,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         state.ready = False
         state.not_ready_reason = "shutting down"
+        if state.batcher is not None:
+            state.batcher.close()
 
     app = FastAPI(
         title="Brain-MRI tumour classifier",

@@ -102,11 +102,15 @@ class Ensemble:
         parts = [run(to_model_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
         return np.concatenate(parts, axis=1)
 
-    def predict(self, image: np.ndarray) -> Prediction:
-        probs = self.run(to_model_input(image))  # (models, 1, classes)
+    def predict_batch(self, images: np.ndarray) -> list[Prediction]:
+        """uint8 RGB (N, H, W, 3) → one Prediction per image, from one batched run of each model."""
+        probs = self.run(to_model_input(images))  # (models, N, classes)
         labels, votes, mean = majority_vote(probs)
-        reasons = uncertainty_reasons(votes, mean, labels, self.manifest.ensemble.uncertainty)[0]
-        return Prediction(int(labels[0]), mean[0], votes[0], probs[:, 0, :], reasons)
+        reasons = uncertainty_reasons(votes, mean, labels, self.manifest.ensemble.uncertainty)
+        return [Prediction(int(labels[i]), mean[i], votes[i], probs[:, i, :], reasons[i]) for i in range(len(images))]
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        return self.predict_batch(image[None])[0]
 
     def warmup(self) -> None:
         size = self.manifest.input.shape[1:]

@@ -42,7 +42,9 @@ class PredictResponse(BaseModel):
     )
     models: list[ModelPrediction] = Field(description="Each model's own prediction.")
     model_version: str = Field(description="Version of the ensemble (manifest).", examples=["20261126-231432-d441bf39"])
-    elapsed_ms: float = Field(description="Server time for decode, crop and inference.", examples=[41.3])
+    elapsed_ms: float = Field(
+        description="Server time for decode, crop, waiting for a batch, and inference.", examples=[41.3]
+    )
     crop_fallback: bool = Field(description="True when no brain contour was found and the whole image was used.")
     input_png_base64: str | None = Field(
         None, description="The 150×150 crop the models saw (PNG, base64), when `include_input=true`."

@@ -297,19 +297,19 @@ def test_slow_work_is_504_and_the_service_stays_ready(
 ) -> None:
     import time
 
-    original = Ensemble.predict
+    original = Ensemble.predict_batch
 
     def slow(self: Ensemble, *args: object, **kwargs: object) -> object:
         time.sleep(1.5)
         return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Ensemble, "predict", slow)
+    monkeypatch.setattr(Ensemble, "predict_batch", slow)
     with make_client(tiny_models, request_timeout_s=0.5) as c:
         r = post(c, mri_jpeg)
         assert r.status_code == 504
         assert r.json()["detail"].startswith("The service did not finish within 0.5 s")
         assert c.get("/health/ready").status_code == 200
-    monkeypatch.setattr(Ensemble, "predict", original)
+    monkeypatch.setattr(Ensemble, "predict_batch", original)
     with make_client(tiny_models, request_timeout_s=0.5) as c:
         assert post(c, mri_jpeg).status_code == 200
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Header, HTTPException, Request, status
 
+from service.batching import MicroBatcher
 from service.config import Settings
 from service.observability import Metrics
 from service.runtime import Ensemble
@@ -17,6 +18,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     ensemble: Ensemble | None = None
+    batcher: MicroBatcher | None = None
     ready: bool = False
     not_ready_reason: str = "starting"
     extra: dict[str, object] = field(default_factory=dict)

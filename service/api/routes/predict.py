@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import Any
@@ -12,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service import DISCLAIMER
 from service.api.deps import get_state, ready_ensemble, require_api_key
-from service.preprocessing import ImageDecodeError, preprocess_bytes
-from service.runtime import Ensemble
+from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
+from service.runtime import Ensemble, Prediction
 from service.schemas import ErrorResponse, PredictResponse
 from service.upload import FIELD, UploadError, extract_image
 
@@ -45,11 +46,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def predict_bytes(ensemble: Ensemble, data: bytes, max_pixels: int, include_input: bool) -> dict[str, Any]:
-    """Decode, crop and run the ensemble (blocking; call off the event loop)."""
-    start = time.perf_counter()
-    crop = preprocess_bytes(data, max_pixels)
-    pred = ensemble.predict(crop.image)
+def format_prediction(
+    ensemble: Ensemble, crop: CropResult, pred: Prediction, include_input: bool, start: float
+) -> dict[str, Any]:
     classes = ensemble.classes
     n_models = len(ensemble.sessions)
     result: dict[str, Any] = {
@@ -96,11 +95,18 @@ async def predict(
 ) -> dict[str, Any]:
     state = get_state(request)
     body = await request.body()
+    start = time.perf_counter()
     try:
         data = extract_image(request.headers.get("content-type"), body)
-        result = await run_in_threadpool(predict_bytes, ensemble, data, state.settings.max_image_pixels, include_input)
+        # decode + crop in the thread pool (parallel across requests) ...
+        crop = await run_in_threadpool(preprocess_bytes, data, state.settings.max_image_pixels)
     except (UploadError, ImageDecodeError) as e:
         raise HTTPException(e.status, str(e)) from e
+    # ... then the models, batched with whatever other requests are waiting (service/batching.py)
+    if state.batcher is None:
+        raise HTTPException(503, "Models not ready: the inference thread is not running.")
+    pred = await asyncio.wrap_future(state.batcher.submit(crop.image))
+    result = format_prediction(ensemble, crop, pred, include_input, start)
     state.metrics.predictions.labels(result["label"]).inc()
     state.metrics.inference.observe(result["elapsed_ms"] / 1000)
     return result

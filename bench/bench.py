@@ -1,0 +1,288 @@
+"""`make bench`: the service against the compute floor, the original Keras approach and the hardware.
+
+All figures are measured in one run on the same machine and reported as ratios (absolute times drift on
+a shared machine):
+
+1. floor      preprocessing + the three `session.run` calls, batch 1, in a tight loop (p50/p99)
+2. service    HTTP round trip through uvicorn to /v1/predict, one client        overhead = service/floor
+3. keras      the same three models as Keras models, `model.predict` per request speedup = keras/service
+4. load       16 concurrent clients, fixed request count                         efficiency = rps /
+                                                                                 (cores × 1000 / floor_1thread)
+5. cold start to ready, resident memory after 1000 requests, service image size (if a Docker engine runs)
+
+Writes bench/results/bench-<time>.json and prints one line per figure. Research tool, not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.metadata as md
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.loadtest import RESULTS, ROOT, rss_mb
+from service.config import Settings
+from service.preprocessing import preprocess_bytes, to_model_input
+from service.runtime import Ensemble
+
+FIXTURES = ROOT / "tests" / "fixtures" / "mri"
+TARGETS = {"overhead": ("≤", 1.2), "speedup": ("≥", 5.0), "efficiency": ("≥", 0.9)}
+
+
+def bench_images() -> list[bytes]:
+    """The 512×512 fixture JPEGs, as a phone would upload them."""
+    import cv2
+
+    out = []
+    for path in sorted(FIXTURES.glob("*/*/*.jpg")):
+        data = path.read_bytes()
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is not None and img.shape[:2] == (512, 512):
+            out.append(data)
+    if not out:
+        raise FileNotFoundError(f"no 512×512 JPEG fixtures under {FIXTURES}")
+    return out
+
+
+def stats(ms: list[float] | np.ndarray) -> dict[str, float]:
+    a = np.asarray(ms, float)
+    return {
+        "n": len(a),
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p99_ms": round(float(np.percentile(a, 99)), 2),
+        "mean_ms": round(float(a.mean()), 2),
+    }
+
+
+def timed(fn: Callable[[int], Any], n: int, warmup: int = 3) -> dict[str, float]:
+    for i in range(warmup):
+        fn(i)
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        out.append((time.perf_counter() - t0) * 1000)
+    return stats(out)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def measure_floor(models_dir: Path, images: list[bytes], threads: int, n: int) -> dict[str, float]:
+    ensemble = Ensemble.load(models_dir, threads=threads)
+
+    def once(i: int) -> None:
+        crop = preprocess_bytes(images[i % len(images)])
+        ensemble.run_raw(to_model_input(crop.image))
+
+    return timed(once, n)
+
+
+def measure_keras(models_dir: Path, images: list[bytes], n: int, runs: Path) -> dict[str, Any]:
+    """The original app's way: three Keras models, `model.predict` on each request (TensorFlow)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    from service.manifest import load_manifest
+    from trainer.models import build_from_config
+
+    manifest = load_manifest(models_dir)
+    models, origin = [], []
+    for entry in manifest.models:
+        saved = runs / entry.name / "model.keras"
+        if saved.exists():
+            models.append(keras.models.load_model(saved))
+            origin.append("trained")
+        else:  # same architecture, same compute; weights do not change the time
+            cfg = {**entry.config, "weights": "none"} if entry.family == "transfer" else entry.config
+            models.append(build_from_config(cfg, tuple(manifest.input.shape[1:]), len(manifest.classes)))  # type: ignore[arg-type]
+            origin.append("same architecture, untrained weights")
+
+    def once(i: int) -> None:
+        x = to_model_input(preprocess_bytes(images[i % len(images)]).image)
+        for m in models:
+            m.predict(x, verbose=0)
+
+    return {**timed(once, n), "models": origin, "tensorflow": md.version("tensorflow")}
+
+
+def start_server(models_dir: Path, port: int, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], float]:
+    env = {**os.environ, "MRI_MODELS_DIR": str(models_dir), "PORT": str(port), "HOST": "127.0.0.1", **env_extra}
+    log = open(RESULTS / "bench-server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    while time.perf_counter() - t0 < 120:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited with {proc.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
+                return proc, time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the service was not ready within 120 s")
+
+
+def measure_service(url: str, images: list[bytes], n: int) -> dict[str, float]:
+    with httpx.Client(base_url=url, timeout=60) as client:
+
+        def once(i: int) -> None:
+            r = client.post("/v1/predict", files={"file": ("scan.jpg", images[i % len(images)], "image/jpeg")})
+            if r.status_code != 200:
+                raise RuntimeError(f"/v1/predict answered {r.status_code}: {r.text[:200]}")
+
+        return timed(once, n)
+
+
+async def measure_load(url: str, images: list[bytes], clients: int, total: int, max_seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+
+        async def worker() -> None:
+            nonlocal errors, sent
+            while sent < total and time.perf_counter() < deadline:
+                i = sent
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    files = {"file": ("scan.jpg", images[i % len(images)], "image/jpeg")}
+                    r = await client.post("/v1/predict", files=files)
+                    errors += int(r.status_code != 200)
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+        # warm the connections and the server's thread pool first
+        await asyncio.gather(*(client.get("/health/ready") for _ in range(clients)))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    return {
+        **stats(latencies),
+        "clients": clients,
+        "errors": errors,
+        "seconds": round(wall, 2),
+        "rps": len(latencies) / wall,
+    }
+
+
+def image_size_mb(image: str) -> float | None:
+    try:
+        out = subprocess.run(
+            ["docker", "image", "inspect", image, "--format", "{{.Size}}"], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return round(int(out.stdout.strip()) / 1e6, 1) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    ap.add_argument("--runs", type=Path, default=ROOT / "out" / "runs", help="trained Keras models, if present")
+    ap.add_argument("--n", type=int, default=100, help="requests per single-client figure")
+    ap.add_argument("--keras-n", type=int, default=30)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--load-requests", type=int, default=900)
+    ap.add_argument("--load-seconds", type=float, default=300)
+    ap.add_argument("--port", type=int, default=8766)
+    ap.add_argument("--env", nargs="*", default=[], help="extra service settings, e.g. MRI_THREADS=1")
+    ap.add_argument("--image", default="mri-classifier-service:latest", help="Docker image to report the size of")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--skip-keras", action="store_true")
+    args = ap.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    images = bench_images()
+    cores = os.cpu_count() or 1
+    env_extra = dict(kv.split("=", 1) for kv in args.env)
+    threads = int(env_extra.get("MRI_THREADS", Settings().threads))
+    r: dict[str, Any] = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": cores, "cpu": cpu_model(), "platform": platform.platform()},
+        "versions": {
+            "python": platform.python_version(),
+            **{p: md.version(p) for p in ("onnxruntime", "fastapi", "uvicorn", "numpy", "opencv-python-headless")},
+        },
+        "service_env": env_extra,
+        "images": f"{len(images)} MRI fixture JPEGs, 512×512",
+    }
+    print(f"bench: {cores} cores, {r['machine']['cpu']}; {r['images']}; models {args.models_dir}", flush=True)
+    r["floor"] = measure_floor(args.models_dir, images, threads, args.n)
+    print(f"floor            p50 {r['floor']['p50_ms']:8.1f} ms  p99 {r['floor']['p99_ms']:8.1f} ms", flush=True)
+    r["floor_1thread"] = measure_floor(args.models_dir, images, 1, args.n)
+    f1 = r["floor_1thread"]
+    print(f"floor, 1 thread  p50 {f1['p50_ms']:8.1f} ms  p99 {f1['p99_ms']:8.1f} ms", flush=True)
+
+    proc, cold = start_server(args.models_dir, args.port, env_extra)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        r["cold_start_s"] = round(cold, 2)
+        r["service"] = measure_service(url, images, args.n)
+        s = r["service"]
+        print(f"service          p50 {s['p50_ms']:8.1f} ms  p99 {s['p99_ms']:8.1f} ms", flush=True)
+        load_n = args.load_requests
+        r["load"] = asyncio.run(measure_load(url, images, args.clients, load_n, args.load_seconds))
+        ld = r["load"]
+        print(
+            f"load             {ld['rps']:.2f} req/s  p50 {ld['p50_ms']:.1f} ms  p99 {ld['p99_ms']:.1f} ms  "
+            f"errors {ld['errors']}  ({ld['n']} requests, {ld['clients']} clients)",
+            flush=True,
+        )
+        r["requests_served"] = args.n + 3 + ld["n"]
+        r["rss_mb"] = rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(f"cold start       {r['cold_start_s']} s to ready", flush=True)
+    print(f"memory           {r['rss_mb']:.0f} MB resident after {r['requests_served']} requests", flush=True)
+    r["image_mb"] = image_size_mb(args.image)
+    print(f"image            {r['image_mb']} MB" if r["image_mb"] else "image            (no Docker engine / image)")
+
+    r["ratios"] = {
+        "overhead": round(r["service"]["p50_ms"] / r["floor"]["p50_ms"], 3),
+        "efficiency": round(r["load"]["rps"] / (cores * 1000 / f1["p50_ms"]), 3),
+    }
+    if not args.skip_keras:
+        r["keras"] = measure_keras(args.models_dir, images, args.keras_n, args.runs)
+        k = r["keras"]
+        print(f"keras predict    p50 {k['p50_ms']:8.1f} ms  p99 {k['p99_ms']:8.1f} ms  ({k['models'][0]} models)")
+        r["ratios"]["speedup"] = round(k["p50_ms"] / r["service"]["p50_ms"], 3)
+    failed = []
+    for name, value in r["ratios"].items():
+        op, target = TARGETS[name]
+        ok = value <= target if op == "≤" else value >= target
+        failed += [] if ok else [name]
+        print(f"{name:<16} {value:.3f}  (target {op} {target})  {'PASS' if ok else 'FAIL'}")
+    r["passed"] = not failed and r["load"]["errors"] == 0
+    out = args.out or RESULTS / f"bench-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps(r, indent=1) + "\n")
+    print(f"{'PASS' if r['passed'] else 'FAIL'}  ({out.relative_to(ROOT) if out.is_relative_to(ROOT) else out})")
+    return 0 if r["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
