@@ -26,7 +26,7 @@ log = logging.getLogger("service")
 
 DESCRIPTION = f"""
 Classifies a brain-MRI slice as glioma, meningioma, no tumour or pituitary tumour with a majority vote of
-three ONNX models (class names come from the bundled manifest). Upload a JPEG or PNG to `POST /v1/predict`.
+three ONNX models (class names come from the bundled manifest). Upload a JPEG, PNG or DICOM file to `POST /v1/predict`.
 
 **{DISCLAIMER}** It has not been validated for diagnosis; see `GET /v1/models` for measured accuracy.
 """

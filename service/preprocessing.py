@@ -146,13 +146,25 @@ def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
     raise ImageDecodeError(f"Unsupported number of channels: {channels}.")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Bytes of a JPEG or PNG → uint8 RGB array. Raises ImageDecodeError (415 or 422)."""
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int | None = None) -> np.ndarray:
+    """Bytes of a JPEG, PNG or DICOM file → uint8 RGB array. Raises ImageDecodeError (415 or 422).
+
+    `frame` picks the slice of a multi-frame DICOM file; other formats ignore it.
+    """
     if not data:
         raise ImageDecodeError("The upload is empty (0 bytes).")
+    from service.dicom import DicomError, decode_dicom, is_dicom
+
+    if is_dicom(data):
+        try:
+            return decode_dicom(data, max_pixels, frame)
+        except DicomError as e:
+            raise ImageDecodeError(str(e), status=e.status) from e
     fmt = sniff_format(data)
     if fmt is None:
-        raise ImageDecodeError("Unsupported media type: by its content this is not a JPEG or PNG image.", status=415)
+        raise ImageDecodeError(
+            "Unsupported media type: by its content this is not a JPEG, PNG or DICOM image.", status=415
+        )
     width, height = declared_size(data, fmt)
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"The image declares impossible dimensions {width}×{height}.")
@@ -206,9 +218,9 @@ def crop_and_resize(rgb: np.ndarray, size: int = IMAGE_SIZE) -> CropResult:
     return CropResult(np.ascontiguousarray(resized), box, fallback)
 
 
-def preprocess_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> CropResult:
+def preprocess_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int | None = None) -> CropResult:
     """Uploaded or on-disk file bytes → the 150×150 uint8 RGB crop the models see."""
-    return crop_and_resize(decode_image(data, max_pixels))
+    return crop_and_resize(decode_image(data, max_pixels, frame))
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 FIELD = "file"
-RAW_TYPES = {b"image/jpeg", b"image/png", b"application/octet-stream"}
+RAW_TYPES = {b"image/jpeg", b"image/png", b"application/dicom", b"application/octet-stream"}
 
 
 class UploadError(ValueError):
@@ -87,6 +87,6 @@ def extract_image(content_type: str | None, body: bytes) -> bytes:
         raise UploadError(f"No image: send multipart/form-data with field '{FIELD}', or a raw image body.")
     raise UploadError(
         f"Unsupported Content-Type {ctype.decode(errors='replace')!r}: send multipart/form-data with field "
-        f"'{FIELD}', or a raw body with Content-Type image/jpeg or image/png.",
+        f"'{FIELD}', or a raw body with Content-Type image/jpeg, image/png or application/dicom.",
         status=415,
     )

@@ -23,25 +23,37 @@ router = APIRouter(prefix="/v1", tags=["prediction"], dependencies=[Depends(requ
 UPLOAD_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "A JPEG or PNG brain-MRI slice: multipart field `file`, or the raw image as the body.",
+        "description": "A JPEG, PNG or DICOM (.dcm) brain-MRI slice: multipart field `file`, or the raw "
+        "image as the body.",
         "content": {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "required": [FIELD],
-                    "properties": {FIELD: {"type": "string", "format": "binary", "description": "JPEG or PNG image"}},
+                    "properties": {
+                        FIELD: {"type": "string", "format": "binary", "description": "JPEG, PNG or DICOM image"}
+                    },
                 }
             },
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/dicom": {"schema": {"type": "string", "format": "binary"}},
         },
     }
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "API key required and missing or wrong."},
     413: {"model": ErrorResponse, "description": "Body larger than MRI_MAX_UPLOAD_BYTES."},
-    415: {"model": ErrorResponse, "description": "Not a JPEG or PNG by its content, or an unsupported Content-Type."},
-    422: {"model": ErrorResponse, "description": "Missing field, empty, truncated, undecodable or too many pixels."},
+    415: {
+        "model": ErrorResponse,
+        "description": "Not a JPEG, PNG or DICOM by its content, a compressed DICOM transfer syntax, or an "
+        "unsupported Content-Type.",
+    },
+    422: {
+        "model": ErrorResponse,
+        "description": "Missing field, empty, truncated, undecodable, too many pixels, or a multi-frame DICOM "
+        "without a valid `frame`.",
+    },
     503: {"model": ErrorResponse, "description": "Models not loaded yet."},
 }
 
@@ -91,6 +103,9 @@ def format_prediction(
 async def predict(
     request: Request,
     include_input: bool = Query(False, description="Also return the 150×150 crop the models saw (PNG, base64)."),
+    frame: int | None = Query(
+        None, ge=0, description="Multi-frame DICOM only: the 0-based frame (slice) to classify.", examples=[0]
+    ),
     ensemble: Ensemble = Depends(ready_ensemble),
 ) -> dict[str, Any]:
     state = get_state(request)
@@ -99,7 +114,7 @@ async def predict(
     try:
         data = extract_image(request.headers.get("content-type"), body)
         # decode + crop in the thread pool (parallel across requests) ...
-        crop = await run_in_threadpool(preprocess_bytes, data, state.settings.max_image_pixels)
+        crop = await run_in_threadpool(preprocess_bytes, data, state.settings.max_image_pixels, frame)
     except (UploadError, ImageDecodeError) as e:
         raise HTTPException(e.status, str(e)) from e
     # ... then the models, batched with whatever other requests are waiting (service/batching.py)
