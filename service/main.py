@@ -15,7 +15,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from service import DISCLAIMER, __version__
 from service.api.deps import AppState
-from service.api.routes import info, predict
+from service.api.routes import explain, info, predict
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.middleware import BodyLimitMiddleware, TimeoutMiddleware
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.mri = AppState(settings=settings, metrics=metrics)
     app.include_router(predict.router)
+    app.include_router(explain.router)
     app.include_router(info.router)
     app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
 

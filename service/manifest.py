@@ -52,6 +52,13 @@ class PublicModelEntry(BaseModel):
     calibration: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="By split: this model's ECE (15 bins) before/after its temperature."
     )
+    outputs: list[str] = Field(
+        default_factory=lambda: ["probabilities"],
+        description="ONNX outputs: probabilities; class_map (heatmaps) and ood_score for global-pooling models.",
+    )
+    ood_threshold: float | None = Field(
+        None, description="ood_score above this (99th percentile on validation) flags an unfamiliar image."
+    )
     metrics: dict[str, Metrics] = Field(default_factory=dict, description="By split: validation, official_test.")
 
 

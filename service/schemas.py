@@ -40,6 +40,12 @@ class PredictResponse(BaseModel):
         description="Why it is uncertain: models_disagree, low_top_probability, high_entropy (empty if confident).",
         examples=[["models_disagree"]],
     )
+    warnings: list[str] = Field(
+        description="Signs that the upload may not be a brain-MRI slice like the training images: "
+        "not_grayscale, no_brain_outline, unlike_training_images (empty if none). The prediction is "
+        "meaningless for such images.",
+        examples=[["not_grayscale", "unlike_training_images"]],
+    )
     models: list[ModelPrediction] = Field(description="Each model's own prediction.")
     model_version: str = Field(description="Version of the ensemble (manifest).", examples=["20261126-231432-d441bf39"])
     elapsed_ms: float = Field(

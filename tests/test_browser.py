@@ -55,7 +55,7 @@ def test_upload_page_shows_label_crop_bars_and_disclaimer(live_server: str, tmp_
         page.set_input_files("#file", str(bad))
         page.click("#go")
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=20_000)
-        assert "not a JPEG or PNG" in page.inner_text("#error")
+        assert "not a JPEG, PNG or DICOM" in page.inner_text("#error")
         browser.close()
 
 

@@ -143,8 +143,8 @@ def bomb_png(width: int, height: int) -> bytes:
     ("data", "status", "phrase"),
     [
         (b"", 422, "empty"),
-        (b"hello, I am a text file pretending to be a JPEG", 415, "not a JPEG or PNG"),
-        (b"%PDF-1.4\n%...", 415, "not a JPEG or PNG"),
+        (b"hello, I am a text file pretending to be a JPEG", 415, "not a JPEG, PNG or DICOM"),
+        (b"%PDF-1.4\n%...", 415, "not a JPEG, PNG or DICOM"),
         (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, 422, "PNG"),
         (bomb_png(50_000, 50_000), 422, "pixels"),
     ],
@@ -274,7 +274,7 @@ def _encoded(ext: str) -> bytes:
 )
 def test_other_formats_are_415_whatever_the_name(client: TestClient, data: bytes) -> None:
     r = post(client, data, name="scan.jpg", ctype="image/jpeg")
-    assert r.status_code == 415 and "not a JPEG or PNG" in r.json()["detail"]
+    assert r.status_code == 415 and "not a JPEG, PNG or DICOM" in r.json()["detail"]
     assert client.get("/health/ready").status_code == 200
 
 

@@ -25,11 +25,13 @@ from service.runtime import Ensemble
 from trainer.calibration import calibration_report, choose_rule, ece, fit_temperature
 from trainer.data import CLASSES, Prepared
 from trainer.evaluate import TEST_SPLIT, VAL_SPLIT
+from trainer.extras import CLASS_MAP, OOD_SCORE, fit_mahalanobis, has_pooling_head, pooled_feature_model, with_extras
 from trainer.metrics import compute_metrics
 from trainer.models import INPUT_NAME, OUTPUT_NAME
-from trainer.train import evaluation_indices
+from trainer.train import evaluation_indices, train_val_indices
 
 OPSET = 17
+OOD_PERCENTILE = 99.5
 PARITY_TOLERANCE = 1e-4
 
 
@@ -37,26 +39,46 @@ class ParityError(RuntimeError):
     pass
 
 
-def to_onnx(model: keras.Model, path: Path, opset: int = OPSET) -> None:
-    """Keras model → ONNX with a dynamic batch dimension, input 'image', output 'probabilities'."""
+def to_onnx(model: keras.Model, path: Path, opset: int = OPSET) -> list[str]:
+    """Keras model → ONNX with a dynamic batch dimension, input 'image', output 'probabilities' (plus
+    'class_map' and 'ood_score' for models wrapped by trainer.extras). Returns the output names."""
     shape = (None, *model.inputs[0].shape[1:])
     spec = (tf.TensorSpec(shape, tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
     outputs = [o.name for o in proto.graph.output]
-    if outputs != [OUTPUT_NAME]:
-        raise ValueError(f"{path.name}: expected the single output {OUTPUT_NAME!r}, got {outputs}")
+    if OUTPUT_NAME not in outputs or not set(outputs) <= {OUTPUT_NAME, CLASS_MAP, OOD_SCORE}:
+        raise ValueError(f"{path.name}: expected output {OUTPUT_NAME!r} (+ {CLASS_MAP}, {OOD_SCORE}), got {outputs}")
     path.write_bytes(proto.SerializeToString())
+    return outputs
 
 
 def parity(model: keras.Model, onnx_path: Path, images: np.ndarray) -> float:
-    """Max abs difference between Keras and onnxruntime probabilities on real images."""
+    """Max abs difference between Keras and onnxruntime outputs (every output, relative to its scale)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     x = to_model_input(images)
-    keras_out = np.asarray(model.predict(x, verbose=0))
-    onnx_out = sess.run(None, {INPUT_NAME: x})[0]
-    return float(np.abs(keras_out - onnx_out).max())
+    keras_out = model.predict(x, verbose=0)
+    if not isinstance(keras_out, dict):
+        keras_out = {OUTPUT_NAME: keras_out}
+    names = [o.name for o in sess.get_outputs()]
+    diffs = []
+    for name, onnx_out in zip(names, sess.run(names, {INPUT_NAME: x}), strict=True):
+        ref = np.asarray(keras_out[name])
+        scale = max(1.0, float(np.abs(ref).max()))  # ood_score is a distance, not a probability
+        diffs.append(float(np.abs(ref - onnx_out).max()) / scale)
+    return max(diffs)
+
+
+def add_extras(model: keras.Model, cfg: dict[str, Any], p: Prepared, max_images: int = 800) -> keras.Model:
+    """Wrap a global-pooling model with class_map and ood_score outputs; the OOD statistics come from
+    (up to max_images of) the images it was trained on."""
+    tr, _ = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
+    idx = np.random.default_rng(0).permutation(tr)[:max_images]
+    feats = np.asarray(pooled_feature_model(model).predict(to_model_input(p.x[idx]), batch_size=32, verbose=0))
+    means, chol = fit_mahalanobis(feats, p.y[idx], len(CLASSES))
+    print(f"[export] {cfg['name']}: class_map + ood_score outputs (Mahalanobis on {len(idx)} training images)")
+    return with_extras(model, cfg["backbone"], means, chol)
 
 
 def evaluate_ensemble(models_dir: Path, p: Prepared) -> dict[str, dict[str, Any]]:
@@ -106,6 +128,18 @@ def calibrate(models_dir: Path, p: Prepared) -> Manifest:
             }
             for key in raw
         }
+    splits = _splits(ensemble, p)
+    ood = {key: ensemble.extra_outputs(p.x[idx], OOD_SCORE) for key, (_, idx) in splits.items()}
+    for i, entry in enumerate(manifest.models):
+        val_scores = ood["validation"][i]
+        if val_scores is None:
+            continue
+        entry.ood_threshold = round(float(np.percentile(val_scores, OOD_PERCENTILE)), 4)
+        for key in raw:
+            scores = ood[key][i]
+            if scores is not None:
+                entry.calibration[key]["ood_flag_rate"] = round(float((scores > entry.ood_threshold).mean()), 4)
+        print(f"[export] {entry.name}: ood threshold {entry.ood_threshold} ({OOD_PERCENTILE}th percentile, validation)")
     rule = choose_rule(calibrated["validation"], y["validation"])
     manifest.ensemble.uncertainty = rule
     manifest.ensemble.calibration = calibration_report(raw, calibrated, y, rule)
@@ -158,8 +192,10 @@ def export_top(
         if (cfg["val_fraction"], cfg["seed"]) != (cfg0["val_fraction"], cfg0["seed"]):
             raise ValueError("the chosen models were validated on different splits; use one seed/val_fraction")
         model = keras.models.load_model(Path(row["run_dir"]) / "model.keras")
+        if cfg["family"] == "transfer" and has_pooling_head(model):
+            model = add_extras(model, cfg, p)
         path = models_dir / f"{row['name']}.onnx"
-        to_onnx(model, path)
+        outputs = to_onnx(model, path)
         diff = parity(model, path, p.x[va[:parity_images]])
         print(f"[export] {path.name}: parity max |keras - onnx| = {diff:.2e} on {min(parity_images, len(va))} images")
         if not diff <= PARITY_TOLERANCE:
@@ -175,6 +211,7 @@ def export_top(
                 "config": cfg,
                 "parity_max_abs_diff": diff,
                 "metrics": row["metrics"],
+                "outputs": sorted(outputs),
             }
         )
     now = dt.datetime.now(dt.UTC)

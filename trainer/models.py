@@ -35,11 +35,13 @@ class Backbone:
     # output of the last frozen layer when fine-tuning: sequential backbones can cache it and train
     # only the top block on the cached tensors (None: fine-tune end to end on images)
     fine_tune_cut: str | None = None
+    # the feature map for class activation maps (finer than the final pooled map); None: the backbone output
+    cam_layer: str | None = None
 
 
 BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone(keras.applications.VGG16, "caffe", "block5_", "block4_pool"),
-    "vgg19": Backbone(keras.applications.VGG19, "caffe", "block5_", "block4_pool"),
+    "vgg16": Backbone(keras.applications.VGG16, "caffe", "block5_", "block4_pool", "block5_conv3"),
+    "vgg19": Backbone(keras.applications.VGG19, "caffe", "block5_", "block4_pool", "block5_conv4"),
     "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_"),
     "mobilenetv2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_"),
     "inceptionv3": Backbone(keras.applications.InceptionV3, "tf", "mixed10"),

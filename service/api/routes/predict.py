@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import DISCLAIMER
 from service.api.deps import get_state, ready_ensemble, require_api_key
+from service.plausibility import input_warnings
 from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
 from service.runtime import Ensemble, Prediction
 from service.schemas import ErrorResponse, PredictResponse
@@ -70,6 +71,7 @@ def format_prediction(
         "agreement": round(float(pred.votes[pred.label]) / n_models, 4),
         "uncertain": bool(pred.uncertain),
         "uncertainty_reasons": pred.uncertain,
+        "warnings": input_warnings(crop.image, crop.fallback, pred.ood_scores, ensemble.ood_thresholds),
         "models": [
             {
                 "name": entry.name,
@@ -91,6 +93,20 @@ def format_prediction(
     return result
 
 
+FRAME_QUERY = Query(None, ge=0, description="Multi-frame DICOM only: the 0-based frame (slice) to use.", examples=[0])
+
+
+async def read_crop(request: Request, frame: int | None) -> CropResult:
+    """The upload (multipart or raw body) decoded and cropped, in the thread pool (parallel across
+    requests); bad uploads become 4xx HTTPExceptions."""
+    body = await request.body()
+    try:
+        data = extract_image(request.headers.get("content-type"), body)
+        return await run_in_threadpool(preprocess_bytes, data, get_state(request).settings.max_image_pixels, frame)
+    except (UploadError, ImageDecodeError) as e:
+        raise HTTPException(e.status, str(e)) from e
+
+
 @router.post(
     "/predict",
     response_model=PredictResponse,
@@ -103,20 +119,12 @@ def format_prediction(
 async def predict(
     request: Request,
     include_input: bool = Query(False, description="Also return the 150×150 crop the models saw (PNG, base64)."),
-    frame: int | None = Query(
-        None, ge=0, description="Multi-frame DICOM only: the 0-based frame (slice) to classify.", examples=[0]
-    ),
+    frame: int | None = FRAME_QUERY,
     ensemble: Ensemble = Depends(ready_ensemble),
 ) -> dict[str, Any]:
     state = get_state(request)
-    body = await request.body()
     start = time.perf_counter()
-    try:
-        data = extract_image(request.headers.get("content-type"), body)
-        # decode + crop in the thread pool (parallel across requests) ...
-        crop = await run_in_threadpool(preprocess_bytes, data, state.settings.max_image_pixels, frame)
-    except (UploadError, ImageDecodeError) as e:
-        raise HTTPException(e.status, str(e)) from e
+    crop = await read_crop(request, frame)
     # ... then the models, batched with whatever other requests are waiting (service/batching.py)
     if state.batcher is None:
         raise HTTPException(503, "Models not ready: the inference thread is not running.")
