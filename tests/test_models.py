@@ -131,3 +131,32 @@ def test_grid_files_expand() -> None:
     assert all(e["epochs"] == 2 for e in smoke)
     with pytest.raises(ValueError, match="unknown grid sections"):
         expand({"rnn": [{}]})
+
+
+@pytest.mark.slow
+def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from trainer.export import parity, to_onnx
+    from trainer.extras import fit_mahalanobis, pooled_feature_model, with_extras
+
+    m = build_transfer((48, 48, 3), 4, "vgg16", weights="none", dense_layers=1, units=8)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (24, 48, 48, 3)).astype(np.float32)
+    y = np.arange(24) % 4
+    feats = np.asarray(pooled_feature_model(m)(x))
+    means, chol = fit_mahalanobis(feats, y, 4)
+    wrapped = with_extras(m, "vgg16", means, chol)
+    out = wrapped(x)
+    np.testing.assert_allclose(np.asarray(out["probabilities"]), np.asarray(m(x)), atol=1e-6)
+    assert tuple(out["class_map"].shape) == (24, 3, 3, 4)  # block5_conv3 of a 48 px input
+    np.testing.assert_allclose(np.asarray(out["class_map"]).sum(axis=-1), 1.0, atol=1e-5)
+    # the OOD score is the Mahalanobis distance to the nearest class mean
+    precision = chol @ chol.T
+    d = [min(float((f - mu) @ precision @ (f - mu)) for mu in means) ** 0.5 for f in feats.astype(np.float64)]
+    np.testing.assert_allclose(np.asarray(out["ood_score"]), d, rtol=1e-3)
+    path = tmp_path / "m.onnx"
+    assert sorted(to_onnx(wrapped, path)) == ["class_map", "ood_score", "probabilities"]
+    assert parity(wrapped, path, x.astype(np.uint8)) < 1e-4
+    names = {o.name for o in ort.InferenceSession(str(path)).get_outputs()}
+    assert names == {"class_map", "ood_score", "probabilities"}

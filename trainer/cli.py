@@ -138,7 +138,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.limit_per_class is None:
         args.limit_per_class = load_manifest(args.models_dir).limit_per_class
-    out = write_report(args.work, args.models_dir, args.docs, _prepare(args))
+    out = write_report(args.work, args.models_dir, args.docs, _prepare(args), args.data)
     print(f"wrote {out}")
     return 0
 

@@ -96,7 +96,41 @@ def _calibration_section(manifest: Manifest, models_dir: Path, p: Prepared, img:
     return [*lines, ""]
 
 
-def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared) -> Path:
+def _non_mri_section(models_dir: Path, data: Path, work: Path) -> list[str]:
+    from trainer.nonmri import measure
+
+    r = measure(Ensemble.load(models_dir), data)
+    (work / "report").mkdir(parents=True, exist_ok=True)
+    (work / "report" / "non_mri.json").write_text(json.dumps(r, indent=1) + "\n")
+    lines = [
+        "## Not an MRI? (warnings)",
+        "",
+        "`/v1/predict` returns `warnings` when an upload is unlikely to be a brain-MRI slice: `not_grayscale`",
+        "(colourfulness of the crop > 0.02; every dataset image is 0), `no_brain_outline` (crop fallback) and",
+        "`unlike_training_images` (a model's Mahalanobis `ood_score` above its 99.5th percentile on validation).",
+        "Measured through the service's own code path:",
+        "",
+        "| set | n | flagged | rate |",
+        "|---|---|---|---|",
+        f"| official Testing split (real MRI: false flags) | {r['mri_n']} | {r['mri_flagged']} | "
+        f"{_pct(r['mri_false_flag_rate'])} |",
+        f"| non-MRI images (catches) | {r['non_mri_n']} | {r['non_mri_caught']} | {_pct(r['non_mri_catch_rate'])} |",
+        "",
+        "| non-MRI source | caught / n |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v['caught']} / {v['n']} |" for k, v in r["by_source"].items()]
+    lines += [
+        "",
+        f"Reasons on the non-MRI set: {r['non_mri_reasons']}; on the Testing split: {r['mri_reasons'] or 'none'}.",
+        f"Missed: {', '.join(r['missed']) or 'none'}. (scikit-image's Shepp–Logan phantom, a synthetic head slice,",
+        "is left out of the set.)",
+        "",
+    ]
+    return lines
+
+
+def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset: Path | None = None) -> Path:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     data = json.loads((work / "data_report.json").read_text())
@@ -179,6 +213,8 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared) -> Path:
         lines += ["", f"### Ensemble on the {title}", "", *_per_class_table(ens[key], classes)]
         lines += ["", f"![confusion matrix, {title}](img/ensemble_{key}.png)"]
     lines += ["", *_calibration_section(manifest, models_dir, p, img)]
+    if dataset is not None and any(m.ood_threshold is not None for m in manifest.models):
+        lines += ["", *_non_mri_section(models_dir, dataset, work)]
     lines += ["", "### Training curves of the chosen models", ""]
     curves = [m.name for m in manifest.models if (img / f"curves_{m.name}.png").exists()]
     lines += [f"![{name}](img/curves_{name}.png)" for name in curves]
