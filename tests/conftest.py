@@ -103,6 +103,65 @@ def make_tiny_ensemble(models_dir: Path, n_models: int = 3, classes: list[str] |
     return manifest
 
 
+POOL = 15  # 150 / 15 = a 10×10 class map
+
+
+def bright_finder_onnx(path: Path) -> None:
+    """image → mean over channels → 15×15 average pool (10×10 map) → per-location logits
+    (class 0 = 0.05·brightness − 6, others 0) → class_map (softmax per location); probabilities = softmax
+    of the mean logits; ood_score = mean brightness."""
+    w = np.zeros((1, 4), np.float32)
+    w[0, 0] = 0.05
+    b = np.array([-6.0, 0, 0, 0], np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "ax3"], ["grey"], keepdims=1),
+        helper.make_node("Transpose", ["grey"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("AveragePool", ["nchw"], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]),
+        helper.make_node("Transpose", ["pooled"], ["feat"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["feat", "W"], ["l0"]),
+        helper.make_node("Add", ["l0", "b"], ["loc_logits"]),
+        helper.make_node("Softmax", ["loc_logits"], ["class_map"], axis=-1),
+        helper.make_node("ReduceMean", ["loc_logits", "ax12"], ["logits"], keepdims=0),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        helper.make_node("ReduceMean", ["image", "ax123"], ["ood_score"], keepdims=0),
+    ]
+    n = IMAGE_SIZE // POOL
+    graph = helper.make_graph(
+        nodes,
+        "bright_finder",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", IMAGE_SIZE, IMAGE_SIZE, 3])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("class_map", TensorProto.FLOAT, ["batch", n, n, 4]),
+            helper.make_tensor_value_info("ood_score", TensorProto.FLOAT, ["batch"]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.array([3], np.int64), "ax3"),
+            numpy_helper.from_array(np.array([1, 2], np.int64), "ax12"),
+            numpy_helper.from_array(np.array([1, 2, 3], np.int64), "ax123"),
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(b, "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def make_cam_ensemble(models_dir: Path) -> Path:
+    """Three bright-finders (they vote together): class maps, ood_score with threshold 200 on model 0."""
+    make_tiny_ensemble(models_dir)
+    tmp_path = models_dir
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    for entry in raw["models"]:  # three bright-finders vote together
+        bright_finder_onnx(tmp_path / entry["file"])
+        entry.update(sha256=sha256_file(tmp_path / entry["file"]), outputs=["class_map", "ood_score", "probabilities"])
+    raw["models"][0]["ood_threshold"] = 200.0  # mean brightness above 200 is "unlike the training images"
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("tiny_models")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MRI_FIXTURES
+from tests.conftest import MRI_FIXTURES, make_cam_ensemble, start_server
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
@@ -59,6 +59,38 @@ def test_upload_page_shows_label_crop_bars_and_disclaimer(live_server: str, tmp_
         browser.close()
 
 
+def test_upload_page_shows_heatmap_and_warnings(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    models = make_cam_ensemble(tmp_path / "models")
+    proc, url = start_server(models)
+    colour = tmp_path / "red.png"
+    img = np.zeros((200, 200, 3), np.uint8)
+    img[40:160, 40:160] = (0, 0, 220)  # BGR red square
+    cv2.imwrite(str(colour), img)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.set_input_files("#file", str(MRI_FIXTURES / "Testing" / "glioma_tumor" / "image(1).jpg"))
+            page.click("#go")
+            page.wait_for_selector("#heat-fig:not([hidden])", timeout=20_000)
+            page.wait_for_function("document.getElementById('heat').naturalWidth > 0", timeout=20_000)
+            assert page.evaluate("document.getElementById('heat').naturalWidth") == 300
+            assert page.inner_text("[data-testid=warnings]").strip() == ""
+            page.set_input_files("#file", str(colour))
+            page.click("#go")
+            page.wait_for_function(
+                "document.querySelector('[data-testid=warnings]').textContent.includes('colour')", timeout=20_000
+            )
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 def test_swagger_ui_renders_offline_from_bundled_assets(live_server: str) -> None:
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -70,5 +102,6 @@ def test_swagger_ui_renders_offline_from_bundled_assets(live_server: str) -> Non
         page.click("#operations-prediction-predict_v1_predict_post .opblock-summary")
         page.wait_for_selector("text=Try it out", timeout=10_000)
         assert "/v1/predict" in page.inner_text("#swagger-ui")
+        assert page.locator("#operations-prediction-explain_v1_explain_post").count() == 1
         assert not [u for u in failed if u.startswith(live_server)]
         browser.close()

@@ -4,78 +4,22 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from service.manifest import sha256_file
 from service.plausibility import COLOUR_THRESHOLD, colourfulness
 from service.preprocessing import IMAGE_SIZE, preprocess_bytes
-from tests.conftest import CLASSES, MRI_FIXTURES, make_tiny_ensemble
+from tests.conftest import CLASSES, MRI_FIXTURES, make_cam_ensemble
 from tests.test_service import make_client
-
-POOL = 15  # 150 / 15 = a 10×10 class map
-
-
-def bright_finder_onnx(path: Path) -> None:
-    """image → mean over channels → 15×15 average pool (10×10 map) → per-location logits
-    (class 0 = 0.05·brightness − 6, others 0) → class_map (softmax per location); probabilities = softmax
-    of the mean logits; ood_score = mean brightness."""
-    w = np.zeros((1, 4), np.float32)
-    w[0, 0] = 0.05
-    b = np.array([-6.0, 0, 0, 0], np.float32)
-    nodes = [
-        helper.make_node("ReduceMean", ["image", "ax3"], ["grey"], keepdims=1),
-        helper.make_node("Transpose", ["grey"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("AveragePool", ["nchw"], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]),
-        helper.make_node("Transpose", ["pooled"], ["feat"], perm=[0, 2, 3, 1]),
-        helper.make_node("MatMul", ["feat", "W"], ["l0"]),
-        helper.make_node("Add", ["l0", "b"], ["loc_logits"]),
-        helper.make_node("Softmax", ["loc_logits"], ["class_map"], axis=-1),
-        helper.make_node("ReduceMean", ["loc_logits", "ax12"], ["logits"], keepdims=0),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
-        helper.make_node("ReduceMean", ["image", "ax123"], ["ood_score"], keepdims=0),
-    ]
-    n = IMAGE_SIZE // POOL
-    graph = helper.make_graph(
-        nodes,
-        "bright_finder",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", IMAGE_SIZE, IMAGE_SIZE, 3])],
-        [
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4]),
-            helper.make_tensor_value_info("class_map", TensorProto.FLOAT, ["batch", n, n, 4]),
-            helper.make_tensor_value_info("ood_score", TensorProto.FLOAT, ["batch"]),
-        ],
-        initializer=[
-            numpy_helper.from_array(np.array([3], np.int64), "ax3"),
-            numpy_helper.from_array(np.array([1, 2], np.int64), "ax12"),
-            numpy_helper.from_array(np.array([1, 2, 3], np.int64), "ax123"),
-            numpy_helper.from_array(w, "W"),
-            numpy_helper.from_array(b, "b"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
 
 
 @pytest.fixture
 def cam_models(tmp_path: Path) -> Path:
-    make_tiny_ensemble(tmp_path)
-    raw = json.loads((tmp_path / "manifest.json").read_text())
-    for entry in raw["models"]:  # three bright-finders vote together
-        bright_finder_onnx(tmp_path / entry["file"])
-        entry.update(sha256=sha256_file(tmp_path / entry["file"]), outputs=["class_map", "ood_score", "probabilities"])
-    raw["models"][0]["ood_threshold"] = 200.0  # mean brightness above 200 is "unlike the training images"
-    (tmp_path / "manifest.json").write_text(json.dumps(raw))
-    return tmp_path
+    return make_cam_ensemble(tmp_path)
 
 
 def brain_with_blob(cx: int, cy: int, size: int = 512) -> bytes:
