@@ -12,7 +12,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help serve test lint train train-smoke vgg16-weights install-service install-dev clean docker-smoke loadtest
+.PHONY: help serve test lint train train-smoke vgg16-weights install-service install-dev clean docker-smoke loadtest bench
 
 help:
 	@echo "make serve        install the service and start it on models/ (HOST=$(HOST) PORT=$(PORT))"
@@ -20,6 +20,7 @@ help:
 	@echo "make train        prepare → train ($(GRID)) → evaluate → export into models/"
 	@echo "make train-smoke OUT=/tmp/x   the whole trainer pipeline on a small real subset"
 	@echo "make loadtest     32 clients, 2000 mixed uploads against the service on models/"
+	@echo "make bench        floor vs service vs Keras vs hardware (docs/performance.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +74,10 @@ clean:
 # Sustained load on loopback (docs/operations.md): fails on any unexpected status, connection error or ≥ 10 % memory growth.
 loadtest: $(VENV)/.dev
 	$(BIN)/python -m bench.loadtest --clients 32 --requests 2000
+
+# Speed (docs/performance.md): prints overhead, speedup and efficiency against their targets.
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench.bench
 
 docker-smoke:
 	bash docker/smoke.sh

@@ -200,6 +200,35 @@ def image_size_mb(image: str) -> float | None:
     return round(int(out.stdout.strip()) / 1e6, 1) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
 
+def plot(r: dict[str, Any], path: Path) -> None:
+    """Latency per request (p50 with p99 whiskers) side by side, and throughput vs the hardware bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("compute floor", r["floor"]), ("floor, 1 thread", r["floor_1thread"]), ("service (HTTP)", r["service"])]
+    if "keras" in r:
+        rows.append(("Keras predict (original)", r["keras"]))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+    names = [n for n, _ in rows]
+    p50 = [v["p50_ms"] for _, v in rows]
+    p99 = [v["p99_ms"] for _, v in rows]
+    ax1.barh(names, p50, xerr=[[0] * len(p50), [b - a for a, b in zip(p50, p99, strict=True)]], color="#4c72b0")
+    for i, v in enumerate(p50):
+        ax1.text(v, i, f" {v:.0f} ms", va="center", fontsize=8)
+    ax1.invert_yaxis()
+    ax1.set_xlabel("ms per request, one client (bar p50, whisker p99)")
+    bound = r["machine"]["cores"] * 1000 / r["floor_1thread"]["p50_ms"]
+    ax2.bar(["measured", "cores × 1-thread floor"], [r["load"]["rps"], bound], color=["#55a868", "#c4c4c4"])
+    ax2.set_ylabel("requests / s")
+    ax2.set_title(f"{r['load']['clients']} clients: efficiency {r['ratios']['efficiency']:.2f}", fontsize=9)
+    fig.suptitle(f"{r['machine']['cores']} cores, {r['machine']['cpu']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
@@ -280,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     r["passed"] = not failed and r["load"]["errors"] == 0
     out = args.out or RESULTS / f"bench-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(r, indent=1) + "\n")
+    plot(r, out.with_suffix(".png"))
     print(f"{'PASS' if r['passed'] else 'FAIL'}  ({out.relative_to(ROOT) if out.is_relative_to(ROOT) else out})")
     return 0 if r["passed"] else 1
 
