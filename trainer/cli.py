@@ -71,10 +71,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_shipped(args: argparse.Namespace) -> int:
-    """Recompute the ensemble metrics of an exported models/ dir and compare them with its manifest."""
+def _prepare_for_shipped(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """(manifest, prepared data) for an exported models/ dir, or None when the data is not what it was
+    trained on (data hash differs)."""
     from service.manifest import load_manifest
-    from trainer.export import evaluate_ensemble
 
     manifest = load_manifest(args.models_dir)
     if args.limit_per_class is None:
@@ -82,7 +82,18 @@ def _evaluate_shipped(args: argparse.Namespace) -> int:
     p = _prepare(args)
     if p.data_hash != manifest.data_hash:
         print(f"data hash {p.data_hash[:12]} differs from the manifest's {manifest.data_hash[:12]}", file=sys.stderr)
+        return None
+    return manifest, p
+
+
+def _evaluate_shipped(args: argparse.Namespace) -> int:
+    """Recompute the ensemble metrics of an exported models/ dir and compare them with its manifest."""
+    from trainer.export import evaluate_ensemble
+
+    loaded = _prepare_for_shipped(args)
+    if loaded is None:
         return 2
+    manifest, p = loaded
     metrics = evaluate_ensemble(args.models_dir, p)
     status = 0
     for key, m in metrics.items():
@@ -118,17 +129,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Re-fit temperatures and uncertainty thresholds of an exported ensemble (its ONNX files unchanged)."""
-    from service.manifest import load_manifest
     from trainer.export import finalize
 
-    manifest = load_manifest(args.models_dir)
-    if args.limit_per_class is None:
-        args.limit_per_class = manifest.limit_per_class
-    p = _prepare(args)
-    if p.data_hash != manifest.data_hash:
-        print(f"data hash {p.data_hash[:12]} differs from the manifest's {manifest.data_hash[:12]}", file=sys.stderr)
+    loaded = _prepare_for_shipped(args)
+    if loaded is None:
         return 2
-    finalize(args.models_dir, p)
+    finalize(args.models_dir, loaded[1])
     return 0
 
 
