@@ -59,32 +59,38 @@ def _subsets(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[st
 
 
 def choose_rule(probs: np.ndarray, y: np.ndarray, target: float = TARGET_ACCURACY) -> UncertaintyRule:
-    """Thresholds giving the confident subset of the validation predictions (unanimous vote, top
-    probability ≥ t, normalised entropy ≤ h) at least `target` accuracy with as many confident
-    predictions as possible; if no pair reaches the target, the pair with the best confident accuracy."""
+    """Thresholds giving the confident subset of the validation predictions (optionally: unanimous vote;
+    top probability ≥ t; normalised entropy ≤ h) at least `target` accuracy with as many confident
+    predictions as possible; if nothing reaches the target, the rule with the best confident accuracy.
+    Whether disagreement alone flags a prediction is part of the search (a weak voter that often
+    dissents would otherwise flag most predictions)."""
     labels, votes, mean = majority_vote(probs)
     correct = labels == y
     unanimous = votes[np.arange(len(y)), labels] == votes.sum(axis=1)
     top = mean[np.arange(len(y)), labels]
     ent = normalized_entropy(mean)
-    best: tuple[float, ...] | None = None
-    fallback: tuple[float, ...] | None = None
-    for t in np.round(np.arange(0.25, 1.0, 0.025), 3):
-        for h in np.round(np.arange(0.05, 1.0001, 0.05), 3):
-            mask = unanimous & (top >= t) & (ent <= h)
-            n = int(mask.sum())
-            if n < max(10, len(y) // 20):
-                continue
-            acc = float(correct[mask].mean())
-            if acc >= target and (best is None or n > best[0]):
-                best = (n, t, h)
-            if fallback is None or acc > fallback[0]:
-                fallback = (acc, t, h)
+    best: tuple[int, bool, float, float] | None = None
+    fallback: tuple[float, bool, float, float] | None = None
+    for flag in (True, False):
+        for t in np.round(np.arange(0.25, 1.0, 0.025), 3):
+            for h in np.round(np.arange(0.05, 1.0001, 0.05), 3):
+                mask = (top >= t) & (ent <= h) & (unanimous if flag else True)
+                n = int(mask.sum())
+                if n < max(10, len(y) // 20):
+                    continue
+                acc = float(correct[mask].mean())
+                if acc >= target and (best is None or n > best[0]):
+                    best = (n, flag, float(t), float(h))
+                if fallback is None or acc > fallback[0]:
+                    fallback = (acc, flag, float(t), float(h))
     chosen = best or fallback
     if chosen is None:
         return UncertaintyRule(target_accuracy=target)
     return UncertaintyRule(
-        min_top_probability=float(chosen[1]), max_normalized_entropy=float(chosen[2]), target_accuracy=target
+        min_top_probability=chosen[2],
+        max_normalized_entropy=chosen[3],
+        flag_disagreement=chosen[1],
+        target_accuracy=target,
     )
 
 

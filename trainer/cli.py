@@ -122,6 +122,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         limit_per_class=args.limit_per_class,
         max_mb=args.max_mb,
         max_per_backbone=args.max_per_backbone,
+        select=args.select,
+        report_dir=args.work / "report",
     )
     print(f"wrote {args.models_dir}/manifest.json ({manifest.model_version})")
     return 0
@@ -189,7 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-per-backbone",
         type=int,
         default=1,
-        help="at most this many voters per frozen backbone (they are near-duplicate voters)",
+        help="with --select top: at most this many voters per backbone (they are near-duplicate voters)",
+    )
+    p.add_argument(
+        "--select",
+        choices=("ensemble", "top"),
+        default="ensemble",
+        help="ensemble: the combination whose majority vote scores best on validation (default); "
+        "top: the individually best models",
     )
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("calibrate", help="re-fit temperatures and uncertainty thresholds of an exported ensemble")

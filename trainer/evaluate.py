@@ -45,15 +45,32 @@ def evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]
     return row
 
 
+VAL_PROBS = "val_probs.npy"
+
+
+def validation_probabilities(row: dict[str, Any], p: Prepared, report_dir: Path) -> np.ndarray:
+    """A leaderboard model's validation probabilities (saved by evaluate; recomputed if missing)."""
+    path = report_dir / row["name"] / VAL_PROBS
+    if path.exists():
+        return np.asarray(np.load(path))
+    va, _ = evaluation_indices(p, row["config"])
+    probs = predict(keras.models.load_model(Path(row["run_dir"]) / "model.keras"), p.x[va])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, probs)
+    return probs
+
+
 def _evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]:
     result = json.loads((run_dir / "result.json").read_text())
     cfg = result["config"]
     va, te = evaluation_indices(p, cfg)
     model = keras.models.load_model(run_dir / "model.keras")
-    val = compute_metrics(p.y[va], predict(model, p.x[va]), CLASSES, VAL_SPLIT)
+    val_probs = predict(model, p.x[va])
+    val = compute_metrics(p.y[va], val_probs, CLASSES, VAL_SPLIT)
     test = compute_metrics(p.y[te], predict(model, p.x[te]), CLASSES, TEST_SPLIT)
     out = report_dir / cfg["name"]
     out.mkdir(parents=True, exist_ok=True)
+    np.save(out / VAL_PROBS, val_probs)  # for choosing the ensemble by its own validation score
     history = json.loads((run_dir / "history.json").read_text())
     plot_curves(history, cfg["name"], out / "curves.png")
     plot_confusion(val["confusion_matrix"], CLASSES, f"{cfg['name']} — validation", out / "confusion_val.png")

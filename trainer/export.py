@@ -169,6 +169,54 @@ def choose_models(
     raise ValueError(f"only {len(chosen)} of the {len(leaderboard)} models fit --top {top} under the constraints")
 
 
+def choose_ensemble(
+    leaderboard: list[dict[str, Any]],
+    p: Prepared,
+    report_dir: Path,
+    top: int = 3,
+    max_mb: float = 120.0,
+    candidates: int = 8,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The `top` models whose majority vote has the best validation macro-F1, among every combination of
+    the `candidates` best single models that fits the size budget (float32 weights). Validation only:
+    the official Testing split plays no part. Returns (chosen rows, every combination tried, best first)."""
+    from itertools import combinations
+
+    from trainer.evaluate import validation_probabilities
+
+    ranked = sorted(leaderboard, key=lambda r: (-r["val_macro_f1"], r["val_loss"] or 0.0, r["name"]))
+    pool = [r for r in ranked if 4 * r["params"] <= max_mb * 1024 * 1024][:candidates]
+    if len(pool) < top:
+        raise ValueError(f"only {len(pool)} models fit the {max_mb} MB budget; need {top}")
+    va, _ = evaluation_indices(p, pool[0]["config"])
+    probs = {r["name"]: validation_probabilities(r, p, report_dir) for r in pool}
+    tried = []
+    for combo in combinations(pool, top):
+        size_mb = sum(4 * r["params"] for r in combo) / 1024 / 1024
+        if size_mb > max_mb:
+            continue
+        labels, _, mean = majority_vote(np.stack([probs[r["name"]] for r in combo]))
+        m = compute_metrics(p.y[va], mean, CLASSES, VAL_SPLIT, y_pred=labels)
+        tried.append(
+            {
+                "models": [r["name"] for r in combo],
+                "val_macro_f1": m["macro_f1"],
+                "val_accuracy": m["accuracy"],
+                "size_mb": round(size_mb, 1),
+            }
+        )
+    if not tried:
+        raise ValueError(f"no combination of {top} models fits {max_mb} MB")
+    tried.sort(key=lambda t: (-t["val_macro_f1"], -t["val_accuracy"], t["size_mb"]))
+    for t in tried[:10]:
+        print(
+            f"[export] ensemble candidate val macro-F1 {t['val_macro_f1']:.4f} acc {t['val_accuracy']:.4f} "
+            f"{t['size_mb']:6.1f} MB  {' + '.join(t['models'])}"
+        )
+    by_name = {r["name"]: r for r in pool}
+    return [by_name[n] for n in tried[0]["models"]], tried
+
+
 def export_top(
     leaderboard: list[dict[str, Any]],
     p: Prepared,
@@ -179,8 +227,18 @@ def export_top(
     limit_per_class: int | None = None,
     max_mb: float = 120.0,
     max_per_backbone: int = 1,
+    select: str = "ensemble",
+    report_dir: Path | None = None,
 ) -> Manifest:
-    chosen = choose_models(leaderboard, top, max_mb, max_per_backbone)
+    if select == "ensemble":
+        if report_dir is None:
+            raise ValueError("select='ensemble' needs the report dir with the validation probabilities")
+        chosen, tried = choose_ensemble(leaderboard, p, report_dir, top, max_mb)
+        (report_dir / "ensembles_tried.json").write_text(json.dumps(tried, indent=1) + "\n")
+    elif select == "top":
+        chosen = choose_models(leaderboard, top, max_mb, max_per_backbone)
+    else:
+        raise ValueError(f"select must be 'ensemble' or 'top', got {select!r}")
     models_dir.mkdir(parents=True, exist_ok=True)
     for stale in models_dir.glob("*.onnx"):
         stale.unlink()

@@ -78,10 +78,12 @@ def _calibration_section(manifest: Manifest, models_dir: Path, p: Prepared, img:
         "![reliability, official Testing split](img/reliability_official_test.png)",
         "![reliability, validation](img/reliability_validation.png)",
         "",
-        "A prediction is flagged `uncertain` when the models do not all vote for the label, the mean probability",
-        f"of the label is below {rule.min_top_probability:g}, or the normalised entropy of the mean probabilities",
-        f"is above {rule.max_normalized_entropy:g}. The thresholds are the pair (searched on a grid) that keeps",
-        f"the most validation predictions confident while their accuracy stays ≥ {rule.target_accuracy or 0:g}.",
+        "A prediction is flagged `uncertain` when "
+        + ("the models do not all vote for the label, " if rule.flag_disagreement else "")
+        + f"the mean probability of the label is below {rule.min_top_probability:g}, or the normalised entropy",
+        f"of the mean probabilities is above {rule.max_normalized_entropy:g}. The rule (thresholds on a grid, and",
+        "whether disagreement alone flags) is the one that keeps the most validation predictions confident",
+        f"while their accuracy stays ≥ {rule.target_accuracy or 0:g}.",
         "",
         "| split | n | accuracy, all | confident: n | confident: accuracy | uncertain: n | uncertain: accuracy |",
         "|---|---|---|---|---|---|---|",
