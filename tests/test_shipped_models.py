@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.manifest import load_manifest
+from service.plausibility import NOT_GRAYSCALE, input_warnings
 from service.preprocessing import preprocess_bytes
 from service.runtime import Ensemble
 from tests.conftest import DATASET, ROOT, fixture_images
@@ -28,9 +29,19 @@ def test_bundled_ensemble_loads_and_predicts() -> None:
     assert {"validation", "official_test"} <= set(manifest.ensemble.metrics)
     total = sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file())
     assert total <= 120 * 1024 * 1024
+    # calibration, uncertainty and the extras were fitted at export
+    assert all(m.temperature != 1.0 and "official_test" in m.calibration for m in manifest.models)
+    assert {"validation", "official_test"} <= set(manifest.ensemble.calibration)
+    with_maps = [m for m in manifest.models if "class_map" in m.outputs]
+    assert with_maps and all(m.ood_threshold is not None for m in with_maps)
     for path in fixture_images():
-        pred = ensemble.predict(preprocess_bytes(path.read_bytes()).image)
+        crop = preprocess_bytes(path.read_bytes())
+        pred = ensemble.predict(crop.image)
         assert 0 <= pred.label < 4 and abs(float(pred.mean.sum()) - 1) < 1e-4
+        # no real MRI fixture is flagged as not grayscale; the heatmap exists for the class-map models
+        assert NOT_GRAYSCALE not in input_warnings(crop.image, crop.fallback, pred.ood_scores, ensemble.ood_thresholds)
+    _, maps = ensemble.explain(preprocess_bytes(fixture_images()[0].read_bytes()).image)
+    assert [name for name, _ in maps] == [m.name for m in with_maps]
 
 
 @pytest.mark.dataset

@@ -75,6 +75,11 @@ def _calibration_section(manifest: Manifest, models_dir: Path, p: Prepared, img:
         f"| ensemble mean | – | {v.get('ece_before', float('nan')):.3f} → {v.get('ece_after', float('nan')):.3f} | "
         f"{t.get('ece_before', float('nan')):.3f} → {t.get('ece_after', float('nan')):.3f} |",
         "",
+        "Each model's ECE is its own; the ensemble's mean of calibrated models is softer than each of them, so",
+        "its ECE can rise while every model's falls (a weak, near-uniform voter pulls the mean further down).",
+        "The vote itself does not change with temperatures (arg-max is invariant); only ties and the reported",
+        "probabilities do.",
+        "",
         "![reliability, official Testing split](img/reliability_official_test.png)",
         "![reliability, validation](img/reliability_validation.png)",
         "",
@@ -130,6 +135,29 @@ def _non_mri_section(models_dir: Path, data: Path, work: Path) -> list[str]:
         "",
     ]
     return lines
+
+
+def ensembles_tried_section(work: Path, top: int = 15) -> list[str]:
+    """The combinations the export scored on validation (what choosing the ensemble cost)."""
+    path = work / "report" / "ensembles_tried.json"
+    if not path.exists():
+        return []
+    tried = json.loads(path.read_text())
+    lines = [
+        "## Ensembles tried",
+        "",
+        f"`python -m trainer export` scored the majority vote of {len(tried)} combinations of three models (from the",
+        "8 best single models, within the 120 MB budget) on validation and kept the best; the official Testing",
+        f"split was not consulted. The best {min(top, len(tried))}:",
+        "",
+        "| # | voters | val macro-F1 | val accuracy | MB |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {i} | {' + '.join(t['models'])} | {t['val_macro_f1']:.4f} | {_pct(t['val_accuracy'])} | {t['size_mb']} |"
+        for i, t in enumerate(tried[:top], 1)
+    ]
+    return [*lines, ""]
 
 
 def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset: Path | None = None) -> Path:
@@ -214,6 +242,7 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
     for key, title in (("official_test", "official Testing split"), ("validation", "validation")):
         lines += ["", f"### Ensemble on the {title}", "", *_per_class_table(ens[key], classes)]
         lines += ["", f"![confusion matrix, {title}](img/ensemble_{key}.png)"]
+    lines += ["", *ensembles_tried_section(work)]
     lines += ["", *_calibration_section(manifest, models_dir, p, img)]
     if dataset is not None and any(m.ood_threshold is not None for m in manifest.models):
         lines += ["", *_non_mri_section(models_dir, dataset, work)]
