@@ -22,10 +22,10 @@ from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
 from service.config import Settings  # noqa: E402
 from service.main import create_app  # noqa: E402
-from tests.conftest import make_tiny_ensemble  # noqa: E402
+from tests.conftest import make_cam_ensemble  # noqa: E402
 
 MODELS = Path(tempfile.mkdtemp(prefix="fuzz-models-"))
-make_tiny_ensemble(MODELS)
+make_cam_ensemble(MODELS)  # with class maps, so /v1/explain answers too
 APP = create_app(Settings(models_dir=MODELS, max_upload_bytes=1024 * 1024))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
