@@ -16,9 +16,10 @@ RUN pip install -c constraints.txt ".[service]" \
  && find swagger_ui_bundle/vendor -type f ! -name swagger-ui-bundle.js ! -name swagger-ui.css -delete \
  && rm -rf pip setuptools pkg_resources _distutils_hack distutils-precedence.pth \
       onnxruntime/transformers onnxruntime/quantization onnxruntime/tools numpy/f2py numpy/_core/include \
+      pydicom/sr pydicom/data/test_files \
  && find . -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} + \
  && find . -name "*.pyi" -delete \
- && python -c "import numpy, cv2, onnxruntime, service.main"
+ && python -c "import numpy, cv2, onnxruntime, pydicom.pixels, service.dicom, service.main"
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin app
