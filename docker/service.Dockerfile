@@ -11,7 +11,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY service ./service
 RUN pip install -c constraints.txt ".[service]" \
  && python -c "import service.main, importlib.util as u; assert u.find_spec('tensorflow') is None" \
- && pip uninstall -y -q Jinja2 MarkupSafe \
+ && pip uninstall -y -q Jinja2 MarkupSafe protobuf flatbuffers \
  && cd /opt/venv/lib/python3.11/site-packages \
  && find swagger_ui_bundle/vendor -type f ! -name swagger-ui-bundle.js ! -name swagger-ui.css -delete \
  && rm -rf pip setuptools pkg_resources _distutils_hack distutils-precedence.pth \
