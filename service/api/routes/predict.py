@@ -125,7 +125,7 @@ async def predict(
     state = get_state(request)
     start = time.perf_counter()
     crop = await read_crop(request, frame)
-    # ... then the models, batched with whatever other requests are waiting (service/batching.py)
+    # decode + crop ran in the thread pool; the models run batched with whatever other requests wait (batching.py)
     if state.batcher is None:
         raise HTTPException(503, "Models not ready: the inference thread is not running.")
     pred = await asyncio.wrap_future(state.batcher.submit(crop.image))
