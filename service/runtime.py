@@ -115,13 +115,17 @@ class Ensemble:
                 extras.append(None)
         return np.stack(probs), extras
 
-    def extra_outputs(self, images: np.ndarray, extra: str, batch_size: int = 64) -> list[np.ndarray | None]:
-        """uint8 RGB (N, H, W, 3) → per model, its `extra` output for all N images (None where absent)."""
+    def run_images_with(
+        self, images: np.ndarray, extra: str, batch_size: int = 64
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """uint8 RGB (N, H, W, 3) → raw probabilities (models, N, classes) and, per model, its `extra`
+        output for all N images (None where absent), in batches, one run of each model per batch."""
         parts = [
-            self.run_with(to_model_input(images[i : i + batch_size]), extra)[1]
-            for i in range(0, len(images), batch_size)
+            self.run_with(to_model_input(images[i : i + batch_size]), extra) for i in range(0, len(images), batch_size)
         ]
-        return [None if part[0] is None else np.concatenate(part) for part in zip(*parts, strict=True)]
+        raw = np.concatenate([probs for probs, _ in parts], axis=1)
+        per_model = zip(*(extras for _, extras in parts), strict=True)
+        return raw, [None if part[0] is None else np.concatenate(part) for part in per_model]
 
     def calibrated(self, raw: np.ndarray) -> np.ndarray:
         return np.stack([apply_temperature(p, t) for p, t in zip(raw, self.temperatures, strict=True)])

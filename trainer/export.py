@@ -98,11 +98,16 @@ def _splits(ensemble: Ensemble, p: Prepared) -> dict[str, tuple[str, np.ndarray]
     return {"validation": (VAL_SPLIT, va), "official_test": (TEST_SPLIT, te)}
 
 
-def raw_probabilities(ensemble: Ensemble, p: Prepared) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The models' uncalibrated probabilities (models × N × classes) and labels, by split."""
-    splits = _splits(ensemble, p)
-    raw = {key: ensemble.predict_images(p.x[idx], calibrated=False) for key, (_, idx) in splits.items()}
-    return raw, {key: p.y[idx] for key, (_, idx) in splits.items()}
+def raw_probabilities(
+    ensemble: Ensemble, p: Prepared
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[np.ndarray | None]]]:
+    """By split: the models' uncalibrated probabilities (models × N × classes), the labels, and each
+    model's ood_score (None for models without one), from one pass over the images."""
+    raw, y, ood = {}, {}, {}
+    for key, (_, idx) in _splits(ensemble, p).items():
+        raw[key], ood[key] = ensemble.run_images_with(p.x[idx], OOD_SCORE)
+        y[key] = p.y[idx]
+    return raw, y, ood
 
 
 def calibrate(models_dir: Path, p: Prepared) -> Manifest:
@@ -111,7 +116,7 @@ def calibrate(models_dir: Path, p: Prepared) -> Manifest:
     on validation and the official Testing split in the manifest."""
     ensemble = Ensemble.load(models_dir)
     manifest = ensemble.manifest
-    raw, y = raw_probabilities(ensemble, p)
+    raw, y, ood = raw_probabilities(ensemble, p)
     for entry, val_probs in zip(manifest.models, raw["validation"], strict=True):
         entry.temperature = fit_temperature(val_probs, y["validation"])
         print(f"[export] {entry.name}: temperature {entry.temperature} (fitted on validation)")
@@ -128,8 +133,6 @@ def calibrate(models_dir: Path, p: Prepared) -> Manifest:
             }
             for key in raw
         }
-    splits = _splits(ensemble, p)
-    ood = {key: ensemble.extra_outputs(p.x[idx], OOD_SCORE) for key, (_, idx) in splits.items()}
     for i, entry in enumerate(manifest.models):
         val_scores = ood["validation"][i]
         if val_scores is None:
@@ -147,12 +150,17 @@ def calibrate(models_dir: Path, p: Prepared) -> Manifest:
     return manifest
 
 
+def _ranked(leaderboard: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best validation macro-F1 first (then lower validation loss, then name)."""
+    return sorted(leaderboard, key=lambda r: (-r["val_macro_f1"], r["val_loss"] or 0.0, r["name"]))
+
+
 def choose_models(
     leaderboard: list[dict[str, Any]], top: int = 3, max_mb: float = 120.0, max_per_backbone: int = 1
 ) -> list[dict[str, Any]]:
     """The `top` best by validation macro-F1, going down the ranking past a model that would push the
     ensemble over `max_mb` (float32 weights) or add another voter on an already used frozen backbone."""
-    ranked = sorted(leaderboard, key=lambda r: (-r["val_macro_f1"], r["val_loss"] or 0.0, r["name"]))
+    ranked = _ranked(leaderboard)
     chosen: list[dict[str, Any]] = []
     budget = max_mb * 1024 * 1024
     for row in ranked:
@@ -184,7 +192,7 @@ def choose_ensemble(
 
     from trainer.evaluate import validation_probabilities
 
-    ranked = sorted(leaderboard, key=lambda r: (-r["val_macro_f1"], r["val_loss"] or 0.0, r["name"]))
+    ranked = _ranked(leaderboard)
     pool = [r for r in ranked if 4 * r["params"] <= max_mb * 1024 * 1024][:candidates]
     if len(pool) < top:
         raise ValueError(f"only {len(pool)} models fit the {max_mb} MB budget; need {top}")

@@ -40,7 +40,7 @@ def _per_class_table(m: dict[str, Any], classes: list[str]) -> list[str]:
 def _calibration_section(manifest: Manifest, models_dir: Path, p: Prepared, img: Path) -> list[str]:
     """ECE before/after per model and for the ensemble mean, reliability diagrams, and the uncertainty rule."""
     ensemble = Ensemble.load(models_dir)
-    raw, y = raw_probabilities(ensemble, p)
+    raw, y, _ = raw_probabilities(ensemble, p)
     temps = [m.temperature for m in manifest.models]
     for key, title in (("official_test", "official Testing split"), ("validation", "validation")):
         after = np.stack([apply_temperature(m, t) for m, t in zip(raw[key], temps, strict=True)])
