@@ -82,3 +82,32 @@ def test_split_is_stratified_and_never_splits_a_group() -> None:
         assert abs(share - 0.2) < 0.03
     _, va2 = split_train_val(y, group, 0.2, seed=3)
     assert np.array_equal(va, va2)
+
+
+def test_protocol_split_pooled_keeps_groups_whole_and_official_follows_folders() -> None:
+    from types import SimpleNamespace
+
+    import pytest
+
+    from trainer.data import POOLED_TEST_FRACTION, protocol_split
+
+    rng = np.random.default_rng(7)
+    n = 1200
+    y = rng.integers(0, 4, n)
+    split = (rng.random(n) < 0.12).astype(np.int8)  # ~12 % official Testing, like the dataset
+    group = np.arange(n)
+    group[10:14] = 10  # a duplicate group crossing the official split, as 64 groups do in the dataset
+    y[10:14], split[10:12], split[12:14] = y[10], TRAIN, TEST
+    p = SimpleNamespace(y=y, split=split, group=group)
+    tr, te = protocol_split(p, "official")  # type: ignore[arg-type]
+    assert np.array_equal(tr, np.nonzero(split == TRAIN)[0]) and np.array_equal(te, np.nonzero(split == TEST)[0])
+    tr, te = protocol_split(p, "pooled")  # type: ignore[arg-type]
+    assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == n
+    assert set(range(10, 14)) <= set(tr) or set(range(10, 14)) <= set(te)
+    assert {TRAIN, TEST} <= set(split[te].tolist())  # pooled: both official splits on each side
+    for c in range(4):
+        share = np.isin(te, np.nonzero(y == c)[0]).sum() / (y == c).sum()
+        assert abs(share - POOLED_TEST_FRACTION) < 0.03
+    assert np.array_equal(te, protocol_split(p, "pooled")[1])  # type: ignore[arg-type]  # fixed seed
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        protocol_split(p, "leaky")  # type: ignore[arg-type]

@@ -131,6 +131,11 @@ def test_grid_files_expand() -> None:
     assert all(e["epochs"] == 2 for e in smoke)
     with pytest.raises(ValueError, match="unknown grid sections"):
         expand({"rnn": [{}]})
+    pooled = load_grid(ROOT / "trainer" / "grids" / "pooled.toml")
+    assert all(e["protocol"] == "pooled" and e["name"].endswith("-pooled") for e in pooled)
+    assert "transfer-vgg16-d1-hed-ft-pooled" in {e["name"] for e in pooled}
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        expand({"defaults": {"protocol": "leaky"}, "ann": [{"dense_layers": 0, "units": 8}]})
 
 
 @pytest.mark.slow

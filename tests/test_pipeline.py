@@ -151,3 +151,36 @@ def test_choose_models_respects_rank_size_and_backbone_diversity() -> None:
     assert [r["name"] for r in choose_models(board, 3, max_mb=1000, max_per_backbone=2)] == ["vgg-a", "vgg-b", "huge"]
     with pytest.raises(ValueError, match="only 1 of the 3"):  # vgg-b: same backbone; huge: over budget
         choose_models(board[:3], 3)
+
+
+def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
+    """The pooled protocol end to end: its runs never see the pooled test side, and the exported ensemble's
+    metrics are keyed pooled_test (not official_test) and recompute from the ONNX files."""
+    from trainer.data import prepare, protocol_split
+    from trainer.train import train_val_indices
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        '[defaults]\nepochs = 1\nbatch_size = 8\nval_fraction = 0.25\nprotocol = "pooled"\n'
+        "[[ann]]\ndense_layers = 0\nunits = [4, 8, 16]\n"
+    )
+    work, cache, models = tmp_path / "work", tmp_path / "cache", tmp_path / "models"
+    common = ["--data", str(MRI_FIXTURES), "--work", str(work), "--cache", str(cache)]
+    run("train", *common, "--grid", str(grid), "--verbose", "0", cwd=ROOT)
+    assert len(list(cache.glob("prepared-*.npz"))) == 1 and not (work / "cache").exists()
+    run("evaluate", *common, cwd=ROOT)
+    board = json.loads((work / "report" / "leaderboard.json").read_text())
+    assert {r["protocol"] for r in board} == {"pooled"} and all(r["name"].endswith("-pooled") for r in board)
+    p = prepare(MRI_FIXTURES, cache)
+    _, te = protocol_split(p, "pooled")
+    fit, va = train_val_indices(p, 0.25, 42, "pooled")
+    assert len(np.intersect1d(np.concatenate([fit, va]), te)) == 0
+    result = json.loads((work / "runs" / board[0]["name"] / "result.json").read_text())
+    assert result["n_train"] == len(fit) and result["n_val"] == len(va)
+    run("export", *common, "--models-dir", str(models), "--select", "top", cwd=ROOT)
+    manifest = load_manifest(models)
+    assert set(manifest.ensemble.metrics) == {"validation", "pooled_test"}
+    assert manifest.ensemble.metrics["pooled_test"].n == len(te)
+    assert "pooled" in manifest.ensemble.metrics["pooled_test"].split
+    out = run("evaluate", *common, "--models-dir", str(models), cwd=ROOT)
+    assert f"pooled_test: n={len(te)}" in out and "DIFFERS" not in out

@@ -16,6 +16,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="dataset root with Training/ and Testing/")
     p.add_argument("--work", type=Path, default=Path(DEFAULT_WORK), help="work dir: cache/, runs/, report/")
     p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="cache dir for the prepared dataset and backbone features (default: <work>/cache); work dirs of "
+        "different protocols can share one",
+    )
+    p.add_argument(
         "--limit-per-class",
         type=int,
         default=None,
@@ -23,10 +30,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def cache_dir(args: argparse.Namespace) -> Path:
+    return Path(args.cache) if args.cache is not None else Path(args.work) / "cache"
+
+
 def _prepare(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from trainer.data import format_report, prepare, report
 
-    p = prepare(args.data, args.work / "cache", args.limit_per_class)
+    p = prepare(args.data, cache_dir(args), args.limit_per_class)
     r = report(p)
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "data_report.json").write_text(json.dumps(r, indent=1))
@@ -56,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 2
     p = _prepare(args)
     print(f"training {len(entries)} model(s) from {args.grid}")
-    train_grid(entries, p, args.work / "runs", verbose=args.verbose)
+    train_grid(entries, p, args.work / "runs", verbose=args.verbose, cache_dir=cache_dir(args))
     return 0
 
 

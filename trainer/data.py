@@ -28,6 +28,11 @@ CLASSES: list[str] = list(CLASS_FOLDERS.values())
 SPLITS = ("Training", "Testing")
 TRAIN, TEST = 0, 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+# Evaluation protocols: "official" trains on Training and tests on the official Testing split; "pooled"
+# pools both, keeps every duplicate group on one side and holds out a stratified POOLED_TEST_FRACTION.
+PROTOCOLS = ("official", "pooled")
+POOLED_TEST_FRACTION = 0.2
+POOLED_SEED = 2020
 NEAR_DUPLICATE_MAX_HAMMING = 4  # pHash bits that may differ for two images to count as near-duplicates
 CACHE_FORMAT = 2
 
@@ -267,3 +272,16 @@ def split_train_val(y: np.ndarray, group: np.ndarray, val_fraction: float, seed:
             val[members] = True
             taken[label] += members.sum()
     return np.nonzero(~val)[0], np.nonzero(val)[0]
+
+
+def protocol_split(p: Prepared, protocol: str) -> tuple[np.ndarray, np.ndarray]:
+    """(training pool, test) indices of a protocol. Validation is later carved from the training pool.
+
+    official: the dataset's Training / Testing folders. pooled: Training ∪ Testing split 80/20, stratified
+    by class, duplicate groups (exact and near) kept whole, fixed seed — no duplicate crosses the split.
+    """
+    if protocol == "official":
+        return np.nonzero(p.split == TRAIN)[0], np.nonzero(p.split == TEST)[0]
+    if protocol == "pooled":
+        return split_train_val(p.y, p.group, POOLED_TEST_FRACTION, POOLED_SEED)
+    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")

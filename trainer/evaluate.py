@@ -16,12 +16,25 @@ import numpy as np
 
 import trainer.models  # noqa: F401  (registers the custom layers for loading)
 from trainer.data import CLASSES, Prepared
+from trainer.grid import protocol_of
 from trainer.metrics import compute_metrics
 from trainer.plots import plot_confusion, plot_curves, plot_leaderboard
 from trainer.train import evaluation_indices
 
 VAL_SPLIT = "validation (carved from Training, duplicate-aware)"
 TEST_SPLIT = "official Testing split"
+POOLED_VAL_SPLIT = "validation (carved from the pooled 80 %, duplicate-aware)"
+POOLED_TEST_SPLIT = "pooled held-out 20 % (Training ∪ Testing, duplicate groups kept whole)"
+# metrics key and description of each protocol's (validation, test) splits
+SPLIT_NAMES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "official": (("validation", VAL_SPLIT), ("official_test", TEST_SPLIT)),
+    "pooled": (("validation", POOLED_VAL_SPLIT), ("pooled_test", POOLED_TEST_SPLIT)),
+}
+
+
+def split_names(cfg: dict[str, Any]) -> tuple[tuple[str, str], tuple[str, str]]:
+    """((validation key, description), (test key, description)) of the protocol cfg was trained under."""
+    return SPLIT_NAMES[protocol_of(cfg)]
 
 
 def finished_runs(runs_dir: Path) -> list[Path]:
@@ -64,18 +77,19 @@ def _evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any
     result = json.loads((run_dir / "result.json").read_text())
     cfg = result["config"]
     va, te = evaluation_indices(p, cfg)
+    (val_key, val_split), (test_key, test_split) = split_names(cfg)
     model = keras.models.load_model(run_dir / "model.keras")
     val_probs = predict(model, p.x[va])
-    val = compute_metrics(p.y[va], val_probs, CLASSES, VAL_SPLIT)
-    test = compute_metrics(p.y[te], predict(model, p.x[te]), CLASSES, TEST_SPLIT)
+    val = compute_metrics(p.y[va], val_probs, CLASSES, val_split)
+    test = compute_metrics(p.y[te], predict(model, p.x[te]), CLASSES, test_split)
     out = report_dir / cfg["name"]
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / VAL_PROBS, val_probs)  # for choosing the ensemble by its own validation score
     history = json.loads((run_dir / "history.json").read_text())
     plot_curves(history, cfg["name"], out / "curves.png")
     plot_confusion(val["confusion_matrix"], CLASSES, f"{cfg['name']} — validation", out / "confusion_val.png")
-    plot_confusion(test["confusion_matrix"], CLASSES, f"{cfg['name']} — official Testing", out / "confusion_test.png")
-    metrics = {"validation": val, "official_test": test}
+    plot_confusion(test["confusion_matrix"], CLASSES, f"{cfg['name']} — {test_split}", out / "confusion_test.png")
+    metrics = {val_key: val, test_key: test}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return {
         "name": cfg["name"],
@@ -85,6 +99,7 @@ def _evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any
         "train_seconds": result["train_seconds"],
         "augment": cfg["augment"],
         "weights_origin": result["weights_origin"],
+        "protocol": protocol_of(cfg),
         "val_accuracy": val["accuracy"],
         "val_macro_f1": val["macro_f1"],
         "val_loss": val["loss"],
@@ -132,8 +147,10 @@ def write_leaderboard(rows: list[dict[str, Any]], report_dir: Path) -> None:
         "|" + "---|" * len(LEADERBOARD_COLUMNS),
     ]
     md += ["| " + " | ".join(str(r[c]) for c in LEADERBOARD_COLUMNS) + " |" for r in rows]
+    protocols = {r.get("protocol", "official") for r in rows}
+    test_side = "the official Testing split" if protocols == {"official"} else "the test side of each protocol"
     (report_dir / "leaderboard.md").write_text(
-        "Models ranked by validation macro-F1 (selection metric). The official Testing split was used "
+        f"Models ranked by validation macro-F1 (selection metric). The test_* columns are {test_side}, used "
         "for nothing but these columns.\n\n" + "\n".join(md) + "\n"
     )
     plot_leaderboard(rows, report_dir / "leaderboard.png")

@@ -24,8 +24,9 @@ from service.preprocessing import PREPROCESSING_PARAMS, to_model_input
 from service.runtime import Ensemble
 from trainer.calibration import calibration_report, choose_rule, ece, fit_temperature
 from trainer.data import CLASSES, Prepared
-from trainer.evaluate import TEST_SPLIT, VAL_SPLIT
+from trainer.evaluate import split_names
 from trainer.extras import CLASS_MAP, OOD_SCORE, fit_mahalanobis, has_pooling_head, pooled_feature_model, with_extras
+from trainer.grid import protocol_of
 from trainer.metrics import compute_metrics
 from trainer.models import INPUT_NAME, OUTPUT_NAME
 from trainer.train import evaluation_indices, train_val_indices
@@ -73,7 +74,7 @@ def parity(model: keras.Model, onnx_path: Path, images: np.ndarray) -> float:
 def add_extras(model: keras.Model, cfg: dict[str, Any], p: Prepared, max_images: int = 800) -> keras.Model:
     """Wrap a global-pooling model with class_map and ood_score outputs; the OOD statistics come from
     (up to max_images of) the images it was trained on."""
-    tr, _ = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
+    tr, _ = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]), protocol_of(cfg))
     idx = np.random.default_rng(0).permutation(tr)[:max_images]
     feats = np.asarray(pooled_feature_model(model).predict(to_model_input(p.x[idx]), batch_size=32, verbose=0))
     means, chol = fit_mahalanobis(feats, p.y[idx], len(CLASSES))
@@ -94,8 +95,16 @@ def evaluate_ensemble(models_dir: Path, p: Prepared) -> dict[str, dict[str, Any]
 
 
 def _splits(ensemble: Ensemble, p: Prepared) -> dict[str, tuple[str, np.ndarray]]:
-    va, te = evaluation_indices(p, ensemble.manifest.models[0].config)
-    return {"validation": (VAL_SPLIT, va), "official_test": (TEST_SPLIT, te)}
+    """{metrics key: (description, indices)} of the validation and test splits of the ensemble's protocol."""
+    cfg = ensemble.manifest.models[0].config
+    va, te = evaluation_indices(p, cfg)
+    (val_key, val_split), (test_key, test_split) = split_names(cfg)
+    return {val_key: (val_split, va), test_key: (test_split, te)}
+
+
+def test_key(manifest: Manifest) -> str:
+    """The metrics key of the ensemble's test split: official_test, or pooled_test for the pooled protocol."""
+    return split_names(manifest.models[0].config)[1][0]
 
 
 def raw_probabilities(
@@ -204,7 +213,7 @@ def choose_ensemble(
         if size_mb > max_mb:
             continue
         labels, _, mean = majority_vote(np.stack([probs[r["name"]] for r in combo]))
-        m = compute_metrics(p.y[va], mean, CLASSES, VAL_SPLIT, y_pred=labels)
+        m = compute_metrics(p.y[va], mean, CLASSES, split_names(pool[0]["config"])[0][1], y_pred=labels)
         tried.append(
             {
                 "models": [r["name"] for r in combo],
@@ -255,8 +264,12 @@ def export_top(
     entries = []
     for row in chosen:
         cfg = row["config"]
-        if (cfg["val_fraction"], cfg["seed"]) != (cfg0["val_fraction"], cfg0["seed"]):
-            raise ValueError("the chosen models were validated on different splits; use one seed/val_fraction")
+        if (cfg["val_fraction"], cfg["seed"], protocol_of(cfg)) != (
+            cfg0["val_fraction"],
+            cfg0["seed"],
+            protocol_of(cfg0),
+        ):
+            raise ValueError("the chosen models were validated on different splits; use one seed/val_fraction/protocol")
         model = keras.models.load_model(Path(row["run_dir"]) / "model.keras")
         if cfg["family"] == "transfer" and has_pooling_head(model):
             model = add_extras(model, cfg, p)
@@ -307,10 +320,10 @@ def finalize(models_dir: Path, p: Prepared) -> Manifest:
     metrics = evaluate_ensemble(models_dir, p)
     manifest.ensemble.metrics = {k: Metrics.model_validate(v) for k, v in metrics.items()}
     write_manifest(manifest, models_dir)
-    t, v = metrics["official_test"], metrics["validation"]
+    t, v = metrics[test_key(manifest)], metrics["validation"]
     print(
         f"[export] ensemble of {len(manifest.models)}: validation acc {v['accuracy']:.3f}, "
-        f"official Testing acc {t['accuracy']:.3f} macro-F1 {t['macro_f1']:.3f} (n={t['n']})"
+        f"{t['split']} acc {t['accuracy']:.3f} macro-F1 {t['macro_f1']:.3f} (n={t['n']})"
     )
     for split, c in manifest.ensemble.calibration.items():
         print(
@@ -332,21 +345,20 @@ def _models_readme(m: Manifest) -> str:
         f"- model_version: `{m.model_version}`, data hash `{m.data_hash[:16]}`",
         f"- notes: {m.notes or '-'}",
         "",
-        "| model | weights origin | val macro-F1 | official Testing acc | parity |",
+        f"| model | weights origin | val macro-F1 | {test_key(m)} acc | parity |",
         "|---|---|---|---|---|",
     ]
     for e in m.models:
-        val, test = e.metrics.get("validation"), e.metrics.get("official_test")
+        val, test = e.metrics.get("validation"), e.metrics.get(test_key(m))
         lines.append(
             f"| {e.name} | {e.weights_origin} | {val.macro_f1 if val else '-'} | "
             f"{test.accuracy if test else '-'} | {e.parity_max_abs_diff:.1e} |"
         )
-    t = m.ensemble.metrics.get("official_test")
+    t = m.ensemble.metrics.get(test_key(m))
     if t:
         lines += [
             "",
-            f"Ensemble (majority vote) on the official Testing split (n={t.n}): accuracy "
-            f"{t.accuracy}, macro-F1 {t.macro_f1}.",
+            f"Ensemble (majority vote) on the {t.split} (n={t.n}): accuracy {t.accuracy}, macro-F1 {t.macro_f1}.",
         ]
     return "\n".join(lines) + "\n"
 

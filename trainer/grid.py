@@ -8,6 +8,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from trainer.data import PROTOCOLS
+
 FAMILIES = ("ann", "cnn", "transfer")
 RECIPE_DEFAULTS: dict[str, Any] = {
     "epochs": 20,
@@ -32,6 +34,14 @@ _NAME_KEYS = {
 }
 
 
+def protocol_of(cfg: dict[str, Any]) -> str:
+    """The evaluation protocol a config was trained under (runs recorded before protocols existed: official)."""
+    protocol = str(cfg.get("protocol", "official"))
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return protocol
+
+
 def entry_name(cfg: dict[str, Any]) -> str:
     keys = _NAME_KEYS[cfg["family"]]
     parts = [cfg["family"]] + [f"{short}{cfg[key]}" for key, short in zip(keys[::2], keys[1::2], strict=True)]
@@ -43,6 +53,8 @@ def entry_name(cfg: dict[str, Any]) -> str:
             parts.append("ft")
     if not cfg.get("augment", True):
         parts.append("noaug")
+    if protocol_of(cfg) != "official":
+        parts.append(protocol_of(cfg))
     return "-".join(parts)
 
 

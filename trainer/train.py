@@ -16,8 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import CLASSES, TEST, TRAIN, Prepared, split_train_val
-from trainer.grid import FAMILY_DEFAULTS
+from trainer.data import CLASSES, Prepared, protocol_split, split_train_val
+from trainer.grid import FAMILY_DEFAULTS, protocol_of
 from trainer.models import BACKBONES, build_from_config, split_at_cut, unfreeze_top, weights_origin
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -64,17 +64,22 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
 
 
-def train_val_indices(p: Prepared, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices into the prepared arrays; validation carved from the official Training split only."""
-    train_pool = np.nonzero(p.split == TRAIN)[0]
+def train_val_indices(
+    p: Prepared, val_fraction: float, seed: int, protocol: str = "official"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the prepared arrays; validation carved (duplicate-aware) from the protocol's training
+    pool — the official Training split, or the pooled protocol's 80 %."""
+    train_pool, _ = protocol_split(p, protocol)
     tr, va = split_train_val(p.y[train_pool], p.group[train_pool], val_fraction, seed)
     return train_pool[tr], train_pool[va]
 
 
 def evaluation_indices(p: Prepared, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(validation, official Testing) indices for a model trained with cfg's seed and val_fraction."""
-    _, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
-    return va, np.nonzero(p.split == TEST)[0]
+    """(validation, test) indices for a model trained with cfg's seed, val_fraction and protocol: the test
+    side is the official Testing split, or the pooled protocol's held-out 20 %."""
+    protocol = protocol_of(cfg)
+    _, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]), protocol)
+    return va, protocol_split(p, protocol)[1]
 
 
 def _feature_cache_path(cfg: dict[str, Any], p: Prepared, cache_dir: Path, kind: str = "features") -> Path:
@@ -151,13 +156,15 @@ def train_entry(
         done = json.loads(result_path.read_text())
         # runs recorded before a family default existed used that same default
         stored = {**FAMILY_DEFAULTS.get(cfg["family"], {}), **done.get("config", {})}
-        if stored == cfg and done.get("data_hash") == p.data_hash:
+        # runs recorded before protocols existed were trained under the official one
+        stored["protocol"] = protocol_of(stored)
+        if stored == {**cfg, "protocol": protocol_of(cfg)} and done.get("data_hash") == p.data_hash:
             print(f"[{cfg['name']}] already trained, skipping (delete {run_dir} to retrain)")
             return dict(done)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed = int(cfg["seed"])
     keras.utils.set_random_seed(seed)
-    tr, va = train_val_indices(p, float(cfg["val_fraction"]), seed)
+    tr, va = train_val_indices(p, float(cfg["val_fraction"]), seed, protocol_of(cfg))
     n_classes = len(CLASSES)
     input_shape = tuple(int(d) for d in p.x.shape[1:])
     model = build_from_config(cfg, input_shape, n_classes)  # type: ignore[arg-type]
@@ -230,9 +237,11 @@ def train_entry(
     return result
 
 
-def train_grid(entries: list[dict[str, Any]], p: Prepared, runs_dir: Path, verbose: int = 2) -> list[dict[str, Any]]:
+def train_grid(
+    entries: list[dict[str, Any]], p: Prepared, runs_dir: Path, verbose: int = 2, cache_dir: Path | None = None
+) -> list[dict[str, Any]]:
     results = []
     for i, cfg in enumerate(entries, 1):
         print(f"=== model {i}/{len(entries)}: {cfg['name']}")
-        results.append(train_entry(cfg, p, runs_dir / cfg["name"], verbose))
+        results.append(train_entry(cfg, p, runs_dir / cfg["name"], verbose, cache_dir))
     return results
