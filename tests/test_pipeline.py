@@ -164,7 +164,8 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
         '[defaults]\nepochs = 1\nbatch_size = 8\nval_fraction = 0.25\nprotocol = "pooled"\n'
         "[[ann]]\ndense_layers = 0\nunits = [4, 8, 16]\n"
     )
-    work, cache, models = tmp_path / "work", tmp_path / "cache", tmp_path / "models"
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    models = work / "models"
     common = ["--data", str(MRI_FIXTURES), "--work", str(work), "--cache", str(cache)]
     run("train", *common, "--grid", str(grid), "--verbose", "0", cwd=ROOT)
     assert len(list(cache.glob("prepared-*.npz"))) == 1 and not (work / "cache").exists()
@@ -184,3 +185,12 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
     assert "pooled" in manifest.ensemble.metrics["pooled_test"].split
     out = run("evaluate", *common, "--models-dir", str(models), cwd=ROOT)
     assert f"pooled_test: n={len(te)}" in out and "DIFFERS" not in out
+    # the report's section on this protocol (docs/evaluation.md reads <work>/pooled the same way)
+    from trainer.report import _pooled_section, pooled_summary
+
+    summary = pooled_summary(work)
+    assert summary is not None and pooled_summary(tmp_path) is None
+    text = "\n".join(_pooled_section(work, summary, tmp_path, len(p.y)))
+    acc = manifest.ensemble.metrics["pooled_test"].accuracy
+    assert f"**{100 * acc:.1f} %**" in text and f"({len(p.y)} images)" in text
+    assert (tmp_path / "pooled_test.png").stat().st_size > 0
