@@ -43,10 +43,10 @@ def quantize_dir(src: Path, dst: Path, calib: np.ndarray) -> None:
 
     shutil.copytree(src, dst, dirs_exist_ok=True)
     manifest = load_manifest(dst)
-    for entry in manifest.models:
-        path = dst / entry.file
+    for file in dict.fromkeys(m.file for m in manifest.models):  # a merged file is shared by several models
+        path = dst / file
         quantize_static(
-            str(src / entry.file),
+            str(src / file),
             str(path),
             _Reader(calib, manifest.input.name),
             quant_format=QuantFormat.QDQ,
@@ -55,8 +55,14 @@ def quantize_dir(src: Path, dst: Path, calib: np.ndarray) -> None:
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
         )
-        entry.sha256 = sha256_file(path)
+        for entry in manifest.models:
+            if entry.file == file:
+                entry.sha256 = sha256_file(path)
     write_manifest(manifest, dst)
+
+
+def _files(ensemble: Ensemble) -> list[str]:
+    return list(dict.fromkeys(m.file for m in ensemble.manifest.models))
 
 
 def accuracy(ensemble: Ensemble, x: np.ndarray, y: np.ndarray) -> float:
@@ -98,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             "fp32": {"test_accuracy": accuracy(fp32, p.x[te], p.y[te]), "floor_ms": floor_ms(fp32, p.x[te])},
             "int8": {"test_accuracy": accuracy(int8, p.x[te], p.y[te]), "floor_ms": floor_ms(int8, p.x[te])},
             "size_mb": {
-                "fp32": round(sum((args.models_dir / m.file).stat().st_size for m in fp32.manifest.models) / 1e6, 1),
-                "int8": round(sum((qdir / m.file).stat().st_size for m in int8.manifest.models) / 1e6, 1),
+                "fp32": round(sum((args.models_dir / f).stat().st_size for f in _files(fp32)) / 1e6, 1),
+                "int8": round(sum((qdir / f).stat().st_size for f in _files(int8)) / 1e6, 1),
             },
         }
     drop = (r["fp32"]["test_accuracy"] - r["int8"]["test_accuracy"]) * 100

@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.ready = True
         log.info(
             "ready: %d models, version %s, classes %s",
-            len(ensemble.sessions),
+            ensemble.n_models,
             ensemble.manifest.model_version,
             ensemble.classes,
         )

@@ -57,13 +57,16 @@ class PublicModelEntry(BaseModel):
         description="ONNX outputs: probabilities; class_map (heatmaps) and ood_score for global-pooling models.",
     )
     ood_threshold: float | None = Field(
-        None, description="ood_score above this (99th percentile on validation) flags an unfamiliar image."
+        None, description="ood_score above this (the largest on validation) flags an unfamiliar image."
     )
     metrics: dict[str, Metrics] = Field(default_factory=dict, description="By split: validation, official_test.")
 
 
 class ModelEntry(PublicModelEntry):
     file: str
+    output_prefix: str = Field(
+        "", description="Prefix of this model's outputs in its file: m<i>/ when models share one merged file."
+    )
 
 
 class EnsembleInfo(BaseModel):
@@ -76,6 +79,18 @@ class EnsembleInfo(BaseModel):
         default_factory=dict,
         description="By split: expected calibration error (15 bins) of the mean probabilities before/after "
         "temperature scaling, and accuracy of the confident vs the uncertain predictions.",
+    )
+    merge: dict[str, float] = Field(
+        default_factory=dict,
+        description="When the models share one merged ONNX file: its nodes and weight tensors before/after "
+        "de-duplication, and the largest |separate − merged| output difference measured at export.",
+    )
+    background_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=255,
+        description="The `no_dark_background` warning fires when an upload's crop has a 10th grey-level "
+        "percentile above this (the largest among the training images); null: check off.",
     )
 
 

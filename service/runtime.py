@@ -41,79 +41,107 @@ def _session_options(threads: int) -> ort.SessionOptions:
 
 
 class Ensemble:
+    """The manifest's models, each run from its ONNX file. Several models may share one file (a merged
+    graph computing their common layers once): their outputs are then named `<output_prefix><output>`."""
+
     def __init__(self, manifest: Manifest, sessions: list[ort.InferenceSession]) -> None:
+        """`sessions`: one per distinct file, in the order the manifest's models first name them."""
         self.manifest = manifest
         self.sessions = sessions
+        self.n_models = len(manifest.models)
+        files = list(dict.fromkeys(m.file for m in manifest.models))
+        if len(files) != len(sessions):
+            raise ValueError(f"{len(files)} model files but {len(sessions)} sessions")
+        self.session_of = [files.index(m.file) for m in manifest.models]  # model → index into sessions
+        self.prefixes = [m.output_prefix for m in manifest.models]
         self.classes = manifest.classes
         self.input_name = manifest.input.name
         self.temperatures = [m.temperature for m in manifest.models]
         self.output_name = manifest.output.name
-        self.output_names = [{o.name for o in s.get_outputs()} for s in sessions]
+        available = [{o.name for o in s.get_outputs()} for s in sessions]
+        # per model, its outputs without the prefix
+        self.output_names = [
+            {n[len(p) :] for n in available[i] if n.startswith(p)}
+            for i, p in zip(self.session_of, self.prefixes, strict=True)
+        ]
         self.ood_thresholds = [m.ood_threshold for m in manifest.models]
+        self.background_threshold = manifest.ensemble.background_threshold
 
     @classmethod
     def load(cls, models_dir: Path, threads: int = 0, verify_sha256: bool = True) -> Ensemble:
-        """Load every model named in models_dir/manifest.json, checking hash, input and output shapes.
+        """Load every model file named in models_dir/manifest.json, checking hash, input and output shapes.
 
         Raises ModelLoadError / ManifestError naming the file and the reason.
         """
         manifest = load_manifest(models_dir)
         expected_in = manifest.input.shape[1:]
-        sessions = []
+        sessions: dict[str, ort.InferenceSession] = {}
         for entry in manifest.models:
             path = models_dir / entry.file
-            if not path.is_file():
-                raise ModelLoadError(f"{path}: model file missing (named by the manifest as {entry.name!r})")
-            if verify_sha256:
-                actual = sha256_file(path)
-                if actual != entry.sha256:
+            if entry.file not in sessions:
+                sessions[entry.file] = cls._open(path, entry.name, entry.sha256, threads, verify_sha256)
+                inputs = sessions[entry.file].get_inputs()
+                if len(inputs) != 1 or inputs[0].name != manifest.input.name:
                     raise ModelLoadError(
-                        f"{path}: sha256 mismatch (manifest {entry.sha256[:12]}…, file {actual[:12]}…); "
-                        "the file is corrupt or was replaced"
+                        f"{path}: expected one input named {manifest.input.name!r}, found {[i.name for i in inputs]}"
                     )
-            try:
-                sess = ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
-            except Exception as e:  # onnxruntime raises several private exception types
-                raise ModelLoadError(f"{path}: not a loadable ONNX model ({e})") from e
-            inputs, outputs = sess.get_inputs(), sess.get_outputs()
-            if len(inputs) != 1 or inputs[0].name != manifest.input.name:
-                raise ModelLoadError(
-                    f"{path}: expected one input named {manifest.input.name!r}, found {[i.name for i in inputs]}"
-                )
-            if list(inputs[0].shape[1:]) != expected_in:
-                raise ModelLoadError(
-                    f"{path}: input shape {inputs[0].shape} does not match the manifest's {manifest.input.shape}"
-                )
-            out = next((o for o in outputs if o.name == manifest.output.name), None)
+                if list(inputs[0].shape[1:]) != expected_in:
+                    raise ModelLoadError(
+                        f"{path}: input shape {inputs[0].shape} does not match the manifest's {manifest.input.shape}"
+                    )
+            elif verify_sha256 and entry.sha256 != next(m.sha256 for m in manifest.models if m.file == entry.file):
+                raise ModelLoadError(f"{path}: the manifest gives two sha256 for this file (model {entry.name!r})")
+            outputs = sessions[entry.file].get_outputs()
+            wanted = entry.output_prefix + manifest.output.name
+            out = next((o for o in outputs if o.name == wanted), None)
             if out is None:
                 raise ModelLoadError(
-                    f"{path}: no output named {manifest.output.name!r} (found {[o.name for o in outputs]})"
+                    f"{path}: no output named {wanted!r} for model {entry.name!r} (found {[o.name for o in outputs]})"
                 )
             if out.shape[-1] != len(manifest.classes):
                 raise ModelLoadError(
-                    f"{path}: output has {out.shape[-1]} classes, the manifest names {len(manifest.classes)}"
+                    f"{path}: output {wanted!r} has {out.shape[-1]} classes, the manifest names {len(manifest.classes)}"
                 )
-            sessions.append(sess)
-        return cls(manifest, sessions)
+        return cls(manifest, list(sessions.values()))
+
+    @staticmethod
+    def _open(path: Path, name: str, sha256: str, threads: int, verify_sha256: bool) -> ort.InferenceSession:
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: model file missing (named by the manifest for {name!r})")
+        if verify_sha256:
+            actual = sha256_file(path)
+            if actual != sha256:
+                raise ModelLoadError(
+                    f"{path}: sha256 mismatch (manifest {sha256[:12]}…, file {actual[:12]}…); "
+                    "the file is corrupt or was replaced"
+                )
+        try:
+            return ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises several private exception types
+            raise ModelLoadError(f"{path}: not a loadable ONNX model ({e})") from e
+
+    def run_outputs(self, batch: np.ndarray, wanted: list[list[str]]) -> list[list[np.ndarray]]:
+        """Per model, its outputs named in wanted[model] (without prefix), from one run of each file."""
+        requests: list[list[str]] = [[] for _ in self.sessions]
+        for model, names in enumerate(wanted):
+            requests[self.session_of[model]] += [self.prefixes[model] + n for n in names]
+        results: dict[tuple[int, str], np.ndarray] = {}
+        for i, (sess, names) in enumerate(zip(self.sessions, requests, strict=True)):
+            if names:
+                unique = list(dict.fromkeys(names))
+                results.update(zip([(i, n) for n in unique], sess.run(unique, {self.input_name: batch}), strict=True))
+        return [[results[(self.session_of[m], self.prefixes[m] + n)] for n in names] for m, names in enumerate(wanted)]
 
     def run_raw(self, batch: np.ndarray) -> np.ndarray:
         """float32 NHWC batch → the models' own probabilities (models, N, classes)."""
-        return np.stack([s.run([self.output_name], {self.input_name: batch})[0] for s in self.sessions])
+        return np.stack([o[0] for o in self.run_outputs(batch, [[self.output_name]] * self.n_models)])
 
     def run_with(self, batch: np.ndarray, extra: str) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Raw probabilities (models, N, classes) and, per model, the `extra` output (None where absent),
-        from one run of each model."""
-        probs: list[np.ndarray] = []
-        extras: list[np.ndarray | None] = []
-        for s, names in zip(self.sessions, self.output_names, strict=True):
-            if extra in names:
-                p, e = s.run([self.output_name, extra], {self.input_name: batch})
-                probs.append(p)
-                extras.append(np.asarray(e))
-            else:
-                probs.append(s.run([self.output_name], {self.input_name: batch})[0])
-                extras.append(None)
-        return np.stack(probs), extras
+        from one run of each model file."""
+        wanted = [[self.output_name, *([extra] if extra in names else [])] for names in self.output_names]
+        outs = self.run_outputs(batch, wanted)
+        return np.stack([o[0] for o in outs]), [np.asarray(o[1]) if len(o) > 1 else None for o in outs]
 
     def run_images_with(
         self, images: np.ndarray, extra: str, batch_size: int = 64
@@ -165,7 +193,7 @@ class Ensemble:
         """One uint8 RGB image → its Prediction (without OOD scores) and, for each model with a class_map
         output, (model name, its (h, w) map of the voted class)."""
         raw, maps = self.run_with(to_model_input(image), "class_map")
-        pred = self._predictions(raw, [None] * len(self.sessions))[0]
+        pred = self._predictions(raw, [None] * self.n_models)[0]
         named = [
             (m.name, cm[0, :, :, pred.label])
             for m, cm in zip(self.manifest.models, maps, strict=True)

@@ -42,8 +42,8 @@ class PredictResponse(BaseModel):
     )
     warnings: list[str] = Field(
         description="Signs that the upload may not be a brain-MRI slice like the training images: "
-        "not_grayscale, no_brain_outline, unlike_training_images (empty if none). The prediction is "
-        "meaningless for such images.",
+        "not_grayscale, no_brain_outline, no_dark_background, unlike_training_images (empty if none). The "
+        "prediction is meaningless for such images.",
         examples=[["not_grayscale", "unlike_training_images"]],
     )
     models: list[ModelPrediction] = Field(description="Each model's own prediction.")

@@ -131,6 +131,9 @@ def test_grid_files_expand() -> None:
     assert all(e["epochs"] == 2 for e in smoke)
     with pytest.raises(ValueError, match="unknown grid sections"):
         expand({"rnn": [{}]})
+    offline = load_grid(ROOT / "trainer" / "grids" / "backbones-offline.toml")
+    assert {e["backbone"] for e in offline} == {"vgg19", "resnet50", "mobilenetv2", "inceptionv3"}
+    assert all(e["weights"] == "none" and e["name"].endswith("-scratch") for e in offline)
     pooled = load_grid(ROOT / "trainer" / "grids" / "pooled.toml")
     assert all(e["protocol"] == "pooled" and e["name"].endswith("-pooled") for e in pooled)
     assert "transfer-vgg16-d1-hed-ft-pooled" in {e["name"] for e in pooled}

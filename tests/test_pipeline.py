@@ -92,6 +92,9 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     assert all(0.05 <= m.temperature <= 20 and "official_test" in m.calibration for m in manifest.models)
     cal = manifest.ensemble.calibration["validation"]
     assert cal["confident_n"] + cal["uncertain_n"] == manifest.ensemble.metrics["validation"].n
+    # no_dark_background: the threshold is the brightest background among the training pool, so no
+    # training-pool image (validation included) is flagged
+    assert manifest.ensemble.background_threshold is not None and cal["background_flag_rate"] == 0
     assert "## Calibration and uncertainty" in text
     assert (docs / "img" / "reliability_official_test.png").stat().st_size > 0
     with TestClient(create_app(Settings(models_dir=models))) as client:

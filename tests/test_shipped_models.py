@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.manifest import load_manifest
-from service.plausibility import NOT_GRAYSCALE, input_warnings
+from service.plausibility import NO_DARK_BACKGROUND, NOT_GRAYSCALE, input_warnings
 from service.preprocessing import preprocess_bytes
 from service.runtime import Ensemble
 from tests.conftest import DATASET, ROOT, fixture_images
@@ -34,12 +34,16 @@ def test_bundled_ensemble_loads_and_predicts() -> None:
     assert {"validation", "official_test"} <= set(manifest.ensemble.calibration)
     with_maps = [m for m in manifest.models if "class_map" in m.outputs]
     assert with_maps and all(m.ood_threshold is not None for m in with_maps)
+    assert manifest.ensemble.background_threshold is not None
     for path in fixture_images():
         crop = preprocess_bytes(path.read_bytes())
         pred = ensemble.predict(crop.image)
         assert 0 <= pred.label < 4 and abs(float(pred.mean.sum()) - 1) < 1e-4
-        # no real MRI fixture is flagged as not grayscale; the heatmap exists for the class-map models
-        assert NOT_GRAYSCALE not in input_warnings(crop.image, crop.fallback, pred.ood_scores, ensemble.ood_thresholds)
+        # no real MRI fixture is flagged as not grayscale or without background; the class-map models give heatmaps
+        warns = input_warnings(
+            crop.image, crop.fallback, pred.ood_scores, ensemble.ood_thresholds, ensemble.background_threshold
+        )
+        assert NOT_GRAYSCALE not in warns and NO_DARK_BACKGROUND not in warns
     _, maps = ensemble.explain(preprocess_bytes(fixture_images()[0].read_bytes()).image)
     assert [name for name, _ in maps] == [m.name for m in with_maps]
 

@@ -1,4 +1,4 @@
-"""`python -m trainer {prepare,train,evaluate,export,vgg16-weights}`."""
+"""`python -m trainer {prepare,train,evaluate,export,merge,calibrate,report,vgg16-weights}`."""
 
 from __future__ import annotations
 
@@ -135,6 +135,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         max_per_backbone=args.max_per_backbone,
         select=args.select,
         report_dir=args.work / "report",
+        merge=not args.separate_files,
     )
     print(f"wrote {args.models_dir}/manifest.json ({manifest.model_version})")
     return 0
@@ -148,6 +149,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     finalize(args.models_dir, loaded[1])
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge an exported ensemble's separate ONNX files into one (outputs checked unchanged)."""
+    from trainer.merge import merge_models_dir
+    from trainer.train import evaluation_indices
+
+    loaded = _prepare_for_shipped(args)
+    if loaded is None:
+        return 2
+    manifest, p = loaded
+    va, _ = evaluation_indices(p, manifest.models[0].config)
+    merge_models_dir(args.models_dir, p.x[va[:32]])
     return 0
 
 
@@ -211,7 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="ensemble: the combination whose majority vote scores best on validation (default); "
         "top: the individually best models",
     )
+    p.add_argument(
+        "--separate-files",
+        action="store_true",
+        help="keep one ONNX file per model instead of merging them into ensemble.onnx (shared layers run once)",
+    )
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("merge", help="merge an exported ensemble's separate ONNX files into ensemble.onnx")
+    _common(p)
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.set_defaults(func=cmd_merge)
     p = sub.add_parser("calibrate", help="re-fit temperatures and uncertainty thresholds of an exported ensemble")
     _common(p)
     p.add_argument("--models-dir", type=Path, default=Path("models"))

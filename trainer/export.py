@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -20,19 +21,21 @@ import trainer
 from service.confidence import apply_temperature
 from service.ensemble import VOTE_RULE, majority_vote
 from service.manifest import Manifest, Metrics, sha256_file, write_manifest
+from service.plausibility import background_levels
 from service.preprocessing import PREPROCESSING_PARAMS, to_model_input
 from service.runtime import Ensemble
 from trainer.calibration import calibration_report, choose_rule, ece, fit_temperature
-from trainer.data import CLASSES, Prepared
+from trainer.data import CLASSES, Prepared, protocol_split
 from trainer.evaluate import split_names
 from trainer.extras import CLASS_MAP, OOD_SCORE, fit_mahalanobis, has_pooling_head, pooled_feature_model, with_extras
 from trainer.grid import protocol_of
+from trainer.merge import merge_models_dir
 from trainer.metrics import compute_metrics
 from trainer.models import INPUT_NAME, OUTPUT_NAME
 from trainer.train import evaluation_indices, train_val_indices
 
 OPSET = 17
-OOD_PERCENTILE = 99.5
+OOD_PERCENTILE = 100.0  # the largest ood_score on validation: no validation image is flagged
 PARITY_TOLERANCE = 1e-4
 
 
@@ -119,6 +122,11 @@ def raw_probabilities(
     return raw, y, ood
 
 
+def _ceil4(x: float) -> float:
+    """x rounded up to 4 decimals: a threshold stored rounded must not fall below the value it came from."""
+    return math.ceil(x * 1e4) / 1e4
+
+
 def calibrate(models_dir: Path, p: Prepared) -> Manifest:
     """Fit each model's temperature and the uncertainty thresholds on the validation split (the ONNX
     outputs, via the service runtime), and record ECE before/after and the confident/uncertain accuracies
@@ -146,15 +154,22 @@ def calibrate(models_dir: Path, p: Prepared) -> Manifest:
         val_scores = ood["validation"][i]
         if val_scores is None:
             continue
-        entry.ood_threshold = round(float(np.percentile(val_scores, OOD_PERCENTILE)), 4)
+        entry.ood_threshold = _ceil4(float(np.percentile(val_scores, OOD_PERCENTILE)))
         for key in raw:
             scores = ood[key][i]
             if scores is not None:
                 entry.calibration[key]["ood_flag_rate"] = round(float((scores > entry.ood_threshold).mean()), 4)
         print(f"[export] {entry.name}: ood threshold {entry.ood_threshold} ({OOD_PERCENTILE}th percentile, validation)")
+    # the brightest background among the images the models were trained on (training pool incl. validation)
+    pool, _ = protocol_split(p, protocol_of(manifest.models[0].config))
+    manifest.ensemble.background_threshold = _ceil4(float(background_levels(p.x[pool]).max()))
+    print(f"[export] background threshold {manifest.ensemble.background_threshold} (largest of {len(pool)} images)")
     rule = choose_rule(calibrated["validation"], y["validation"])
     manifest.ensemble.uncertainty = rule
     manifest.ensemble.calibration = calibration_report(raw, calibrated, y, rule)
+    for key, (_, idx) in _splits(ensemble, p).items():
+        flagged = background_levels(p.x[idx]) > manifest.ensemble.background_threshold
+        manifest.ensemble.calibration[key]["background_flag_rate"] = round(float(flagged.mean()), 4)
     write_manifest(manifest, models_dir)
     return manifest
 
@@ -246,6 +261,7 @@ def export_top(
     max_per_backbone: int = 1,
     select: str = "ensemble",
     report_dir: Path | None = None,
+    merge: bool = True,
 ) -> Manifest:
     if select == "ensemble":
         if report_dir is None:
@@ -257,7 +273,7 @@ def export_top(
     else:
         raise ValueError(f"select must be 'ensemble' or 'top', got {select!r}")
     models_dir.mkdir(parents=True, exist_ok=True)
-    for stale in models_dir.glob("*.onnx"):
+    for stale in models_dir.glob("*.onnx"):  # includes a previous merged file
         stale.unlink()
     cfg0 = chosen[0]["config"]
     va, _ = evaluation_indices(p, cfg0)
@@ -311,6 +327,8 @@ def export_top(
         }
     )
     write_manifest(draft, models_dir)
+    if merge:
+        merge_models_dir(models_dir, p.x[va[:parity_images]])
     return finalize(models_dir, p)
 
 
@@ -354,6 +372,15 @@ def _models_readme(m: Manifest) -> str:
             f"| {e.name} | {e.weights_origin} | {val.macro_f1 if val else '-'} | "
             f"{test.accuracy if test else '-'} | {e.parity_max_abs_diff:.1e} |"
         )
+    if m.ensemble.merge:
+        g = m.ensemble.merge
+        lines += [
+            "",
+            f"The models share one file, `{m.models[0].file}` (outputs `m<i>/…`): identical weights and the layers",
+            f"they compute alike are stored and run once (nodes {g['nodes_before']:.0f} → {g['nodes_after']:.0f},",
+            f"weight tensors {g['initializers_before']:.0f} → {g['initializers_after']:.0f}; outputs identical to the",
+            f"separate models', max difference {g['max_abs_diff']:.1e}).",
+        ]
     t = m.ensemble.metrics.get(test_key(m))
     if t:
         lines += [

@@ -83,12 +83,13 @@ def flag(ensemble: Ensemble, items: list[tuple[str, bytes]], batch: int = 32) ->
             names.append(name)
         except ImageDecodeError as e:
             out.append((name, [f"refused ({e.status})"]))
-    thresholds = ensemble.ood_thresholds
+    thresholds, background = ensemble.ood_thresholds, ensemble.background_threshold
     for i in range(0, len(crops), batch):
         part = crops[i : i + batch]
         preds = ensemble.predict_batch(np.stack([c.image for c in part]))
         for name, crop, pred in zip(names[i : i + batch], part, preds, strict=True):
-            out.append((name, input_warnings(crop.image, crop.fallback, pred.ood_scores, thresholds)))
+            warns = input_warnings(crop.image, crop.fallback, pred.ood_scores, thresholds, background)
+            out.append((name, warns))
     return out
 
 

@@ -63,7 +63,7 @@ def format_prediction(
     ensemble: Ensemble, crop: CropResult, pred: Prediction, include_input: bool, start: float
 ) -> dict[str, Any]:
     classes = ensemble.classes
-    n_models = len(ensemble.sessions)
+    n_models = ensemble.n_models
     result: dict[str, Any] = {
         "label": classes[pred.label],
         "probabilities": {c: round(float(p), 6) for c, p in zip(classes, pred.mean, strict=True)},
@@ -71,7 +71,9 @@ def format_prediction(
         "agreement": round(float(pred.votes[pred.label]) / n_models, 4),
         "uncertain": bool(pred.uncertain),
         "uncertainty_reasons": pred.uncertain,
-        "warnings": input_warnings(crop.image, crop.fallback, pred.ood_scores, ensemble.ood_thresholds),
+        "warnings": input_warnings(
+            crop.image, crop.fallback, pred.ood_scores, ensemble.ood_thresholds, ensemble.background_threshold
+        ),
         "models": [
             {
                 "name": entry.name,
