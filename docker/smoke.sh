@@ -61,5 +61,6 @@ docker run --rm --network none -v "$data_dir:/data:ro" -v "$tmp:/work/out" \
 docker run --rm --network none -v "$data_dir:/data:ro" -v "$tmp:/work/out" \
   mri-classifier-trainer:latest export --limit-per-class 8 --models-dir /work/out/models --top 3
 test -s "$tmp/models/manifest.json"
-echo "trainer image exported $(ls "$tmp"/models/*.onnx | wc -l) ONNX models"
+test -s "$tmp/models/ensemble.onnx"
+echo "trainer image exported the ensemble: $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["models"]))' "$tmp/models/manifest.json") models in $(ls "$tmp"/models/*.onnx | wc -l) ONNX file(s)"
 echo "docker-smoke: PASS"

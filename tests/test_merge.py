@@ -92,3 +92,22 @@ def test_merged_file_errors_name_the_file_and_the_model(tmp_path: Path) -> None:
         f.write(b"x")
     with pytest.raises(ManifestError, match=r"ensemble\.onnx: sha256 mismatch"):
         Ensemble.load(models)
+
+
+def test_merge_refuses_models_that_do_not_share_the_input(tmp_path: Path) -> None:
+    import onnx
+
+    from trainer.merge import merge_models
+
+    tiny_onnx(tmp_path / "a.onnx", np.ones((3, 4)), np.zeros(4))
+    tiny_onnx(tmp_path / "b.onnx", np.ones((3, 4)), np.zeros(4), size=64)
+    a, b = onnx.load(str(tmp_path / "a.onnx")), onnx.load(str(tmp_path / "b.onnx"))
+    with pytest.raises(ValueError, match="model 1: input"):
+        merge_models([a, b], "image")
+    with pytest.raises(ValueError, match="single input 'pixels'"):
+        merge_models([a], "pixels")
+    merged, stats = merge_models([a, a], "image")  # identical models: everything but the outputs is shared
+    assert stats["initializers_after"] == 3 and [o.name for o in merged.graph.output] == [
+        "m0/probabilities",
+        "m1/probabilities",
+    ]

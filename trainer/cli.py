@@ -161,8 +161,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     manifest, p = loaded
+    from service.manifest import load_manifest
+    from trainer.export import _models_readme
+
     va, _ = evaluation_indices(p, manifest.models[0].config)
     merge_models_dir(args.models_dir, p.x[va[:32]])
+    (args.models_dir / "README.md").write_text(_models_readme(load_manifest(args.models_dir)))
     return 0
 
 

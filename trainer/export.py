@@ -353,6 +353,9 @@ def finalize(models_dir: Path, p: Prepared) -> Manifest:
     return manifest
 
 
+TEST_TITLES = {"official_test": "official Testing", "pooled_test": "pooled held-out 20 %"}
+
+
 def _models_readme(m: Manifest) -> str:
     lines = [
         "# Bundled ensemble",
@@ -363,7 +366,7 @@ def _models_readme(m: Manifest) -> str:
         f"- model_version: `{m.model_version}`, data hash `{m.data_hash[:16]}`",
         f"- notes: {m.notes or '-'}",
         "",
-        f"| model | weights origin | val macro-F1 | {test_key(m)} acc | parity |",
+        f"| model | weights origin | val macro-F1 | {TEST_TITLES[test_key(m)]} acc | parity |",
         "|---|---|---|---|---|",
     ]
     for e in m.models:

@@ -31,6 +31,12 @@ def _content_digest(tensor: onnx.TensorProto) -> str:
     return hashlib.sha256(anonymous.SerializeToString(deterministic=True)).hexdigest()
 
 
+def _signature(value: onnx.ValueInfoProto) -> tuple[int, list[int]]:
+    """Element type and fixed dimensions (0 for a symbolic one, whatever its name)."""
+    t = value.type.tensor_type
+    return t.elem_type, [d.dim_value for d in t.shape.dim]
+
+
 def merge_models(models: list[onnx.ModelProto], input_name: str) -> tuple[onnx.ModelProto, dict[str, int]]:
     """One ONNX model computing every model's outputs (named `m<i>/<output>`) from the shared input.
     Returns it and {"nodes_before", "nodes_after", "initializers_before", "initializers_after"}."""
@@ -50,8 +56,10 @@ def merge_models(models: list[onnx.ModelProto], input_name: str) -> tuple[onnx.M
             raise ValueError(
                 f"model {i}: expected the single input {input_name!r}, got {[x.name for x in graph.input]}"
             )
-        if graph.input[0].type != first_input.type:
-            raise ValueError(f"model {i}: input type differs from model 0's")
+        if _signature(graph.input[0]) != _signature(first_input):
+            raise ValueError(
+                f"model {i}: input {_signature(graph.input[0])} differs from model 0's {_signature(first_input)}"
+            )
         pre = prefix(i)
         renamed: dict[str, str] = {}
         for init in graph.initializer:
