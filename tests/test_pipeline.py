@@ -197,3 +197,24 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
     acc = manifest.ensemble.metrics["pooled_test"].accuracy
     assert f"**{100 * acc:.1f} %**" in text and f"({len(p.y)} images)" in text
     assert (tmp_path / "pooled_test.png").stat().st_size > 0
+
+
+def test_report_states_how_much_of_the_original_grid_was_trained() -> None:
+    from trainer.report import grid_coverage
+
+    board = [
+        {"name": "ann-d0-u32", "family": "ann", "epochs_run": 5, "config": {}, "weights_origin": "random"},
+        {"name": "cnn-c1-f32-d0", "family": "cnn", "epochs_run": 1, "config": {}, "weights_origin": "random"},
+        {
+            "name": "transfer-resnet50-d0-scratch",
+            "family": "transfer",
+            "epochs_run": 9,
+            "config": {"backbone": "resnet50"},
+            "weights_origin": "random initialisation (no pretrained weights)",
+        },
+    ]
+    text = "\n".join(grid_coverage(board))
+    assert "ANNs: 1 of 9 trained (epochs run: 5)" in text and "ann-d2-u128" in text
+    assert "CNNs: 1 of 27 trained (epochs run: 1; 1 trained for one epoch only" in text
+    assert "resnet50 (ImageNet download unreachable here): transfer-resnet50-d0-scratch (random init" in text
+    assert "vgg19 (ImageNet download unreachable here): not trained" in text
