@@ -82,6 +82,10 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     # the headline numbers recompute from the shipped ONNX files with one command
     out = run("evaluate", *common, "--models-dir", str(models), cwd=ROOT)
     assert "official_test: n=8" in out and "DIFFERS" not in out
+    out = run("tta", *common, "--models-dir", str(models), cwd=ROOT)
+    tta = json.loads((work / "report" / "tta.json").read_text())
+    assert set(tta["plain"]) == {"validation", "official_test"} and isinstance(tta["adopted"], bool)
+    assert ("does not pay" in out) != tta["adopted"]
     docs = tmp_path / "docs"
     run("report", "--work", str(work), "--models-dir", str(models), "--docs", str(docs), cwd=ROOT)
     text = (docs / "evaluation.md").read_text()
@@ -95,7 +99,7 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     # no_dark_background: the threshold is the brightest background among the training pool, so no
     # training-pool image (validation included) is flagged
     assert manifest.ensemble.background_threshold is not None and cal["background_flag_rate"] == 0
-    assert "## Calibration and uncertainty" in text
+    assert "## Calibration and uncertainty" in text and "### Test-time augmentation" in text
     assert (docs / "img" / "reliability_official_test.png").stat().st_size > 0
     with TestClient(create_app(Settings(models_dir=models))) as client:
         data = (MRI_FIXTURES / "Testing" / "glioma_tumor" / "image(1).jpg").read_bytes()

@@ -1,4 +1,4 @@
-"""`python -m trainer {prepare,train,evaluate,export,merge,calibrate,report,vgg16-weights}`."""
+"""`python -m trainer {prepare,train,evaluate,export,merge,calibrate,tta,report,vgg16-weights}`."""
 
 from __future__ import annotations
 
@@ -170,6 +170,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tta(args: argparse.Namespace) -> int:
+    from trainer.tta import measure_tta
+
+    loaded = _prepare_for_shipped(args)
+    if loaded is None:
+        return 2
+    r = measure_tta(args.models_dir, loaded[1], args.work / "report")
+    print(f"horizontal-flip TTA {'pays' if r['adopted'] else 'does not pay'} on validation (macro-F1)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from service.manifest import load_manifest
     from trainer.report import write_report
@@ -244,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser("tta", help="measure horizontal-flip test-time augmentation of an exported ensemble")
+    _common(p)
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.set_defaults(func=cmd_tta)
     p = sub.add_parser("report", help="write docs/evaluation.md from the run's artefacts and models/")
     _common(p)
     p.add_argument("--models-dir", type=Path, default=Path("models"))

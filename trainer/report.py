@@ -270,6 +270,23 @@ def grid_coverage(board: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _tta_section(r: dict[str, Any]) -> list[str]:
+    rows = ["| | " + " | ".join(f"{k} acc | {k} macro-F1" for k in r["plain"]) + " |", "|---|---|---|---|---|"]
+    for name in ("plain", "hflip_tta"):
+        rows.append(
+            f"| {name} | " + " | ".join(f"{_pct(m['accuracy'])} | {m['macro_f1']:.3f}" for m in r[name].values()) + " |"
+        )
+    verdict = "adopted" if r["adopted"] else "not adopted: it does not raise validation macro-F1"
+    return [
+        "### Test-time augmentation (horizontal flip)",
+        "",
+        "Each model's probabilities averaged over the image and its mirror, then the vote "
+        f"(`python -m trainer tta`). Decided on validation: {verdict}.",
+        "",
+        *rows,
+    ]
+
+
 def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset: Path | None = None) -> Path:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -363,6 +380,9 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         lines += ["", f"![confusion matrix, {title}](img/ensemble_{key}.png)"]
     if pooled is not None:
         lines += ["", *_pooled_section(work / "pooled", pooled, img, len(p.y))]
+    tta = work / "report" / "tta.json"
+    if tta.exists():
+        lines += ["", *_tta_section(json.loads(tta.read_text()))]
     lines += ["", *ensembles_tried_section(work)]
     lines += ["", *_calibration_section(manifest, models_dir, p, img)]
     if dataset is not None and any(m.ood_threshold is not None for m in manifest.models):
