@@ -111,3 +111,25 @@ def test_merge_refuses_models_that_do_not_share_the_input(tmp_path: Path) -> Non
         "m0/probabilities",
         "m1/probabilities",
     ]
+
+
+def test_random_operators_are_never_merged() -> None:
+    from onnx import TensorProto, helper
+
+    from trainer.merge import merge_models
+
+    nodes = [
+        helper.make_node("RandomUniform", [], ["noise"], shape=[1, 4], dtype=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["image"], ["m"], keepdims=0),
+        helper.make_node("Add", ["m", "noise"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "noisy",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    merged, _ = merge_models([model, model], "image")
+    ops = [n.op_type for n in merged.graph.node]
+    assert ops.count("RandomUniform") == 2 and ops.count("ReduceMean") == 1

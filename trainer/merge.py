@@ -17,6 +17,15 @@ import onnx
 from onnx import helper
 
 MERGED_FILE = "ensemble.onnx"
+# operators whose repeats are not the same computation: never merged
+NONDETERMINISTIC = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
 
 
 def prefix(i: int) -> str:
@@ -102,7 +111,7 @@ def merge_models(models: list[onnx.ModelProto], input_name: str) -> tuple[onnx.M
         attrs = tuple(sorted(a.SerializeToString(deterministic=True) for a in node.attribute))
         node_key = (node.domain, node.op_type, tuple(inputs), attrs, len(node.output))
         earlier = seen.get(node_key)
-        if earlier is not None and not set(node.output) & graph_outputs:
+        if earlier is not None and not set(node.output) & graph_outputs and node.op_type not in NONDETERMINISTIC:
             alias.update(zip(node.output, earlier.output, strict=True))
             continue
         seen.setdefault(node_key, node)
