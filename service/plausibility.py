@@ -30,20 +30,20 @@ def colourfulness(rgb: np.ndarray) -> float:
     return float(spread.mean() / 255.0)
 
 
-def background_level(rgb: np.ndarray) -> float:
-    """The BACKGROUND_PERCENTILE-th percentile of the grey level (mean over channels), 0–255: low when at
-    least that share of the crop is dark background."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
-    return float(np.percentile(rgb.mean(axis=2), BACKGROUND_PERCENTILE))
-
-
 def background_levels(images: np.ndarray) -> np.ndarray:
     """background_level of each image of a (N, H, W, 3) batch."""
     if images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"expected RGB images (N, H, W, 3), got shape {images.shape}")
     grey = images.mean(axis=3).reshape(len(images), -1)
     return np.asarray(np.percentile(grey, BACKGROUND_PERCENTILE, axis=1), np.float64)
+
+
+def background_level(rgb: np.ndarray) -> float:
+    """The BACKGROUND_PERCENTILE-th percentile of the grey level (mean over channels), 0–255: low when at
+    least that share of the crop is dark background."""
+    if rgb.ndim != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
+    return float(background_levels(rgb[None])[0])
 
 
 def input_warnings(

@@ -154,6 +154,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """Merge an exported ensemble's separate ONNX files into one (outputs checked unchanged)."""
+    from service.manifest import load_manifest
+    from trainer.export import _models_readme
     from trainer.merge import merge_models_dir
     from trainer.train import evaluation_indices
 
@@ -161,9 +163,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     manifest, p = loaded
-    from service.manifest import load_manifest
-    from trainer.export import _models_readme
-
     va, _ = evaluation_indices(p, manifest.models[0].config)
     merge_models_dir(args.models_dir, p.x[va[:32]])
     (args.models_dir / "README.md").write_text(_models_readme(load_manifest(args.models_dir)))

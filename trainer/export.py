@@ -89,15 +89,19 @@ def evaluate_ensemble(models_dir: Path, p: Prepared) -> dict[str, dict[str, Any]
     """Majority-vote metrics of the ONNX ensemble in models_dir, run by the service's own runtime, on the
     validation split its models were selected on and on the official Testing split."""
     ensemble = Ensemble.load(models_dir)
-    metrics = {}
-    for key, (split, idx) in _splits(ensemble, p).items():
-        probs = ensemble.predict_images(p.x[idx])
-        labels, _, mean = majority_vote(probs)
-        metrics[key] = compute_metrics(p.y[idx], mean, CLASSES, split, y_pred=labels)
-    return metrics
+    return {
+        key: vote_metrics(ensemble.predict_images(p.x[idx]), p.y[idx], split)
+        for key, (split, idx) in eval_splits(ensemble, p).items()
+    }
 
 
-def _splits(ensemble: Ensemble, p: Prepared) -> dict[str, tuple[str, np.ndarray]]:
+def vote_metrics(probs: np.ndarray, y: np.ndarray, split: str) -> dict[str, Any]:
+    """Metrics of the majority vote of probs (models, N, classes) against labels y."""
+    labels, _, mean = majority_vote(probs)
+    return compute_metrics(y, mean, CLASSES, split, y_pred=labels)
+
+
+def eval_splits(ensemble: Ensemble, p: Prepared) -> dict[str, tuple[str, np.ndarray]]:
     """{metrics key: (description, indices)} of the validation and test splits of the ensemble's protocol."""
     cfg = ensemble.manifest.models[0].config
     va, te = evaluation_indices(p, cfg)
@@ -116,7 +120,7 @@ def raw_probabilities(
     """By split: the models' uncalibrated probabilities (models × N × classes), the labels, and each
     model's ood_score (None for models without one), from one pass over the images."""
     raw, y, ood = {}, {}, {}
-    for key, (_, idx) in _splits(ensemble, p).items():
+    for key, (_, idx) in eval_splits(ensemble, p).items():
         raw[key], ood[key] = ensemble.run_images_with(p.x[idx], OOD_SCORE)
         y[key] = p.y[idx]
     return raw, y, ood
@@ -167,7 +171,7 @@ def calibrate(models_dir: Path, p: Prepared) -> Manifest:
     rule = choose_rule(calibrated["validation"], y["validation"])
     manifest.ensemble.uncertainty = rule
     manifest.ensemble.calibration = calibration_report(raw, calibrated, y, rule)
-    for key, (_, idx) in _splits(ensemble, p).items():
+    for key, (_, idx) in eval_splits(ensemble, p).items():
         flagged = background_levels(p.x[idx]) > manifest.ensemble.background_threshold
         manifest.ensemble.calibration[key]["background_flag_rate"] = round(float(flagged.mean()), 4)
     write_manifest(manifest, models_dir)
@@ -227,8 +231,7 @@ def choose_ensemble(
         size_mb = sum(4 * r["params"] for r in combo) / 1024 / 1024
         if size_mb > max_mb:
             continue
-        labels, _, mean = majority_vote(np.stack([probs[r["name"]] for r in combo]))
-        m = compute_metrics(p.y[va], mean, CLASSES, split_names(pool[0]["config"])[0][1], y_pred=labels)
+        m = vote_metrics(np.stack([probs[r["name"]] for r in combo]), p.y[va], split_names(pool[0]["config"])[0][1])
         tried.append(
             {
                 "models": [r["name"] for r in combo],

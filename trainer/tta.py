@@ -8,26 +8,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from service.ensemble import majority_vote
 from service.runtime import Ensemble
 from trainer.data import CLASSES, Prepared
-from trainer.evaluate import split_names
-from trainer.metrics import compute_metrics
-from trainer.train import evaluation_indices
+from trainer.export import eval_splits, vote_metrics
 
 
 def measure_tta(models_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]:
     ensemble = Ensemble.load(models_dir)
-    cfg = ensemble.manifest.models[0].config
-    va, te = evaluation_indices(p, cfg)
-    (val_key, _), (test_key, _) = split_names(cfg)
+    splits = eval_splits(ensemble, p)
+    val_key = next(iter(splits))
     out: dict[str, Any] = {}
-    for key, idx in ((val_key, va), (test_key, te)):
+    for key, (split, idx) in splits.items():
         plain = ensemble.predict_images(p.x[idx])
         flipped = ensemble.predict_images(p.x[idx][:, :, ::-1, :].copy())
         for name, probs in (("plain", plain), ("hflip_tta", (plain + flipped) / 2)):
-            labels, _, mean = majority_vote(probs)
-            m = compute_metrics(p.y[idx], mean, CLASSES, key, y_pred=labels)
+            m = vote_metrics(probs, p.y[idx], split)
             out.setdefault(name, {})[key] = {
                 "accuracy": m["accuracy"],
                 "macro_f1": m["macro_f1"],
