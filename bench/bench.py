@@ -88,6 +88,25 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+SIZES = (256, 512, 1024, 2048)
+
+
+def measure_sizes(images: list[bytes], n: int = 40) -> dict[str, dict[str, float]]:
+    """Preprocessing (decode + crop + resize to the model input) of the same slices re-encoded as JPEGs
+    of each side length: what a larger upload costs before the models, which always see 150×150."""
+    import cv2
+
+    out = {}
+    for side in SIZES:
+        scaled = []
+        for data in images:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            resized = cv2.resize(img, (side, side), interpolation=cv2.INTER_CUBIC)
+            scaled.append(cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+        out[str(side)] = timed(lambda i, s=scaled: preprocess_bytes(s[i % len(s)]), n)  # type: ignore[misc]
+    return out
+
+
 def measure_floor(models_dir: Path, images: list[bytes], threads: int, n: int) -> dict[str, float]:
     ensemble = Ensemble.load(models_dir, threads=threads)
 
@@ -338,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(timeout=30)
     print(f"cold start       {r['cold_start_s']} s to ready", flush=True)
     print(f"memory           {r['rss_mb']:.0f} MB resident after {r['requests_served']} requests", flush=True)
+    r["preprocess_by_size"] = measure_sizes(images)
+    sizes = "  ".join(f"{k}²: {v['p50_ms']:.1f}" for k, v in r["preprocess_by_size"].items())
+    print(f"preprocess       p50 ms by upload side  {sizes}", flush=True)
     r["image_mb"] = image_size_mb(args.image)
     print(f"image            {r['image_mb']} MB" if r["image_mb"] else "image            (no Docker engine / image)")
 

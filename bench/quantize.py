@@ -225,6 +225,17 @@ def main(argv: list[str] | None = None) -> int:
             }
             if args.save:
                 shutil.copytree(qdir, args.save, dirs_exist_ok=True)
+                saved = load_manifest(args.save)
+                saved.notes = (
+                    f"int8 ({name}: {cfg.method} calibration on {len(calib)} training images) of the float32 "
+                    f"ensemble {saved.model_version}. The metrics in this manifest were measured on the float32 "
+                    f"models; this int8 copy measured (python -m bench.quantize): validation accuracy "
+                    f"{res['validation']['accuracy']:.4f} (float32 {ref['validation']['accuracy']:.4f}), official "
+                    f"Testing accuracy {res['official_test']['accuracy']:.4f} (float32 "
+                    f"{ref['official_test']['accuracy']:.4f}); its vote agrees with float32 on "
+                    f"{res['validation']['agreement_with_fp32']:.1%} of validation images. " + saved.notes
+                )
+                write_manifest(saved, args.save)
         drop = (ref["official_test"]["accuracy"] - res["official_test"]["accuracy"]) * 100
         res["test_accuracy_drop_points"] = round(drop, 2)
         res["speedup"] = round(r["fp32"]["floor_ms"] / res["floor_ms"], 3)
