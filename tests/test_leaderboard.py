@@ -1,0 +1,91 @@
+"""The cumulative leaderboard kept in the repository (docs/leaderboard.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer import leaderboard
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def row(name: str, val_f1: float, data_hash: str = "h1", **kw: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "family": name.split("-")[0],
+        "params": 10,
+        "epochs_run": 1,
+        "train_seconds": 1.0,
+        "augment": True,
+        "val_accuracy": val_f1,
+        "val_macro_f1": val_f1,
+        "val_loss": 1.0,
+        "test_accuracy": 0.5,
+        "test_macro_f1": 0.5,
+        "test_loss": 1.0,
+        "test_glioma_recall": 0.1,
+        "weights_origin": "random",
+        "protocol": "official",
+        "config": {"family": name.split("-")[0]},
+        "data_hash": data_hash,
+        "metrics": {"bulky": [1] * 100},
+        "run_dir": "/somewhere/out/runs/" + name,
+        **kw,
+    }
+
+
+def test_merge_keeps_old_rows_replaces_re_evaluated_ones_and_ranks() -> None:
+    committed = leaderboard.merge([], [row("ann-a", 0.3), row("cnn-b", 0.6)])
+    assert [r["name"] for r in committed] == ["cnn-b", "ann-a"]
+    assert "metrics" not in committed[0] and "run_dir" not in committed[0]  # slim: no bulk, no machine paths
+    assert committed[0]["source"].startswith("python -m trainer evaluate")
+    merged = leaderboard.merge(committed, [row("ann-a", 0.9), row("cnn-c", 0.5)])
+    assert [(r["rank"], r["name"], r["val_macro_f1"]) for r in merged] == [
+        (1, "ann-a", 0.9),
+        (2, "cnn-b", 0.6),
+        (3, "cnn-c", 0.5),
+    ]
+
+
+def test_rows_from_other_data_are_refused() -> None:
+    committed = leaderboard.merge([], [row("ann-a", 0.3)])
+    with pytest.raises(ValueError, match="different data"):
+        leaderboard.merge(committed, [row("cnn-b", 0.6, data_hash="h2")])
+
+
+def test_update_merges_official_rows_and_rewrites_only_its_section(tmp_path: Path) -> None:
+    docs, work = tmp_path / "docs", tmp_path / "work"
+    (work / "report").mkdir(parents=True)
+    docs.mkdir()
+    (docs / "evaluation.md").write_text(
+        f"# Evaluation\n\nkept above\n\n{leaderboard.SECTION}\n\nold table\n\n"
+        f"{leaderboard.NEXT_SECTION}\n\nkept below\n"
+    )
+    leaderboard.save(leaderboard.merge([], [row("ann-d0-u32", 0.4)]), docs)
+    fresh = [row("cnn-c1-f32-d0", 0.7), row("cnn-c1-f32-d0-pooled", 0.99, protocol="pooled")]
+    (work / "report" / "leaderboard.json").write_text(json.dumps(fresh))
+    board = leaderboard.update(work, docs)
+    assert [r["name"] for r in board] == ["cnn-c1-f32-d0", "ann-d0-u32"]  # the pooled row is not mixed in
+    assert json.loads((docs / "leaderboard.json").read_text()) == board
+    text = (docs / "evaluation.md").read_text()
+    assert "kept above" in text and "kept below" in text and "old table" not in text
+    assert "| 1 | cnn-c1-f32-d0 |" in text and "| 2 | ann-d0-u32 |" in text
+    assert (docs / "img" / "leaderboard.png").stat().st_size > 1000
+
+
+def test_committed_leaderboard_matches_the_report() -> None:
+    """Every row of docs/leaderboard.json is in docs/evaluation.md's table with the same scores."""
+    board = leaderboard.load(ROOT / "docs")
+    assert board, "docs/leaderboard.json is missing or empty"
+    text = (ROOT / "docs" / "evaluation.md").read_text()
+    assert f"{len(board)} models, ranked by validation macro-F1" in text
+    for r in board:
+        assert (
+            f"| {r['rank']} | {r['name']} | {r['params']:,} | {r['epochs_run']} | {r['train_seconds']:.0f} | "
+            f"{'yes' if r['augment'] else 'no'} | {r['val_accuracy']:.3f} | {r['val_macro_f1']:.3f} | "
+            f"{r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} |" in text
+        ), r["name"]

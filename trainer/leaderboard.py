@@ -1,0 +1,114 @@
+"""The cumulative leaderboard, kept in the repository: `docs/leaderboard.json`.
+
+Run folders live in the trainer's work dir, which does not survive a fresh checkout; the scores of every
+configuration tried must. `python -m trainer leaderboard` merges the work dir's freshly evaluated rows
+(`<work>/report/leaderboard.json`, from `python -m trainer evaluate`) into the committed file — a
+configuration evaluated again replaces its old row — and rewrites the leaderboard section and plot of
+`docs/evaluation.md`. `python -m trainer report` uses the same merged board.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from trainer.evaluate import LEADERBOARD_COLUMNS
+
+FILE = "leaderboard.json"
+SECTION = "## Leaderboard: every configuration tried"
+NEXT_SECTION = "## Notes on this run"
+KEPT = [c for c in LEADERBOARD_COLUMNS if c != "rank"] + ["protocol", "config", "data_hash", "source"]
+
+
+def slim(row: dict[str, Any]) -> dict[str, Any]:
+    """The row without its bulky per-class metrics and machine paths; `source` says where it came from."""
+    out = {k: row.get(k) for k in KEPT}
+    out["protocol"] = out["protocol"] or "official"
+    out["source"] = out["source"] or f"python -m trainer evaluate, {dt.date.today().isoformat()}"
+    return out
+
+
+def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = sorted(rows, key=lambda r: (-r["val_macro_f1"], r["val_loss"] or 0.0, r["name"]))
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i
+    return rows
+
+
+def merge(committed: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Union by model name; a freshly evaluated row replaces the committed one. Ranked by validation F1."""
+    by_name = {r["name"]: r for r in committed}
+    hashes = {r["data_hash"] for r in committed if r.get("data_hash")}
+    for r in fresh:
+        if hashes and r.get("data_hash") and r["data_hash"] not in hashes:
+            raise ValueError(
+                f"{r['name']} was evaluated on data {str(r['data_hash'])[:16]}, the committed leaderboard on "
+                f"{', '.join(h[:16] for h in sorted(hashes))}: scores on different data do not rank together"
+            )
+        by_name[r["name"]] = slim(r)
+    return rank(list(by_name.values()))
+
+
+def load(docs: Path) -> list[dict[str, Any]]:
+    path = docs / FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def save(board: list[dict[str, Any]], docs: Path) -> Path:
+    path = docs / FILE
+    path.write_text(json.dumps(board, indent=1) + "\n")
+    return path
+
+
+def section(board: list[dict[str, Any]]) -> list[str]:
+    """The leaderboard section of docs/evaluation.md (without the section after it)."""
+    from trainer.report import grid_coverage
+
+    lines = [
+        SECTION,
+        "",
+        f"{len(board)} models, ranked by validation macro-F1. Training time is wall-clock on a shared 2-core CPU.",
+        "All rows are in `docs/leaderboard.json` (with each configuration and where the row came from).",
+        "",
+        *grid_coverage(board),
+        "",
+        "| # | model | params | epochs | train s | aug | val acc | val F1 | test acc | test F1 | test glioma recall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in board:
+        lines.append(
+            f"| {r['rank']} | {r['name']} | {r['params']:,} | {r['epochs_run']} | {r['train_seconds']:.0f} | "
+            f"{'yes' if r['augment'] else 'no'} | {r['val_accuracy']:.3f} | {r['val_macro_f1']:.3f} | "
+            f"{r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | {r['test_glioma_recall']:.3f} |"
+        )
+    return [*lines, "", "![leaderboard](img/leaderboard.png)", ""]
+
+
+def update_docs(board: list[dict[str, Any]], docs: Path) -> Path:
+    """Replace the leaderboard section of docs/evaluation.md and redraw docs/img/leaderboard.png."""
+    from trainer.plots import plot_leaderboard
+
+    report = docs / "evaluation.md"
+    text = report.read_text()
+    start, end = text.find(SECTION), text.find(NEXT_SECTION)
+    if start < 0 or end < start:
+        raise ValueError(f"{report}: no '{SECTION}' section followed by '{NEXT_SECTION}'")
+    report.write_text(text[:start] + "\n".join(section(board)) + "\n" + text[end:])
+    (docs / "img").mkdir(exist_ok=True)
+    plot_leaderboard(board, docs / "img" / "leaderboard.png")
+    return report
+
+
+def update(work: Path, docs: Path) -> list[dict[str, Any]]:
+    """Merge <work>/report/leaderboard.json into docs/leaderboard.json and refresh docs/evaluation.md.
+    Only official-protocol rows: the pooled protocol's models are reported in their own section."""
+    fresh_path = work / "report" / FILE
+    fresh = json.loads(fresh_path.read_text()) if fresh_path.exists() else []
+    board = merge(load(docs), [r for r in fresh if r.get("protocol", "official") == "official"])
+    if not board:
+        raise FileNotFoundError(f"nothing to merge: no {fresh_path} and no {docs / FILE}")
+    save(board, docs)
+    update_docs(board, docs)
+    return board
