@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make serve        install the service and start it on models/ (HOST=$(HOST) PORT=$(PORT))"
 	@echo "make test         install everything and run lint, types and the test suite"
-	@echo "make train        prepare → train ($(GRID)) → evaluate → export into models/"
+	@echo "make train        prepare → train ($(GRID)) → evaluate → docs/leaderboard.json → export into models/"
 	@echo "make train-smoke OUT=/tmp/x   the whole trainer pipeline on a small real subset"
 	@echo "make loadtest     32 clients, 2000 mixed uploads against the service on models/"
 	@echo "make bench        floor vs service vs Keras vs hardware (docs/performance.md)"
@@ -59,6 +59,7 @@ vgg16-weights: $(VGG16_HED)
 train: $(VENV)/.dev $(VGG16_HED)
 	$(BIN)/python -m trainer train --grid $(GRID) --data $(DATA) --work $(WORK)
 	$(BIN)/python -m trainer evaluate --data $(DATA) --work $(WORK)
+	$(BIN)/python -m trainer leaderboard --work $(WORK)
 	$(BIN)/python -m trainer export --data $(DATA) --work $(WORK) --top 3 --models-dir models
 
 # The whole pipeline on the first 24 images per class and split, 2 epochs: a few minutes on 2 cores.
