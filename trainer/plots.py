@@ -47,7 +47,7 @@ def plot_confusion(cm: list[list[int]], classes: list[str], title: str, path: Pa
     plt.close(fig)
 
 
-def plot_leaderboard(rows: list[dict[str, Any]], path: Path, top: int = 40) -> None:
+def plot_leaderboard(rows: list[dict[str, Any]], path: Path, top: int = 60) -> None:
     rows = rows[:top]
     names = [r["name"] for r in rows][::-1]
     val = [r["val_macro_f1"] for r in rows][::-1]
