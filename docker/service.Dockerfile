@@ -9,6 +9,9 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY service ./service
+# Trimmed after install: build tooling, onnxruntime's transformer/quantisation tools, and its C-API library
+# libonnxruntime.so (35 MB; the Python binding carries its own copy of the runtime and does not load it —
+# `make docker-smoke` runs a real prediction in the image).
 RUN pip install -c constraints.txt ".[service]" \
  && python -c "import service.main, importlib.util as u; assert u.find_spec('tensorflow') is None" \
  && pip uninstall -y -q Jinja2 MarkupSafe protobuf flatbuffers \
@@ -16,6 +19,7 @@ RUN pip install -c constraints.txt ".[service]" \
  && find swagger_ui_bundle/vendor -type f ! -name swagger-ui-bundle.js ! -name swagger-ui.css -delete \
  && rm -rf pip setuptools pkg_resources _distutils_hack distutils-precedence.pth \
       onnxruntime/transformers onnxruntime/quantization onnxruntime/tools numpy/f2py numpy/_core/include \
+      onnxruntime/capi/libonnxruntime.so* \
       pydicom/sr pydicom/data/test_files \
  && find . -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} + \
  && find . -name "*.pyi" -delete \
