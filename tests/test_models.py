@@ -137,6 +137,11 @@ def test_grid_files_expand() -> None:
     pooled = load_grid(ROOT / "trainer" / "grids" / "pooled.toml")
     assert all(e["protocol"] == "pooled" and e["name"].endswith("-pooled") for e in pooled)
     assert "transfer-vgg16-d1-hed-ft-pooled" in {e["name"] for e in pooled}
+    (ftimg,) = load_grid(ROOT / "trainer" / "grids" / "finetune-images.toml")
+    (ft,) = load_grid(ROOT / "trainer" / "grids" / "finetune.toml")
+    assert ftimg["name"] == "transfer-vgg16-d1-hed-ftimg"
+    same = {k: v for k, v in ftimg.items() if k not in ("name", "fine_tune_on")}
+    assert same == {k: v for k, v in ft.items() if k != "name"}  # the recipe differs in fine_tune_on only
     with pytest.raises(ValueError, match="protocol must be one of"):
         expand({"defaults": {"protocol": "leaky"}, "ann": [{"dense_layers": 0, "units": 8}]})
 

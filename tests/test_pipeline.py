@@ -222,3 +222,24 @@ def test_report_states_how_much_of_the_original_grid_was_trained() -> None:
     assert "CNNs: 1 of 27 trained (epochs run: 1; 1 trained for one epoch only" in text
     assert "resnet50 (ImageNet download unreachable here): transfer-resnet50-d0-scratch (random init" in text
     assert "vgg19 (ImageNet download unreachable here): not trained" in text
+
+
+def test_fine_tune_on_images_trains_block5_end_to_end_with_augmentation(tmp_path: Path) -> None:
+    """`fine_tune_on = "images"`: the head trains on cached features, then block5 + head on augmented images
+    (no block4_pool cache is made); a bad value is refused."""
+    from trainer.data import prepare
+    from trainer.grid import expand
+    from trainer.train import train_entry
+
+    p = prepare(MRI_FIXTURES, tmp_path / "cache")
+    recipe = {"epochs": 1, "batch_size": 8, "val_fraction": 0.25, "fine_tune_epochs": 1, "patience": 1}
+    entry = {"backbone": "vgg16", "weights": "none", "cache_features": True, "fine_tune_on": "images"}
+    (cfg,) = expand({"defaults": recipe, "transfer": [entry]})
+    assert cfg["name"] == "transfer-vgg16-d0-scratch-ftimg"
+    result = train_entry(cfg, p, tmp_path / "runs" / cfg["name"], verbose=0, cache_dir=tmp_path / "cache")
+    assert result["epochs_run"] == 2  # one head epoch, one fine-tuning epoch
+    cached = sorted(f.name.split("-")[0] for f in (tmp_path / "cache").glob("*-vgg16-*.npz"))
+    assert cached == ["features"]  # pooled features for the head; no cut cache: block5 saw images
+    (bad,) = expand({"defaults": recipe, "transfer": [{**entry, "fine_tune_on": "pixels"}]})
+    with pytest.raises(ValueError, match="fine_tune_on"):
+        train_entry(bad, p, tmp_path / "runs" / "bad", verbose=0, cache_dir=tmp_path / "cache")

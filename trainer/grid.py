@@ -50,7 +50,7 @@ def entry_name(cfg: dict[str, Any]) -> str:
         local = Path(w).name.split(".")[0].replace(f"{cfg['backbone']}_", "").replace("_notop", "")
         parts.append("imagenet" if w == "imagenet" else "scratch" if w == "none" else local)
         if cfg.get("fine_tune_epochs", 0):
-            parts.append("ft")
+            parts.append("ftimg" if cfg.get("fine_tune_on", "cache") == "images" else "ft")
     if not cfg.get("augment", True):
         parts.append("noaug")
     if protocol_of(cfg) != "official":

@@ -205,7 +205,10 @@ def train_entry(
         n = unfreeze_top(model, cfg["backbone"])
         print(f"[{cfg['name']}] fine-tuning {n} top backbone layers for up to {ft_epochs} epochs")
         ft_lr = float(cfg["fine_tune_learning_rate"])
-        if cached and BACKBONES[cfg["backbone"]].fine_tune_cut:
+        on = str(cfg.get("fine_tune_on", "cache"))
+        if on not in ("cache", "images"):
+            raise ValueError(f"{cfg['name']}: fine_tune_on must be 'cache' or 'images', got {on!r}")
+        if cached and BACKBONES[cfg["backbone"]].fine_tune_cut and on == "cache":
             # Train the top block + head on the cached output of the frozen layers below it; the views
             # (identity, horizontal flip) are the augmentation of this phase.
             bottom, top = split_at_cut(model, cfg["backbone"])
@@ -215,7 +218,7 @@ def train_entry(
             ft = fit(
                 top, ft_lr, ft_epochs, "fine_tune", (x_tr, y_tr), (cut[0][va], p.y[va]), batch_size=bs, shuffle=True
             )
-        else:
+        else:  # end to end on images, with the training augmentation
             ft = fit(model, ft_lr, ft_epochs, "fine_tune", *image_datasets())
         history = _merge(history, ft)
     seconds = time.monotonic() - start
