@@ -104,14 +104,19 @@ def update_docs(board: list[dict[str, Any]], docs: Path) -> Path:
     return report
 
 
-def update(work: Path, docs: Path) -> list[dict[str, Any]]:
-    """Merge <work>/report/leaderboard.json into docs/leaderboard.json and refresh docs/evaluation.md.
-    Only official-protocol rows: the pooled protocol's models are reported in their own section."""
+def merged(work: Path, docs: Path) -> list[dict[str, Any]]:
+    """docs/leaderboard.json with the official-protocol rows of <work>/report/leaderboard.json merged in (the
+    pooled protocol's models are reported in their own section)."""
     fresh_path = work / "report" / FILE
     fresh = json.loads(fresh_path.read_text()) if fresh_path.exists() else []
-    board = merge(load(docs), [r for r in fresh if r.get("protocol", "official") == "official"])
+    return merge(load(docs), [r for r in fresh if r.get("protocol", "official") == "official"])
+
+
+def update(work: Path, docs: Path) -> list[dict[str, Any]]:
+    """Merge <work>/report/leaderboard.json into docs/leaderboard.json and refresh docs/evaluation.md."""
+    board = merged(work, docs)
     if not board:
-        raise FileNotFoundError(f"nothing to merge: no {fresh_path} and no {docs / FILE}")
+        raise FileNotFoundError(f"nothing to merge: no {work / 'report' / FILE} and no {docs / FILE}")
     save(board, docs)
     update_docs(board, docs)
     return board

@@ -12,6 +12,7 @@ import numpy as np
 from service.confidence import apply_temperature
 from service.manifest import Manifest, load_manifest
 from service.runtime import Ensemble
+from trainer import leaderboard
 from trainer.calibration import ECE_BINS, reliability
 from trainer.data import Prepared, class_rows
 from trainer.export import raw_probabilities
@@ -291,10 +292,7 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     data = json.loads((work / "data_report.json").read_text())
-    from trainer import leaderboard
-
-    fresh = json.loads((work / "report" / "leaderboard.json").read_text())
-    board = leaderboard.merge(leaderboard.load(docs), [r for r in fresh if r.get("protocol", "official") == "official"])
+    board = leaderboard.merged(work, docs)
     leaderboard.save(board, docs)
     manifest = load_manifest(models_dir)
     classes = manifest.classes
