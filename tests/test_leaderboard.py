@@ -78,14 +78,8 @@ def test_update_merges_official_rows_and_rewrites_only_its_section(tmp_path: Pat
 
 
 def test_committed_leaderboard_matches_the_report() -> None:
-    """Every row of docs/leaderboard.json is in docs/evaluation.md's table with the same scores."""
+    """docs/evaluation.md's leaderboard section is exactly what docs/leaderboard.json renders to."""
     board = leaderboard.load(ROOT / "docs")
     assert board, "docs/leaderboard.json is missing or empty"
     text = (ROOT / "docs" / "evaluation.md").read_text()
-    assert f"{len(board)} models, ranked by validation macro-F1" in text
-    for r in board:
-        assert (
-            f"| {r['rank']} | {r['name']} | {r['params']:,} | {r['epochs_run']} | {r['train_seconds']:.0f} | "
-            f"{'yes' if r['augment'] else 'no'} | {r['val_accuracy']:.3f} | {r['val_macro_f1']:.3f} | "
-            f"{r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} |" in text
-        ), r["name"]
+    assert "\n".join(leaderboard.section(board)) in text

@@ -204,7 +204,7 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
 
 
 def test_report_states_how_much_of_the_original_grid_was_trained() -> None:
-    from trainer.report import grid_coverage
+    from trainer.leaderboard import grid_coverage
 
     board = [
         {"name": "ann-d0-u32", "family": "ann", "epochs_run": 5, "config": {}, "weights_origin": "random"},

@@ -242,35 +242,6 @@ def _pooled_section(pooled: Path, summary: dict[str, Any], img: Path, n_images: 
     return [*lines, "", reproduce, "", *POOLED_COMMANDS]
 
 
-ORIGINAL_GRID = Path(__file__).parent / "grids" / "original.toml"
-
-
-def grid_coverage(board: list[dict[str, Any]]) -> list[str]:
-    """How much of the 2020 project's grid (trainer/grids/original.toml) the leaderboard covers, and how."""
-    from trainer.grid import load_grid
-
-    by_name = {r["name"]: r for r in board}
-    lines = ["Coverage of the 2020 project's grid (`trainer/grids/original.toml`):", ""]
-    for family in ("ann", "cnn"):
-        entries = [e for e in load_grid(ORIGINAL_GRID) if e["family"] == family]
-        done = [by_name[e["name"]] for e in entries if e["name"] in by_name]
-        epochs = sorted({r["epochs_run"] for r in done})
-        missing = [e["name"] for e in entries if e["name"] not in by_name]
-        one = sum(r["epochs_run"] == 1 for r in done)
-        notes = [f"epochs run: {', '.join(map(str, epochs)) or '–'}"]
-        if one:
-            notes.append(f"{one} trained for one epoch only (CPU time): their scores understate the architecture")
-        line = f"- {family.upper()}s: {len(done)} of {len(entries)} trained ({'; '.join(notes)})"
-        lines.append(line + (f"; not trained: {', '.join(missing)}" if missing else ""))
-    for e in load_grid(ORIGINAL_GRID):
-        if e["family"] != "transfer":
-            continue
-        runs = [r for r in board if r["family"] == "transfer" and r["config"].get("backbone") == e["backbone"]]
-        how = "; ".join(f"{r['name']} ({r['weights_origin'].split(':')[0]})" for r in runs) or "not trained"
-        lines.append(f"- {e['backbone']} (ImageNet download unreachable here): {how}")
-    return lines
-
-
 def _tta_section(r: dict[str, Any]) -> list[str]:
     rows = ["| | " + " | ".join(f"{k} acc | {k} macro-F1" for k in r["plain"]) + " |", "|---|---|---|---|---|"]
     for name in ("plain", "hflip_tta"):
