@@ -18,7 +18,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,30 +75,29 @@ class _Reader:
         return None if x is None else {self.input_name: x}
 
 
-def _first_convs(path: Path) -> list[str]:
+def _first_convs(graph: Any) -> list[str]:
     """Conv nodes that read the graph input through at most elementwise preprocessing (one per model)."""
-    import onnx
-
-    g = onnx.load(str(path), load_external_data=False).graph
-    producers = {o: n for n in g.node for o in n.output}
+    producers = {o: n for n in graph.node for o in n.output}
+    inputs = {i.name for i in graph.input}
     firsts = []
-    for n in g.node:
+    for n in graph.node:
         if n.op_type != "Conv":
             continue
         src, hops = n.input[0], 0
         while src in producers and producers[src].op_type in {"Transpose", "Sub", "Mul", "Add", "Div"} and hops < 6:
             src, hops = producers[src].input[0], hops + 1
-        if src in {i.name for i in g.input}:
+        if src in inputs:
             firsts.append(n.name)
     return firsts
 
 
 def _kept(path: Path, cfg: QuantConfig) -> list[str]:
+    """Nodes of the model file that cfg leaves in float."""
     import onnx
 
-    names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
-    kept = [n for n in names if any(k in n for k in cfg.keep)]
-    return kept + (_first_convs(path) if cfg.keep_first_conv else [])
+    graph = onnx.load(str(path), load_external_data=False).graph
+    kept = [n.name for n in graph.node if any(k in n.name for k in cfg.keep)]
+    return kept + (_first_convs(graph) if cfg.keep_first_conv else [])
 
 
 def quantize_dir(src: Path, dst: Path, calib: np.ndarray, cfg: QuantConfig) -> None:
@@ -210,14 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             quantize_dir(args.models_dir, qdir, calib, cfg)
             q = Ensemble.load(qdir)
             res = {
-                "config": {
-                    "method": cfg.method,
-                    "op_types": cfg.op_types,
-                    "keep_first_conv": cfg.keep_first_conv,
-                    "keep": cfg.keep,
-                    "reduce_range": cfg.reduce_range,
-                    "extra": cfg.extra,
-                },
+                "config": asdict(cfg),
                 "quantize_s": round(time.perf_counter() - t0, 1),
                 **compare(fp32, q, splits, ref),
                 "floor_ms": floor_ms(q, p.x[te]),
