@@ -75,6 +75,10 @@ class _Reader:
         return None if x is None else {self.input_name: x}
 
 
+# what the exported models do to the pixels before their first Conv: layout, RGB→BGR (ReverseSequence), mean/scale
+PIXEL_OPS = {"Transpose", "ReverseSequence", "Sub", "Mul", "Add", "Div"}
+
+
 def _first_convs(graph: Any) -> list[str]:
     """Conv nodes that read the graph input through at most elementwise preprocessing (one per model)."""
     producers = {o: n for n in graph.node for o in n.output}
@@ -84,7 +88,7 @@ def _first_convs(graph: Any) -> list[str]:
         if n.op_type != "Conv":
             continue
         src, hops = n.input[0], 0
-        while src in producers and producers[src].op_type in {"Transpose", "Sub", "Mul", "Add", "Div"} and hops < 6:
+        while src in producers and producers[src].op_type in PIXEL_OPS and hops < 6:
             src, hops = producers[src].input[0], hops + 1
         if src in inputs:
             firsts.append(n.name)

@@ -41,3 +41,19 @@ def test_clients_time_real_predictions(tiny_models: Path) -> None:
     assert single["n"] == 5 and single["p50_ms"] > 0
     assert load["n"] == 24 and load["errors"] == 0 and load["rps"] > 0
     assert bad["errors"] == 4  # a 415 per request, each counted
+
+
+def test_quantize_keeps_the_configured_nodes_float() -> None:
+    """The int8 variants leave what they say in float: the first Conv behind the models' pixel preprocessing
+    (layout, RGB→BGR, mean), or every block5 Conv of both VGG16s."""
+    from bench.quantize import CONFIGS, _kept
+
+    shipped = Path(__file__).resolve().parent.parent / "models" / "ensemble.onnx"
+    assert _kept(shipped, CONFIGS["percentile-conv-first-fp32"]) == [
+        "m0/vgg16_transfer_extras_1/vgg16_cam_1/block1_conv1_1/BiasAdd"
+    ]
+    trunk = _kept(shipped, CONFIGS["minmax-trunk"])
+    assert {n for n in trunk if n.endswith("/BiasAdd") and "block5_conv" in n} == {
+        f"m{m}/vgg16_transfer_extras_1/vgg16_cam_1/block5_conv{i}_1/BiasAdd" for m in (0, 1) for i in (1, 2, 3)
+    }
+    assert _kept(shipped, CONFIGS["minmax-conv"]) == []
