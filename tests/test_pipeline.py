@@ -226,7 +226,7 @@ def test_report_states_how_much_of_the_original_grid_was_trained() -> None:
 
 def test_fine_tune_on_images_trains_block5_end_to_end_with_augmentation(tmp_path: Path) -> None:
     """`fine_tune_on = "images"`: the head trains on cached features, then block5 + head on augmented images
-    (no block4_pool cache is made); a bad value is refused."""
+    (no block4_pool cache is made); a bad value is refused when the grid expands."""
     from trainer.data import prepare
     from trainer.grid import expand
     from trainer.train import train_entry
@@ -240,6 +240,5 @@ def test_fine_tune_on_images_trains_block5_end_to_end_with_augmentation(tmp_path
     assert result["epochs_run"] == 2  # one head epoch, one fine-tuning epoch
     cached = sorted(f.name.split("-")[0] for f in (tmp_path / "cache").glob("*-vgg16-*.npz"))
     assert cached == ["features"]  # pooled features for the head; no cut cache: block5 saw images
-    (bad,) = expand({"defaults": recipe, "transfer": [{**entry, "fine_tune_on": "pixels"}]})
-    with pytest.raises(ValueError, match="fine_tune_on"):
-        train_entry(bad, p, tmp_path / "runs" / "bad", verbose=0, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="fine_tune_on"):  # refused when the grid expands, before any training
+        expand({"defaults": recipe, "transfer": [{**entry, "fine_tune_on": "pixels"}]})

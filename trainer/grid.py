@@ -42,6 +42,17 @@ def protocol_of(cfg: dict[str, Any]) -> str:
     return protocol
 
 
+FINE_TUNE_ON = ("cache", "images")
+
+
+def fine_tune_on_of(cfg: dict[str, Any]) -> str:
+    """What the top block fine-tunes on: the cached frozen-layer outputs (default) or augmented images."""
+    on = str(cfg.get("fine_tune_on", "cache"))
+    if on not in FINE_TUNE_ON:
+        raise ValueError(f"fine_tune_on must be one of {FINE_TUNE_ON}, got {on!r}")
+    return on
+
+
 def entry_name(cfg: dict[str, Any]) -> str:
     keys = _NAME_KEYS[cfg["family"]]
     parts = [cfg["family"]] + [f"{short}{cfg[key]}" for key, short in zip(keys[::2], keys[1::2], strict=True)]
@@ -50,7 +61,7 @@ def entry_name(cfg: dict[str, Any]) -> str:
         local = Path(w).name.split(".")[0].replace(f"{cfg['backbone']}_", "").replace("_notop", "")
         parts.append("imagenet" if w == "imagenet" else "scratch" if w == "none" else local)
         if cfg.get("fine_tune_epochs", 0):
-            parts.append("ftimg" if cfg.get("fine_tune_on", "cache") == "images" else "ft")
+            parts.append("ftimg" if fine_tune_on_of(cfg) == "images" else "ft")
     if not cfg.get("augment", True):
         parts.append("noaug")
     if protocol_of(cfg) != "official":

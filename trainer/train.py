@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import CLASSES, Prepared, protocol_split, split_train_val
-from trainer.grid import FAMILY_DEFAULTS, protocol_of
+from trainer.grid import FAMILY_DEFAULTS, fine_tune_on_of, protocol_of
 from trainer.models import BACKBONES, build_from_config, split_at_cut, unfreeze_top, weights_origin
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -205,10 +205,7 @@ def train_entry(
         n = unfreeze_top(model, cfg["backbone"])
         print(f"[{cfg['name']}] fine-tuning {n} top backbone layers for up to {ft_epochs} epochs")
         ft_lr = float(cfg["fine_tune_learning_rate"])
-        on = str(cfg.get("fine_tune_on", "cache"))
-        if on not in ("cache", "images"):
-            raise ValueError(f"{cfg['name']}: fine_tune_on must be 'cache' or 'images', got {on!r}")
-        if cached and BACKBONES[cfg["backbone"]].fine_tune_cut and on == "cache":
+        if cached and BACKBONES[cfg["backbone"]].fine_tune_cut and fine_tune_on_of(cfg) == "cache":
             # Train the top block + head on the cached output of the frozen layers below it; the views
             # (identity, horizontal flip) are the augmentation of this phase.
             bottom, top = split_at_cut(model, cfg["backbone"])
