@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.confidence import UncertaintyRule
+from service.plausibility import FLAT_BACKDROP_SPREAD
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -90,7 +91,8 @@ class EnsembleInfo(BaseModel):
         ge=0,
         le=255,
         description="The `no_dark_background` warning fires when an upload's crop has a 10th grey-level "
-        "percentile above this (the largest among the training images); null: check off.",
+        "percentile above this (the largest among the training images) and its darkest tenth is not a flat "
+        f"grey backdrop (1st to 10th percentile within {FLAT_BACKDROP_SPREAD:g} grey levels); null: check off.",
     )
 
 

