@@ -51,6 +51,19 @@ def test_merge_keeps_old_rows_replaces_re_evaluated_ones_and_ranks() -> None:
     ]
 
 
+def test_a_name_rerun_with_another_config_keeps_the_old_row() -> None:
+    committed = leaderboard.merge([], [row("cnn-a", 0.5, config={"family": "cnn", "epochs": 1})])
+    again = leaderboard.merge(committed, [row("cnn-a", 0.55, config={"family": "cnn", "epochs": 1})])
+    assert [(r["name"], r["val_macro_f1"]) for r in again] == [("cnn-a", 0.55)]  # same config: re-evaluated
+    longer = leaderboard.merge(again, [row("cnn-a", 0.7, config={"family": "cnn", "epochs": 15})])
+    tag = leaderboard.config_tag({"family": "cnn", "epochs": 1})
+    assert [(r["name"], r["val_macro_f1"], r["config"]["epochs"]) for r in longer] == [
+        ("cnn-a", 0.7, 15),
+        (f"cnn-a@{tag}", 0.55, 1),
+    ]
+    assert "superseded" in longer[1]["source"] and tag == leaderboard.config_tag({"epochs": 1, "family": "cnn"})
+
+
 def test_rows_from_other_data_are_refused() -> None:
     committed = leaderboard.merge([], [row("ann-a", 0.3)])
     with pytest.raises(ValueError, match="different data"):

@@ -3,13 +3,15 @@
 Run folders live in the trainer's work dir, which does not survive a fresh checkout; the scores of every
 configuration tried must. `python -m trainer leaderboard` merges the work dir's freshly evaluated rows
 (`<work>/report/leaderboard.json`, from `python -m trainer evaluate`) into the committed file — a
-configuration evaluated again replaces its old row — and rewrites the leaderboard section and plot of
-`docs/evaluation.md`. `python -m trainer report` uses the same merged board.
+configuration evaluated again replaces its old row, a name re-run with another configuration keeps both —
+and rewrites the leaderboard section and plot of `docs/evaluation.md`. `python -m trainer report` uses the
+same merged board.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,15 @@ def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def config_tag(config: dict[str, Any]) -> str:
+    """A short, stable tag of a configuration (the same config always gives the same tag)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def merge(committed: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Union by model name; a freshly evaluated row replaces the committed one. Ranked by validation F1."""
+    """Union by model name; a freshly evaluated row replaces the committed one of the same configuration. A
+    name re-run with another configuration (more epochs, say: run names do not say) keeps the old row as
+    `<name>@<config tag>`, so no configuration tried drops out. Ranked by validation F1."""
     by_name = {r["name"]: r for r in committed}
     hashes = {r["data_hash"] for r in committed if r.get("data_hash")}
     for r in fresh:
@@ -48,7 +57,13 @@ def merge(committed: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[
                 f"{r['name']} was evaluated on data {str(r['data_hash'])[:16]}, the committed leaderboard on "
                 f"{', '.join(h[:16] for h in sorted(hashes))}: scores on different data do not rank together"
             )
-        by_name[r["name"]] = slim(r)
+        new = slim(r)
+        old = by_name.get(new["name"])
+        if old is not None and old.get("config") and new.get("config") and old["config"] != new["config"]:
+            kept = {**old, "name": f"{old['name']}@{config_tag(old['config'])}"}
+            kept["source"] = f"{old['source']}; superseded by a run of another configuration under this name"
+            by_name[kept["name"]] = kept
+        by_name[new["name"]] = new
     return rank(list(by_name.values()))
 
 
