@@ -4,6 +4,10 @@ within 0.5 accuracy points), and time the compute floor of each.
 
     python -m bench.quantize                       # the default sweep; writes bench/results/quantize-*.json
     python -m bench.quantize --configs entropy-conv --save /tmp/int8   # keep one quantised models dir
+    python -m bench.quantize --configs fp16-weights                    # float16 storage, float32 compute
+
+`fp16-weights` is not int8: it stores the large weight tensors as float16 and casts them back to float32 inside
+the graph (compute unchanged), halving the files: what three VGG16 voters need to fit the 120 MB budget.
 
 models/ is never modified. Calibration images come from the training side (never validation or test).
 
@@ -29,6 +33,7 @@ from service.ensemble import majority_vote
 from service.manifest import load_manifest, sha256_file, write_manifest
 from service.preprocessing import to_model_input
 from service.runtime import Ensemble
+from trainer.merge import halve_weights
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,22 @@ CONFIGS: dict[str, QuantConfig] = {
         "Percentile", ("Conv",), keep=("block5_",), reduce_range=True, extra={"CalibPercentile": 99.999}
     ),
 }
+
+
+FP16 = "fp16-weights"
+
+
+def halve_dir(src: Path, dst: Path) -> None:
+    """A copy of the models dir src with halve_weights applied to each ONNX file (manifest sha256 updated)."""
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    manifest = load_manifest(dst)
+    for file in dict.fromkeys(m.file for m in manifest.models):
+        halve_weights(src / file, dst / file)
+        for entry in manifest.models:
+            if entry.file == file:
+                entry.sha256 = sha256_file(dst / file)
+                entry.weights_dtype = "float16"
+    write_manifest(manifest, dst)
 
 
 class _Reader:
@@ -175,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data" / "brain-tumor-mri")
     ap.add_argument("--work", type=Path, default=ROOT / "out")
     ap.add_argument("--calibration-images", type=int, default=128)
-    ap.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    ap.add_argument("--configs", nargs="+", choices=sorted([*CONFIGS, FP16]), default=list(CONFIGS))
     ap.add_argument("--save", type=Path, help="copy the (last) quantised models dir here")
     args = ap.parse_args(argv)
     fp32 = Ensemble.load(args.models_dir)
@@ -206,14 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         f"floor {r['fp32']['floor_ms']:.1f} ms"
     )
     for name in args.configs:
-        cfg = CONFIGS[name]
+        cfg = CONFIGS.get(name)
         with tempfile.TemporaryDirectory() as tmp:
             qdir = Path(tmp) / "int8"
             t0 = time.perf_counter()
-            quantize_dir(args.models_dir, qdir, calib, cfg)
+            if cfg is None:
+                halve_dir(args.models_dir, qdir)
+            else:
+                quantize_dir(args.models_dir, qdir, calib, cfg)
             q = Ensemble.load(qdir)
             res = {
-                "config": asdict(cfg),
+                "config": asdict(cfg) if cfg else {"weights": "float16 storage, float32 compute"},
                 "quantize_s": round(time.perf_counter() - t0, 1),
                 **compare(fp32, q, splits, ref),
                 "floor_ms": floor_ms(q, p.x[te]),
@@ -222,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.save:
                 shutil.copytree(qdir, args.save, dirs_exist_ok=True)
                 saved = load_manifest(args.save)
+                how = f"int8 ({name}: {cfg.method} calibration on {len(calib)} training images)" if cfg else FP16
                 saved.notes = (
-                    f"int8 ({name}: {cfg.method} calibration on {len(calib)} training images) of the float32 "
+                    f"{how} of the float32 "
                     f"ensemble {saved.model_version}. The metrics in this manifest were measured on the float32 "
-                    f"models; this int8 copy measured (python -m bench.quantize): validation accuracy "
+                    f"models; this copy measured (python -m bench.quantize): validation accuracy "
                     f"{res['validation']['accuracy']:.4f} (float32 {ref['validation']['accuracy']:.4f}), official "
                     f"Testing accuracy {res['official_test']['accuracy']:.4f} (float32 "
                     f"{ref['official_test']['accuracy']:.4f}); its vote agrees with float32 on "

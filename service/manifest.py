@@ -47,6 +47,11 @@ class PublicModelEntry(BaseModel):
     params: int
     config: dict[str, Any] = Field(default_factory=dict, description="The grid entry it was trained from.")
     parity_max_abs_diff: float = Field(description="Max |Keras − ONNX| probability on real images at export.")
+    weights_dtype: str = Field(
+        "float32",
+        description="How the ONNX file stores the large weight tensors: float32, or float16 cast back to float32 "
+        "inside the graph (half the size; the operators still compute in float32).",
+    )
     temperature: float = Field(
         1.0, gt=0, description="Calibration: the service reports softmax(logits / temperature), fitted on validation."
     )

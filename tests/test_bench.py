@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.bench import bench_images, check_response, measure_load, measure_service, predict_request
@@ -57,3 +58,36 @@ def test_quantize_keeps_the_configured_nodes_float() -> None:
         f"m{m}/vgg16_transfer_extras_1/vgg16_cam_1/block5_conv{i}_1/BiasAdd" for m in (0, 1) for i in (1, 2, 3)
     }
     assert _kept(shipped, CONFIGS["minmax-conv"]) == []
+
+
+def test_fp16_weights_halve_the_file_and_keep_float32_outputs(tmp_path: Path) -> None:
+    """Large initializers are stored as float16 and cast back inside the graph; small ones stay float32; the
+    outputs stay float32 and move only by the float16 rounding of the weights."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trainer.merge import halve_weights
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (256, 64)).astype(np.float32)
+    b = rng.normal(0, 1, (64,)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    src, dst = tmp_path / "f32.onnx", tmp_path / "f16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert halve_weights(src, dst) == 1
+    inits = {i.name: i.data_type for i in onnx.load(str(dst)).graph.initializer}
+    assert inits == {"w__fp16": TensorProto.FLOAT16, "b": TensorProto.FLOAT}
+    assert dst.stat().st_size < 0.6 * src.stat().st_size
+    x = rng.normal(0, 1, (3, 256)).astype(np.float32)
+    y32 = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
+    y16 = ort.InferenceSession(str(dst)).run(None, {"x": x})[0]
+    expected = x @ w.astype(np.float16).astype(np.float32) + b
+    assert y16.dtype == np.float32 and np.allclose(y16, expected, atol=1e-4)
+    assert 0 < np.abs(y16 - y32).max() < 0.05

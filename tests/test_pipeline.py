@@ -169,6 +169,13 @@ def test_choose_models_respects_rank_size_and_backbone_diversity() -> None:
     assert [r["name"] for r in choose_models(board, 3, max_mb=1000, max_per_backbone=2)] == ["vgg-a", "vgg-b", "huge"]
     with pytest.raises(ValueError, match="only 1 of the 3"):  # vgg-b: same backbone; huge: over budget
         choose_models(board[:3], 3)
+    # three 15M-parameter voters: 180 MB as float32, over a 120 MB budget; 90 MB stored as float16
+    three = [row(f"vgg-{i}", 0.9 - i / 100, 15_000_000, "vgg16") for i in range(3)]
+    with pytest.raises(ValueError, match="only 2 of the 3"):
+        choose_models(three, 3, max_per_backbone=3)
+    assert len(choose_models(three, 3, max_per_backbone=3, weights_dtype="float16")) == 3
+    with pytest.raises(ValueError, match="weights_dtype"):
+        choose_models(three, 3, weights_dtype="int4")
 
 
 def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
@@ -196,8 +203,14 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
     assert len(np.intersect1d(np.concatenate([fit, va]), te)) == 0
     result = json.loads((work / "runs" / board[0]["name"] / "result.json").read_text())
     assert result["n_train"] == len(fit) and result["n_val"] == len(va)
-    run("export", *common, "--models-dir", str(models), "--select", "top", cwd=ROOT)
+    run("export", *common, "--models-dir", str(models), "--select", "top", "--weights-dtype", "float16", cwd=ROOT)
     manifest = load_manifest(models)
+    # float16 storage: the ANNs' big kernels are float16 in the (merged) file, checked against Keras at export
+    import onnx
+
+    assert all(m.weights_dtype == "float16" and m.parity_max_abs_diff <= 1e-2 for m in manifest.models)
+    graph = onnx.load(str(models / manifest.models[0].file)).graph
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer) == 3
     assert set(manifest.ensemble.metrics) == {"validation", "pooled_test"}
     assert manifest.ensemble.metrics["pooled_test"].n == len(te)
     assert "pooled" in manifest.ensemble.metrics["pooled_test"].split

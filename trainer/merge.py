@@ -28,6 +28,38 @@ NONDETERMINISTIC = {
 }
 
 
+FP16_MIN_ELEMENTS = 1024  # smaller tensors (biases, BatchNorm/Mahalanobis statistics) stay float32
+
+
+def halve_weights(src: Path, dst: Path, min_elements: int = FP16_MIN_ELEMENTS) -> int:
+    """Rewrite the ONNX file src to dst with every float32 initializer of at least min_elements stored as
+    float16 and cast back to float32 by a Cast node in front of the graph: the operators still compute in
+    float32, on weights rounded to float16. Returns how many initializers were halved."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inputs = {i.name for i in graph.input}  # an initializer that is also a graph input can be overridden: kept
+    kept, casts, n = [], [], 0
+    for init in graph.initializer:
+        small = int(np.prod(init.dims)) < min_elements
+        if init.data_type != onnx.TensorProto.FLOAT or small or init.name in inputs:
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{init.name}__fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], name=f"{init.name}__to_fp32", to=1))
+        n += 1
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return n
+
+
 def prefix(i: int) -> str:
     return f"m{i}/"
 
