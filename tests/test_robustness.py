@@ -1,0 +1,64 @@
+"""The acquisition-shift check of an exported ensemble (trainer/robustness.py) and its report section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.preprocessing import decode_image
+from service.runtime import Ensemble
+from tests.conftest import MRI_FIXTURES
+from trainer.report import ROBUSTNESS_SECTION, replace_section, robustness_section
+from trainer.robustness import SHIFTS, measure, plot_robustness
+
+FIXTURES = sorted(MRI_FIXTURES.rglob("*.jpg"))
+
+
+def test_every_shift_keeps_a_grey_uint8_image_and_changes_it() -> None:
+    img = decode_image(FIXTURES[0].read_bytes())
+    for name, _, shift in SHIFTS:
+        out = shift(img, 3)
+        assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3, name
+        assert (out.max(axis=2) == out.min(axis=2)).all(), f"{name}: a grey image must stay grey"
+        if name == "none":
+            assert out is img
+        else:
+            assert out.shape != img.shape or not np.array_equal(out, img), f"{name} changed nothing"
+    noise = dict((n, f) for n, _, f in SHIFTS)["noise σ 8"]
+    assert np.array_equal(noise(img, 3), noise(img, 3)) and not np.array_equal(noise(img, 3), noise(img, 4))
+    dark = dict((n, f) for n, _, f in SHIFTS)["brightness ×0.5"](img, 0)
+    assert dark.astype(int).max() <= img.astype(int).max() // 2 + 1
+
+
+def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path, tmp_path: Path) -> None:
+    paths = [str(p.relative_to(MRI_FIXTURES)) for p in FIXTURES[:6]]
+    y = np.arange(6) % 4
+    ensemble = Ensemble.load(tiny_models)
+    r = measure(ensemble, MRI_FIXTURES, paths, y, batch=4)
+    assert r["n"] == 6 and list(r["shifts"]) == [name for name, _, _ in SHIFTS]
+    none = r["shifts"]["none"]
+    assert none["agreement_with_unshifted"] == 1.0
+    labels = np.array([p.label for p in ensemble.predict_batch(np.stack([_crop(MRI_FIXTURES / p) for p in paths]))])
+    assert none["accuracy"] == pytest.approx(float((labels == y).mean()), abs=1e-4)
+    for m in r["shifts"].values():
+        assert all(0 <= m[k] <= 1 for k in ("accuracy", "macro_f1", "agreement_with_unshifted", "failed_crops"))
+    # the section: one row per shift, inserted before the not-an-MRI section, then replaced in place
+    docs = tmp_path / "docs"
+    (docs / "img").mkdir(parents=True)
+    (docs / "evaluation.md").write_text("# E\n\n## Not an MRI? (warnings)\n\nx\n")
+    lines = robustness_section(r)
+    assert lines[0] == ROBUSTNESS_SECTION and sum(line.startswith("| ") for line in lines) == len(SHIFTS) + 1
+    replace_section(docs, lines, ["## Not an MRI? (warnings)"])
+    replace_section(docs, lines, ["## Not an MRI? (warnings)"])
+    text = (docs / "evaluation.md").read_text()
+    assert text.count(ROBUSTNESS_SECTION) == 1 and text.index(ROBUSTNESS_SECTION) < text.index("## Not an MRI?")
+    plot_robustness(r, docs / "img" / "robustness.png")
+    assert (docs / "img" / "robustness.png").stat().st_size > 0
+
+
+def _crop(path: Path) -> np.ndarray:
+    from service.preprocessing import preprocess_bytes
+
+    return preprocess_bytes(path.read_bytes()).image

@@ -1,0 +1,160 @@
+"""How the exported ensemble holds up when the same slices look different.
+
+Images from other scanners, protocols and exports differ from this dataset in brightness, contrast, sharpness,
+noise, orientation, resolution and compression. Each shift below is applied to the decoded image *before* the
+shared crop (as it would be on an uploaded file), then the service's own code path runs: crop → ensemble →
+vote → warnings. Measured on the validation split (the official Testing split carries a shift of its own,
+which would mix with these); nothing is selected or tuned on these numbers.
+
+    python -m trainer robustness --docs docs    # ~5 min on 2 cores; <work>/report/robustness.json + plot
+
+Research tool, not for clinical use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from service.plausibility import input_warnings
+from service.preprocessing import crop_and_resize, decode_image
+from service.runtime import Ensemble
+from trainer.metrics import compute_metrics
+from trainer.progress import progress
+
+SMALL_BOX = 0.2  # a crop box under 20 % of the image is a failed crop (18 of 3264 dataset images, unshifted)
+REFERENCE_SIDE = 512  # the dataset's usual side: blur and noise are defined at this size
+
+
+def _scaled(img: np.ndarray, factor: float) -> np.ndarray:
+    return np.clip(img.astype(np.float32) * factor, 0, 255).astype(np.uint8)
+
+
+def _gamma(img: np.ndarray, g: float) -> np.ndarray:
+    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** g, 0, 255).astype(np.uint8)
+    return lut[img]
+
+
+def _contrast(img: np.ndarray, factor: float) -> np.ndarray:
+    mean = float(img.mean())
+    return np.clip(mean + (img.astype(np.float32) - mean) * factor, 0, 255).astype(np.uint8)
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    s = sigma * max(img.shape[:2]) / REFERENCE_SIDE
+    return cv2.GaussianBlur(img, (0, 0), s)
+
+
+def _noise(img: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    grey = rng.normal(0, sigma, img.shape[:2])[..., None]  # the same on every channel: a grey image stays grey
+    return np.clip(img.astype(np.float32) + grey, 0, 255).astype(np.uint8)
+
+
+def _rotate(img: np.ndarray, degrees: float) -> np.ndarray:
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+
+
+def _downscale(img: np.ndarray, side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    f = side / max(h, w)
+    return img if f >= 1 else cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise RuntimeError("JPEG decoding failed")
+    return np.ascontiguousarray(decoded[..., ::-1])
+
+
+# (name, family, shift of a uint8 RGB image; the int is the image's index, for seeded noise)
+SHIFTS: list[tuple[str, str, Callable[[np.ndarray, int], np.ndarray]]] = [
+    ("none", "none", lambda im, i: im),
+    ("brightness ×0.5", "intensity", lambda im, i: _scaled(im, 0.5)),
+    ("brightness ×0.7", "intensity", lambda im, i: _scaled(im, 0.7)),
+    ("brightness ×1.4", "intensity", lambda im, i: _scaled(im, 1.4)),
+    ("gamma 0.6 (brighter darks)", "intensity", lambda im, i: _gamma(im, 0.6)),
+    ("gamma 1.6 (darker darks)", "intensity", lambda im, i: _gamma(im, 1.6)),
+    ("contrast ×0.6", "intensity", lambda im, i: _contrast(im, 0.6)),
+    ("blur σ 2 px", "sharpness", lambda im, i: _blur(im, 2.0)),
+    ("blur σ 4 px", "sharpness", lambda im, i: _blur(im, 4.0)),
+    ("noise σ 8", "noise", lambda im, i: _noise(im, 8.0, i)),
+    ("noise σ 16", "noise", lambda im, i: _noise(im, 16.0, i)),
+    ("rotation 10°", "geometry", lambda im, i: _rotate(im, 10.0)),
+    ("rotation 25°", "geometry", lambda im, i: _rotate(im, 25.0)),
+    ("downscaled to 128 px", "resolution", lambda im, i: _downscale(im, 128)),
+    ("JPEG quality 20", "compression", lambda im, i: _jpeg(im, 20)),
+]
+
+
+def measure(ensemble: Ensemble, data: Path, paths: list[str], y: np.ndarray, batch: int = 32) -> dict[str, Any]:
+    """For each shift: accuracy and macro-F1 of the vote, agreement with the unshifted vote, the share of
+    failed crops (box < SMALL_BOX of the image) and of images given a not-an-MRI warning."""
+    if SHIFTS[0][0] != "none":
+        raise ValueError("the first shift must be 'none' (the reference)")
+    originals = [decode_image((data / p).read_bytes()) for p in paths]
+    labels: list[list[int]] = [[] for _ in SHIFTS]
+    small, flagged = [0] * len(SHIFTS), [0] * len(SHIFTS)
+    jobs = [(k, start) for k in range(len(SHIFTS)) for start in range(0, len(paths), batch)]
+    for k, start in progress(jobs, len(jobs), "robustness"):
+        shift, crops = SHIFTS[k][2], []
+        for i in range(start, min(start + batch, len(paths))):
+            shifted = shift(originals[i], i)
+            crop = crop_and_resize(shifted)
+            x0, y0, x1, y1 = crop.box
+            small[k] += (x1 - x0) * (y1 - y0) < SMALL_BOX * shifted.shape[0] * shifted.shape[1]
+            crops.append(crop)
+        for crop, pred in zip(crops, ensemble.predict_batch(np.stack([c.image for c in crops])), strict=True):
+            labels[k].append(pred.label)
+            warns = input_warnings(
+                crop.image, crop.fallback, pred.ood_scores, ensemble.ood_thresholds, ensemble.background_threshold
+            )
+            flagged[k] += bool(warns)
+    reference = np.asarray(labels[0])
+    out: dict[str, Any] = {"n": len(paths), "shifts": {}}
+    for k, (name, family, _) in enumerate(SHIFTS):
+        pred_y = np.asarray(labels[k])
+        m = compute_metrics(y, None, ensemble.manifest.classes, "validation", y_pred=pred_y)
+        out["shifts"][name] = {
+            "family": family,
+            "accuracy": round(float(m["accuracy"]), 4),
+            "macro_f1": round(float(m["macro_f1"]), 4),
+            "agreement_with_unshifted": round(float((pred_y == reference).mean()), 4),
+            "failed_crops": round(small[k] / len(paths), 4),
+            "flagged": round(flagged[k] / len(paths), 4),
+        }
+    return out
+
+
+def plot_robustness(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(r["shifts"])[::-1]
+    acc = [r["shifts"][n]["accuracy"] for n in names]
+    agree = [r["shifts"][n]["agreement_with_unshifted"] for n in names]
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.32 * len(names)))
+    ax.barh(y + 0.2, acc, height=0.4, label="accuracy of the vote")
+    ax.barh(y - 0.2, agree, height=0.4, label="vote unchanged by the shift")
+    ax.axvline(r["shifts"]["none"]["accuracy"], color="k", lw=0.8, ls="--", label="accuracy, unshifted")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=3, fontsize=7)
+    ax.set_title(f"Robustness to acquisition shifts (validation, n = {r['n']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
