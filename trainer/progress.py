@@ -21,7 +21,8 @@ def progress(items: Iterable[T], total: int, label: str) -> Iterator[T]:
             elapsed = time.monotonic() - start
             rate = done / elapsed if elapsed > 0 else 0.0
             eta = (total - done) / rate if rate > 0 else 0.0
-            line = f"{label}: {done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:.0f}/s eta {eta:.0f}s"
+            speed = f"{rate:.0f}/s" if rate >= 10 else f"{rate:.2g}/s"  # slow steps: not "0/s"
+            line = f"{label}: {done}/{total} ({100 * done / max(total, 1):.0f}%) {speed} eta {eta:.0f}s"
             stream.write(("\r" + line) if tty else line + "\n")
             stream.flush()
     if tty:
