@@ -97,6 +97,18 @@ def _prepare_for_shipped(args: argparse.Namespace):  # type: ignore[no-untyped-d
     return manifest, p
 
 
+def _shipped_validation(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """(manifest, prepared data, validation indices of its models) for an exported models/ dir, or None when
+    the data hash differs."""
+    from trainer.train import evaluation_indices
+
+    loaded = _prepare_for_shipped(args)
+    if loaded is None:
+        return None
+    manifest, p = loaded
+    return manifest, p, evaluation_indices(p, manifest.models[0].config)[0]
+
+
 def _evaluate_shipped(args: argparse.Namespace) -> int:
     """Recompute the ensemble metrics of an exported models/ dir and compare them with its manifest."""
     from trainer.export import evaluate_ensemble
@@ -158,13 +170,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from service.manifest import load_manifest
     from trainer.export import _models_readme
     from trainer.merge import merge_models_dir
-    from trainer.train import evaluation_indices
 
-    loaded = _prepare_for_shipped(args)
+    loaded = _shipped_validation(args)
     if loaded is None:
         return 2
-    manifest, p = loaded
-    va, _ = evaluation_indices(p, manifest.models[0].config)
+    _, p, va = loaded
     merge_models_dir(args.models_dir, p.x[va[:32]])
     (args.models_dir / "README.md").write_text(_models_readme(load_manifest(args.models_dir)))
     return 0
@@ -219,16 +229,14 @@ def cmd_nonmri(args: argparse.Namespace) -> int:
 def cmd_robustness(args: argparse.Namespace) -> int:
     import json
 
+    from service.runtime import Ensemble
     from trainer.report import load_robustness, update_robustness_docs
     from trainer.robustness import measure
-    from trainer.train import evaluation_indices
 
-    loaded = _prepare_for_shipped(args)
+    loaded = _shipped_validation(args)
     if loaded is None:
         return 2
-    manifest, p = loaded
-    va, _ = evaluation_indices(p, manifest.models[0].config)
-    from service.runtime import Ensemble
+    manifest, p, va = loaded
 
     standardise = None
     if args.standardise:
