@@ -110,8 +110,10 @@ def measure_sizes(images: list[bytes], n: int = 40) -> dict[str, dict[str, float
 def measure_floor(models_dir: Path, images: list[bytes], threads: int, n: int) -> dict[str, float]:
     ensemble = Ensemble.load(models_dir, threads=threads)
 
+    params = ensemble.manifest.preprocessing
+
     def once(i: int) -> None:
-        crop = preprocess_bytes(images[i % len(images)])
+        crop = preprocess_bytes(images[i % len(images)], params=params)
         ensemble.run_with(to_model_input(crop.image), "ood_score")  # the outputs /v1/predict asks for
 
     return timed(once, n)
@@ -138,7 +140,7 @@ def measure_keras(models_dir: Path, images: list[bytes], n: int, runs: Path) -> 
             origin.append("same architecture, untrained weights")
 
     def once(i: int) -> None:
-        x = to_model_input(preprocess_bytes(images[i % len(images)]).image)
+        x = to_model_input(preprocess_bytes(images[i % len(images)], params=manifest.preprocessing).image)
         for m in models:
             m.predict(x, verbose=0)
 

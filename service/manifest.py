@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.confidence import UncertaintyRule
 from service.plausibility import FLAT_BACKDROP_SPREAD
+from service.preprocessing import preprocessing_version
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -116,9 +117,18 @@ class PublicManifest(BaseModel):
     classes: list[str] = Field(min_length=2, description="Class names in output order: the only list of them.")
     input: TensorSpec
     output: TensorSpec
-    preprocessing: dict[str, Any]
+    preprocessing: dict[str, Any] = Field(
+        description="How an image becomes the models' input (service/preprocessing.py implements each version "
+        "exactly; a manifest asking for anything else is refused at start-up)."
+    )
     models: list[PublicModelEntry] = Field(min_length=1)
     ensemble: EnsembleInfo
+
+    @field_validator("preprocessing")
+    @classmethod
+    def _implemented(cls, v: dict[str, Any]) -> dict[str, Any]:
+        preprocessing_version(v)
+        return v
 
 
 class Manifest(PublicManifest):

@@ -8,9 +8,12 @@ Contract of the models' input (also written into the manifest):
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # A backstop for OpenCV's own decoder; we check declared dimensions before decoding as well.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(100_000_000))
@@ -29,21 +32,61 @@ MORPH_ITERATIONS = 2
 MIN_CONTOUR_AREA_FRACTION = 0.01  # a "brain" smaller than 1% of the image is noise → fall back
 MIN_CROP_SIDE = 8
 
-PREPROCESSING_PARAMS = {
+# Intensity normalisation (preprocessing version 2): before the crop, scale the image linearly so that its
+# 99th grey-level percentile lands on INTENSITY_TARGET. Exports differ in brightness between scanners and
+# collections, and in this dataset brightness is confounded with the class (official Training: glioma images
+# are darkest, median 99th percentile 160, no_tumor brightest, 227), a shortcut the models learn otherwise.
+INTENSITY_PERCENTILE = 99.0
+INTENSITY_TARGET = 175.0  # the median of that percentile over the official Training images (measured)
+INTENSITY_MIN_LEVEL = 16  # darker than this there is nothing to scale (a blank image): left alone
+
+_CROP_PARAMS = {
+    "method": "largest_external_contour_extreme_points",
+    "blur_kernel": BLUR_KERNEL,
+    "threshold": THRESHOLD,
+    "morph_iterations": MORPH_ITERATIONS,
+    "min_contour_area_fraction": MIN_CONTOUR_AREA_FRACTION,
+}
+# Version 1 (no intensity step): what the models exported before version 2 were trained on. A manifest
+# declares the preprocessing its models need; the service applies exactly that (check_preprocessing).
+PREPROCESSING_V1: dict[str, Any] = {
     "image_size": IMAGE_SIZE,
     "channel_order": CHANNEL_ORDER,
     "dtype": "float32",
     "value_range": [0.0, 255.0],
     "layout": "NHWC",
-    "crop": {
-        "method": "largest_external_contour_extreme_points",
-        "blur_kernel": BLUR_KERNEL,
-        "threshold": THRESHOLD,
-        "morph_iterations": MORPH_ITERATIONS,
-        "min_contour_area_fraction": MIN_CONTOUR_AREA_FRACTION,
-    },
+    "crop": _CROP_PARAMS,
     "resize_interpolation": "INTER_AREA",
 }
+PREPROCESSING_V2: dict[str, Any] = {
+    "version": 2,
+    **PREPROCESSING_V1,
+    "intensity": {
+        "method": "scale_grey_percentile_before_crop",
+        "percentile": INTENSITY_PERCENTILE,
+        "target": INTENSITY_TARGET,
+        "min_level": INTENSITY_MIN_LEVEL,
+    },
+}
+PREPROCESSING_VERSIONS: dict[int, dict[str, Any]] = {1: PREPROCESSING_V1, 2: PREPROCESSING_V2}
+PREPROCESSING_PARAMS = PREPROCESSING_V2  # what new training runs use
+
+
+def preprocessing_version(params: Mapping[str, Any]) -> int:
+    """The version of a manifest's `preprocessing` block; ValueError when this code does not implement it
+    exactly (a model fed differently prepared pixels would answer confidently and wrongly)."""
+    version = params.get("version", 1)
+    known = PREPROCESSING_VERSIONS.get(version) if isinstance(version, int) else None
+    if known is None:
+        raise ValueError(
+            f"preprocessing version {version!r} is not implemented here (known: {sorted(PREPROCESSING_VERSIONS)})"
+        )
+    if json.loads(json.dumps(params)) != json.loads(json.dumps(known)):
+        diff = sorted(k for k in set(params) | set(known) if params.get(k) != known.get(k))
+        raise ValueError(
+            f"preprocessing version {version} differs from what this code implements in: {', '.join(diff)}"
+        )
+    return version
 
 
 class ImageDecodeError(ValueError):
@@ -205,10 +248,31 @@ def find_brain_box(rgb: np.ndarray) -> tuple[tuple[int, int, int, int], bool]:
     return (x0, y0, x1, y1), False
 
 
-def crop_and_resize(rgb: np.ndarray, size: int = IMAGE_SIZE) -> CropResult:
-    """Crop to the brain and resize to size×size. Input and output are uint8 RGB."""
+def grey_percentile(rgb: np.ndarray, percentile: float) -> int:
+    """The grey level below which `percentile` % of the image's pixels lie (exact, from the histogram)."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    cumulative = np.bincount(grey.ravel(), minlength=256).cumsum()
+    return int(np.searchsorted(cumulative, percentile / 100.0 * cumulative[-1]))
+
+
+def normalise_intensity(rgb: np.ndarray) -> np.ndarray:
+    """Version 2's intensity step: linear scaling that puts the grey 99th percentile at INTENSITY_TARGET."""
+    level = grey_percentile(rgb, INTENSITY_PERCENTILE)
+    if level < INTENSITY_MIN_LEVEL:
+        return rgb
+    lut = np.clip(np.rint(np.arange(256, dtype=np.float32) * (INTENSITY_TARGET / level)), 0, 255).astype(np.uint8)
+    return lut[rgb]
+
+
+def crop_and_resize(
+    rgb: np.ndarray, size: int = IMAGE_SIZE, params: Mapping[str, Any] = PREPROCESSING_PARAMS
+) -> CropResult:
+    """(Version 2: normalise the intensity, then) crop to the brain and resize to size×size. `params` is the
+    manifest's preprocessing block. Input and output are uint8 RGB; the box is in the input's coordinates."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected uint8 RGB H×W×3, got {rgb.dtype} {rgb.shape}")
+    if preprocessing_version(params) >= 2:
+        rgb = normalise_intensity(rgb)
     box, fallback = find_brain_box(rgb)
     x0, y0, x1, y1 = box
     crop = rgb[y0:y1, x0:x1]
@@ -218,9 +282,15 @@ def crop_and_resize(rgb: np.ndarray, size: int = IMAGE_SIZE) -> CropResult:
     return CropResult(np.ascontiguousarray(resized), box, fallback)
 
 
-def preprocess_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int | None = None) -> CropResult:
-    """Uploaded or on-disk file bytes → the 150×150 uint8 RGB crop the models see."""
-    return crop_and_resize(decode_image(data, max_pixels, frame))
+def preprocess_bytes(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    frame: int | None = None,
+    params: Mapping[str, Any] = PREPROCESSING_PARAMS,
+) -> CropResult:
+    """Uploaded or on-disk file bytes → the 150×150 uint8 RGB crop the models see (under `params`, the
+    manifest's preprocessing block)."""
+    return crop_and_resize(decode_image(data, max_pixels, frame), IMAGE_SIZE, params)
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from service.preprocessing import preprocess_bytes
+from service.preprocessing import PREPROCESSING_PARAMS, PREPROCESSING_V1, PREPROCESSING_V2, preprocess_bytes
 from tests.conftest import MRI_FIXTURES
+from trainer.cli import PREPROCESSING_FILE, work_preprocessing
 from trainer.data import CLASSES, TEST, TRAIN, duplicate_groups, phash, prepare, report, scan, split_train_val
 
 
@@ -52,6 +54,25 @@ def test_cache_is_reused_and_matches_shared_preprocessing(tmp_path: Path) -> Non
     for i, rel in enumerate(p1.paths):
         service_view = preprocess_bytes((MRI_FIXTURES / str(rel)).read_bytes()).image
         assert service_view.tobytes() == p1.x[i].tobytes(), rel
+
+
+def test_each_preprocessing_version_has_its_own_cache_and_parity(tmp_path: Path) -> None:
+    v1 = prepare(MRI_FIXTURES, tmp_path, preprocessing=PREPROCESSING_V1)
+    v2 = prepare(MRI_FIXTURES, tmp_path, preprocessing=PREPROCESSING_V2)
+    assert len(list(tmp_path.glob("prepared-*.npz"))) == 2 and v1.data_hash != v2.data_hash
+    assert (v1.preprocessing, v2.preprocessing) == (PREPROCESSING_V1, PREPROCESSING_V2)
+    assert np.abs(v1.x.astype(int) - v2.x.astype(int)).mean() > 1  # version 2 really rescaled these slices
+    for p, params in ((v1, PREPROCESSING_V1), (v2, PREPROCESSING_V2)):
+        rel = str(p.paths[3])
+        assert preprocess_bytes((MRI_FIXTURES / rel).read_bytes(), params=params).image.tobytes() == p.x[3].tobytes()
+
+
+def test_a_work_dir_remembers_its_preprocessing(tmp_path: Path) -> None:
+    assert work_preprocessing(tmp_path) == PREPROCESSING_PARAMS  # a new work dir: the current version
+    (tmp_path / "runs" / "cnn-old").mkdir(parents=True)
+    assert work_preprocessing(tmp_path) == PREPROCESSING_V1  # runs from before versioning: version 1
+    (tmp_path / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING_V2))
+    assert work_preprocessing(tmp_path) == PREPROCESSING_V2  # recorded by its first `train`
 
 
 def test_phash_robust_to_reencoding() -> None:

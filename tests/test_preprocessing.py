@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -13,12 +14,18 @@ from hypothesis import strategies as st
 
 from service.preprocessing import (
     IMAGE_SIZE,
+    INTENSITY_TARGET,
+    PREPROCESSING_V1,
+    PREPROCESSING_V2,
     ImageDecodeError,
     crop_and_resize,
     declared_size,
     decode_image,
     find_brain_box,
+    grey_percentile,
+    normalise_intensity,
     preprocess_bytes,
+    preprocessing_version,
     sniff_format,
     to_rgb_uint8,
 )
@@ -111,3 +118,38 @@ def test_random_dimensions_decode_and_crop(w: int, h: int, value: int, ext: str)
     assert result.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     x0, y0, x1, y1 = result.box
     assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+def test_intensity_normalisation_hides_a_change_of_brightness(mri_jpeg: bytes) -> None:
+    # Version 2 scales the grey 99th percentile to the target before the crop: the same slice exported darker
+    # or brighter gives (nearly, up to rounding) the same crop and box; version 1 passes the change through.
+    img = decode_image(mri_jpeg)
+    assert abs(grey_percentile(normalise_intensity(img), 99) - INTENSITY_TARGET) <= 1
+    base = {v: crop_and_resize(img, params=pre) for v, pre in ((1, PREPROCESSING_V1), (2, PREPROCESSING_V2))}
+    for factor in (0.5, 0.7, 1.3):
+        shifted = np.clip(img.astype(np.float32) * factor, 0, 255).astype(np.uint8)
+        v1 = crop_and_resize(shifted, params=PREPROCESSING_V1)
+        v2 = crop_and_resize(shifted, params=PREPROCESSING_V2)
+        assert np.abs(v1.image.astype(int) - base[1].image.astype(int)).mean() > 10, factor
+        assert np.abs(v2.image.astype(int) - base[2].image.astype(int)).mean() < 2.5, factor
+        assert max(abs(a - b) for a, b in zip(v2.box, base[2].box, strict=True)) <= 3, factor
+
+
+def test_intensity_normalisation_leaves_blank_images_alone() -> None:
+    dim = np.full((64, 64, 3), 10, np.uint8)  # below INTENSITY_MIN_LEVEL: nothing to scale
+    assert normalise_intensity(dim) is dim
+    assert crop_and_resize(dim, params=PREPROCESSING_V2).fallback
+
+
+def test_preprocessing_versions_are_checked_exactly() -> None:
+    assert preprocessing_version(PREPROCESSING_V1) == 1
+    assert preprocessing_version(PREPROCESSING_V2) == 2
+    assert preprocessing_version(json.loads(json.dumps(PREPROCESSING_V2))) == 2  # as read from a manifest
+    with pytest.raises(ValueError, match="version 7 is not implemented"):
+        preprocessing_version({**PREPROCESSING_V2, "version": 7})
+    with pytest.raises(ValueError, match="in: intensity"):
+        preprocessing_version({**PREPROCESSING_V2, "intensity": {**PREPROCESSING_V2["intensity"], "target": 150.0}})
+    with pytest.raises(ValueError, match="in: image_size"):
+        preprocessing_version({**PREPROCESSING_V1, "image_size": 224})
+    with pytest.raises(ValueError, match="in: crop"):
+        crop_and_resize(np.zeros((32, 32, 3), np.uint8), params={**PREPROCESSING_V1, "crop": {}})

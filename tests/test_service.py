@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from service import DISCLAIMER
 from service.config import Settings
 from service.ensemble import majority_vote
 from service.main import create_app
-from service.preprocessing import preprocess_bytes
+from service.preprocessing import PREPROCESSING_VERSIONS, preprocess_bytes
 from service.runtime import Ensemble
 from tests.conftest import CLASSES, make_tiny_ensemble
 
@@ -96,6 +97,27 @@ def test_include_input_returns_the_150px_crop(client: TestClient, mri_jpeg: byte
     assert crop.shape == (150, 150, 3)
     expected = preprocess_bytes(mri_jpeg).image
     np.testing.assert_array_equal(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), expected)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_crop_follows_the_manifests_preprocessing_version(tmp_path: Path, mri_jpeg: bytes, version: int) -> None:
+    # Models exported before version 2 keep getting version-1 crops: the manifest, not the code's default, decides.
+    make_tiny_ensemble(tmp_path / "m")
+    path = tmp_path / "m" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["preprocessing"] = PREPROCESSING_VERSIONS[version]
+    path.write_text(json.dumps(manifest))
+    dark = cv2.imencode(
+        ".jpg", (cv2.imdecode(np.frombuffer(mri_jpeg, np.uint8), cv2.IMREAD_COLOR) * 0.6).astype(np.uint8)
+    )[1]
+    with make_client(tmp_path / "m") as c:
+        r = post(c, dark.tobytes(), params={"include_input": "true"})
+    assert r.status_code == 200, r.text
+    png = base64.b64decode(r.json()["input_png_base64"])
+    served = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    expected = {v: preprocess_bytes(dark.tobytes(), params=PREPROCESSING_VERSIONS[v]).image for v in (1, 2)}
+    assert np.abs(expected[1].astype(int) - expected[2].astype(int)).mean() > 10  # the versions differ here
+    np.testing.assert_array_equal(served, expected[version])
 
 
 def test_class_names_come_from_the_manifest(tmp_path: Path, mri_jpeg: bytes) -> None:

@@ -63,6 +63,22 @@ def test_missing_or_invalid_manifest(tmp_path: Path, models_copy: Path) -> None:
         Ensemble.load(models_copy)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda pre: pre.update(version=3), r"preprocessing version 3 is not implemented"),
+        (lambda pre: pre["crop"].update(threshold=50), r"preprocessing version \d differs .* in: crop"),
+        (lambda pre: pre.pop("intensity"), r"preprocessing version 2 differs .* in: intensity"),
+    ],
+)
+def test_a_manifest_asking_for_other_preprocessing_is_refused(models_copy: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    manifest = json.loads((models_copy / "manifest.json").read_text())
+    change(manifest["preprocessing"])
+    (models_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"(?s)manifest\.json: invalid manifest .*" + message):
+        Ensemble.load(models_copy)
+
+
 def test_lifespan_fails_so_the_app_never_serves(models_copy: Path) -> None:
     (models_copy / "tiny0.onnx").unlink()
     with pytest.raises(ModelLoadError), TestClient(create_app(Settings(models_dir=models_copy))):

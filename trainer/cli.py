@@ -34,10 +34,30 @@ def cache_dir(args: argparse.Namespace) -> Path:
     return Path(args.cache) if args.cache is not None else Path(args.work) / "cache"
 
 
-def _prepare(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def work_preprocessing(work: Path) -> dict:
+    """The preprocessing block a work dir's models are trained with: <work>/preprocessing.json (written by its
+    first `train`); version 1 for a work dir with runs from before preprocessing was versioned; else the
+    current version."""
+    from service.preprocessing import PREPROCESSING_PARAMS, PREPROCESSING_V1
+
+    recorded = work / PREPROCESSING_FILE
+    if recorded.exists():
+        return dict(json.loads(recorded.read_text()))
+    runs = work / "runs"
+    legacy = runs.is_dir() and any(runs.iterdir())
+    return dict(PREPROCESSING_V1 if legacy else PREPROCESSING_PARAMS)
+
+
+def _prepare(args: argparse.Namespace, preprocessing: dict | None = None):  # type: ignore[no-untyped-def]
+    """The prepared dataset under `preprocessing` (default: the work dir's, see work_preprocessing)."""
     from trainer.data import format_report, prepare, report
 
-    p = prepare(args.data, cache_dir(args), args.limit_per_class)
+    if preprocessing is None:
+        preprocessing = work_preprocessing(args.work)
+    p = prepare(args.data, cache_dir(args), args.limit_per_class, preprocessing)
     r = report(p)
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "data_report.json").write_text(json.dumps(r, indent=1))
@@ -66,6 +86,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"no grid entry matches {args.only}", file=sys.stderr)
             return 2
     p = _prepare(args)
+    recorded = args.work / PREPROCESSING_FILE
+    if not recorded.exists():  # the work dir's models are trained with this preprocessing from now on
+        recorded.write_text(json.dumps(p.preprocessing, indent=1) + "\n")
     print(f"training {len(entries)} model(s) from {args.grid}")
     train_grid(entries, p, args.work / "runs", verbose=args.verbose, cache_dir=cache_dir(args))
     return 0
@@ -90,7 +113,7 @@ def _prepare_for_shipped(args: argparse.Namespace):  # type: ignore[no-untyped-d
     manifest = load_manifest(args.models_dir)
     if args.limit_per_class is None:
         args.limit_per_class = manifest.limit_per_class
-    p = _prepare(args)
+    p = _prepare(args, manifest.preprocessing)
     if p.data_hash != manifest.data_hash:
         print(f"data hash {p.data_hash[:12]} differs from the manifest's {manifest.data_hash[:12]}", file=sys.stderr)
         return None
@@ -195,9 +218,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from service.manifest import load_manifest
     from trainer.report import write_report
 
+    manifest = load_manifest(args.models_dir)
     if args.limit_per_class is None:
-        args.limit_per_class = load_manifest(args.models_dir).limit_per_class
-    out = write_report(args.work, args.models_dir, args.docs, _prepare(args), args.data)
+        args.limit_per_class = manifest.limit_per_class
+    out = write_report(args.work, args.models_dir, args.docs, _prepare(args, manifest.preprocessing), args.data)
     print(f"wrote {out}")
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from service.preprocessing import IMAGE_SIZE, PREPROCESSING_PARAMS, preprocess_bytes
+from service.preprocessing import IMAGE_SIZE, PREPROCESSING_PARAMS, preprocess_bytes, preprocessing_version
 from trainer.progress import progress
 
 # The dataset's folder names → the class names the models and the manifest use (in this order).
@@ -50,6 +51,7 @@ class Prepared:
     fallback: np.ndarray  # bool: crop fell back to the whole image
     group: np.ndarray  # int64 duplicate-group id (exact ∪ near duplicates); singletons have their own
     data_hash: str
+    preprocessing: dict[str, Any]  # the manifest-style preprocessing block the crops were made with
 
     def subset(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.x[mask], self.y[mask]
@@ -131,33 +133,41 @@ def duplicate_groups(
     return exact_group, group
 
 
-def _cache_key(root: Path, files: list[tuple[str, int, int]], digests: list[str]) -> str:
+def _cache_key(files: list[tuple[str, int, int]], digests: list[str], preprocessing: Mapping[str, Any]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"format": CACHE_FORMAT, "preprocessing": PREPROCESSING_PARAMS}).encode())
+    h.update(json.dumps({"format": CACHE_FORMAT, "preprocessing": preprocessing}).encode())
     for (rel, split, label), digest in zip(files, digests, strict=True):
         h.update(f"{rel}\0{split}\0{label}\0{digest}\n".encode())
     return h.hexdigest()
 
 
-def prepare(root: Path, cache_dir: Path, limit_per_class: int | None = None) -> Prepared:
-    """Crop/resize every image once; reuse the .npz cache when the inputs' content hash matches."""
+def prepare(
+    root: Path,
+    cache_dir: Path,
+    limit_per_class: int | None = None,
+    preprocessing: Mapping[str, Any] = PREPROCESSING_PARAMS,
+) -> Prepared:
+    """Crop/resize every image once under `preprocessing` (a manifest-style block; default: the current
+    version); reuse the .npz cache when the inputs' content hash and the preprocessing match."""
+    preprocessing_version(preprocessing)  # ValueError for one this code does not implement
     files = scan(root, limit_per_class)
     blobs_digest = []
     for rel, _, _ in progress(files, len(files), "hashing"):
         blobs_digest.append(hashlib.sha256((root / rel).read_bytes()).hexdigest())
-    key = _cache_key(root, files, blobs_digest)
+    key = _cache_key(files, blobs_digest, preprocessing)
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"prepared-{key[:16]}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
-            return Prepared(**{k: z[k] for k in z.files if k != "data_hash"}, data_hash=key)
+            arrays = {k: z[k] for k in z.files if k != "data_hash"}
+            return Prepared(**arrays, data_hash=key, preprocessing=dict(preprocessing))
     n = len(files)
     x = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     hashes = np.zeros(n, np.uint64)
     fallback = np.zeros(n, bool)
     for i, (rel, _, _) in enumerate(progress(files, n, "cropping")):
         data = (root / rel).read_bytes()
-        result = preprocess_bytes(data)
+        result = preprocess_bytes(data, params=preprocessing)
         x[i] = result.image
         fallback[i] = result.fallback
         hashes[i] = phash(data)
@@ -173,9 +183,10 @@ def prepare(root: Path, cache_dir: Path, limit_per_class: int | None = None) -> 
         fallback=fallback,
         group=group,
         data_hash=key,
+        preprocessing=dict(preprocessing),
     )
     tmp = cache.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **{k: v for k, v in prepared.__dict__.items() if k != "data_hash"})
+    np.savez_compressed(tmp, **{k: v for k, v in prepared.__dict__.items() if k not in ("data_hash", "preprocessing")})
     tmp.replace(cache)
     return prepared
 

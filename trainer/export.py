@@ -22,7 +22,7 @@ from service.confidence import apply_temperature
 from service.ensemble import VOTE_RULE, majority_vote
 from service.manifest import Manifest, Metrics, sha256_file, write_manifest
 from service.plausibility import background_levels, lack_backdrop
-from service.preprocessing import PREPROCESSING_PARAMS, to_model_input
+from service.preprocessing import to_model_input
 from service.runtime import Ensemble
 from trainer.calibration import calibration_report, choose_rule, ece, fit_temperature
 from trainer.data import CLASSES, Prepared, protocol_split
@@ -352,7 +352,7 @@ def export_top(
             "classes": CLASSES,
             "input": {"name": INPUT_NAME, "shape": [None, *p.x.shape[1:]], "dtype": "float32"},
             "output": {"name": OUTPUT_NAME, "shape": [None, len(CLASSES)], "dtype": "float32"},
-            "preprocessing": PREPROCESSING_PARAMS,
+            "preprocessing": p.preprocessing,
             "models": entries,
             "ensemble": {"vote": {k: str(v) for k, v in VOTE_RULE.items()}, "metrics": {}},
         }

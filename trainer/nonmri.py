@@ -79,7 +79,7 @@ def flag(ensemble: Ensemble, items: list[tuple[str, bytes]], batch: int = 32) ->
     out: list[tuple[str, list[str]]] = []
     for name, data in items:
         try:
-            crops.append(preprocess_bytes(data))
+            crops.append(preprocess_bytes(data, params=ensemble.manifest.preprocessing))
             names.append(name)
         except ImageDecodeError as e:
             out.append((name, [f"refused ({e.status})"]))

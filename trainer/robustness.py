@@ -148,7 +148,7 @@ def measure(
             shifted = shift(originals[i], i)
             if standardise is not None:
                 shifted = standardise(shifted)
-            crop = crop_and_resize(shifted)
+            crop = crop_and_resize(shifted, params=ensemble.manifest.preprocessing)
             x0, y0, x1, y1 = crop.box
             small[k] += (x1 - x0) * (y1 - y0) < SMALL_BOX * shifted.shape[0] * shifted.shape[1]
             crops.append(crop)

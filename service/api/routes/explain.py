@@ -59,6 +59,6 @@ def explain_crop(ensemble: Ensemble, crop: CropResult) -> tuple[bytes, dict[str,
 async def explain(
     request: Request, frame: int | None = FRAME_QUERY, ensemble: Ensemble = Depends(ready_ensemble)
 ) -> Response:
-    crop = await read_crop(request, frame)
+    crop = await read_crop(request, frame, ensemble)
     png, headers = await run_in_threadpool(explain_crop, ensemble, crop)
     return Response(png, media_type="image/png", headers=headers)

@@ -98,13 +98,15 @@ def format_prediction(
 FRAME_QUERY = Query(None, ge=0, description="Multi-frame DICOM only: the 0-based frame (slice) to use.", examples=[0])
 
 
-async def read_crop(request: Request, frame: int | None) -> CropResult:
-    """The upload (multipart or raw body) decoded and cropped, in the thread pool (parallel across
-    requests); bad uploads become 4xx HTTPExceptions."""
+async def read_crop(request: Request, frame: int | None, ensemble: Ensemble) -> CropResult:
+    """The upload (multipart or raw body) decoded and cropped with the preprocessing the ensemble's manifest
+    declares, in the thread pool (parallel across requests); bad uploads become 4xx HTTPExceptions."""
     body = await request.body()
+    max_pixels = get_state(request).settings.max_image_pixels
+    params = ensemble.manifest.preprocessing
     try:
         data = extract_image(request.headers.get("content-type"), body)
-        return await run_in_threadpool(preprocess_bytes, data, get_state(request).settings.max_image_pixels, frame)
+        return await run_in_threadpool(preprocess_bytes, data, max_pixels, frame, params)
     except (UploadError, ImageDecodeError) as e:
         raise HTTPException(e.status, str(e)) from e
 
@@ -126,7 +128,7 @@ async def predict(
 ) -> dict[str, Any]:
     state = get_state(request)
     start = time.perf_counter()
-    crop = await read_crop(request, frame)
+    crop = await read_crop(request, frame, ensemble)
     # decode + crop ran in the thread pool; the models run batched with whatever other requests wait (batching.py)
     if state.batcher is None:
         raise HTTPException(503, "Models not ready: the inference thread is not running.")
