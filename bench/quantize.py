@@ -22,6 +22,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,17 +72,26 @@ CONFIGS: dict[str, QuantConfig] = {
 FP16 = "fp16-weights"
 
 
-def halve_dir(src: Path, dst: Path) -> None:
-    """A copy of the models dir src with halve_weights applied to each ONNX file (manifest sha256 updated)."""
+def transform_dir(
+    src: Path, dst: Path, transform: Callable[[Path, Path], object], weights_dtype: str | None = None
+) -> None:
+    """A copy of the models dir src with `transform(src file, dst file)` applied once to each distinct ONNX file
+    (a merged file serves several models); the manifest's sha256 (and weights_dtype, when given) updated."""
     shutil.copytree(src, dst, dirs_exist_ok=True)
     manifest = load_manifest(dst)
     for file in dict.fromkeys(m.file for m in manifest.models):
-        halve_weights(src / file, dst / file)
+        transform(src / file, dst / file)
         for entry in manifest.models:
             if entry.file == file:
                 entry.sha256 = sha256_file(dst / file)
-                entry.weights_dtype = "float16"
+                if weights_dtype is not None:
+                    entry.weights_dtype = weights_dtype
     write_manifest(manifest, dst)
+
+
+def halve_dir(src: Path, dst: Path) -> None:
+    """A copy of the models dir src with halve_weights applied to each ONNX file."""
+    transform_dir(src, dst, lambda a, b: halve_weights(a, b), weights_dtype="float16")
 
 
 class _Reader:
@@ -128,28 +138,25 @@ def _kept(path: Path, cfg: QuantConfig) -> list[str]:
 def quantize_dir(src: Path, dst: Path, calib: np.ndarray, cfg: QuantConfig) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-    manifest = load_manifest(dst)
-    for file in dict.fromkeys(m.file for m in manifest.models):  # a merged file is shared by several models
-        path = dst / file
+    input_name = load_manifest(src).input.name
+
+    def quantize(source: Path, target: Path) -> None:
         quantize_static(
-            str(src / file),
-            str(path),
-            _Reader(calib, manifest.input.name),
+            str(source),
+            str(target),
+            _Reader(calib, input_name),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=getattr(CalibrationMethod, cfg.method),
             op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
-            nodes_to_exclude=_kept(src / file, cfg) or None,
+            nodes_to_exclude=_kept(source, cfg) or None,
             reduce_range=cfg.reduce_range,
             extra_options=dict(cfg.extra),
         )
-        for entry in manifest.models:
-            if entry.file == file:
-                entry.sha256 = sha256_file(path)
-    write_manifest(manifest, dst)
+
+    transform_dir(src, dst, quantize)
 
 
 def _files(ensemble: Ensemble) -> list[str]:

@@ -91,3 +91,23 @@ def test_fp16_weights_halve_the_file_and_keep_float32_outputs(tmp_path: Path) ->
     expected = x @ w.astype(np.float16).astype(np.float32) + b
     assert y16.dtype == np.float32 and np.allclose(y16, expected, atol=1e-4)
     assert 0 < np.abs(y16 - y32).max() < 0.05
+
+
+def test_transform_dir_rewrites_each_distinct_file_once_and_its_hashes(tiny_models: Path, tmp_path: Path) -> None:
+    from bench.quantize import transform_dir
+    from service.manifest import load_manifest, sha256_file
+
+    calls: list[str] = []
+
+    def transform(src: Path, dst: Path) -> None:
+        calls.append(src.name)
+        dst.write_bytes(src.read_bytes() + b"changed")
+
+    transform_dir(tiny_models, tmp_path / "out", transform, weights_dtype="float16")
+    manifest = load_manifest(tmp_path / "out")
+    files = [m.file for m in manifest.models]
+    assert sorted(calls) == sorted(set(files))
+    for m in manifest.models:
+        assert m.sha256 == sha256_file(tmp_path / "out" / m.file) != sha256_file(tiny_models / m.file)
+        assert m.weights_dtype == "float16"
+    assert load_manifest(tiny_models).models[0].sha256 == sha256_file(tiny_models / files[0])  # source untouched

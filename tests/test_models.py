@@ -142,6 +142,14 @@ def test_grid_files_expand() -> None:
     assert ftimg["name"] == "transfer-vgg16-d1-hed-ftimg"
     same = {k: v for k, v in ftimg.items() if k not in ("name", "fine_tune_on")}
     assert same == {k: v for k, v in ft.items() if k != "name"}  # the recipe differs in fine_tune_on only
+    # preprocessing version 2: the pooled grid retrains exactly the official grid's recipes
+    official = load_grid(ROOT / "trainer" / "grids" / "intensity-v2.toml")
+    pooled_v2 = load_grid(ROOT / "trainer" / "grids" / "pooled-v2.toml")
+    assert [e["name"] + "-pooled" for e in official] == [e["name"] for e in pooled_v2]
+    for a, b in zip(official, pooled_v2, strict=True):
+        assert {k: v for k, v in a.items() if k not in ("name", "protocol")} == {
+            k: v for k, v in b.items() if k not in ("name", "protocol")
+        }
     with pytest.raises(ValueError, match="protocol must be one of"):
         expand({"defaults": {"protocol": "leaky"}, "ann": [{"dense_layers": 0, "units": 8}]})
 

@@ -54,10 +54,13 @@ def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path
     replace_section(docs, lines, ["## Not an MRI? (warnings)"])
     text = (docs / "evaluation.md").read_text()
     assert text.count(ROBUSTNESS_SECTION) == 1 and text.index(ROBUSTNESS_SECTION) < text.index("## Not an MRI?")
-    with_experiment = robustness_section(r, {**r, "standardise": {"low": 100.0, "high": 250.0, "target": 178.0}})
-    rows = [line for line in with_experiment if line.startswith("| ")]
-    assert "standardised (experiment)" in rows[0] and all(row.count("|") == 8 for row in rows)
-    assert any("(100–250)" in line for line in with_experiment)
+    assert r["preprocessing_version"] == 2 and r["model_version"] == ensemble.manifest.model_version
+    earlier = {**r, "model_version": "old-1", "preprocessing_version": 1}
+    compared = robustness_section(r, earlier)
+    rows = [line for line in compared if line.startswith("| ")]
+    assert "accuracy before (earlier ensemble)" in rows[0] and all(row.count("|") == 8 for row in rows)
+    assert any("`old-1` (preprocessing v1)" in line for line in compared)
+    plot_robustness(r, docs / "img" / "robustness-compared.png", earlier)
     plot_robustness(r, docs / "img" / "robustness.png")
     assert (docs / "img" / "robustness.png").stat().st_size > 0
 
@@ -66,22 +69,3 @@ def _crop(path: Path) -> np.ndarray:
     from service.preprocessing import preprocess_bytes
 
     return preprocess_bytes(path.read_bytes()).image
-
-
-def test_standardise_rescales_only_images_outside_the_training_brightness_range() -> None:
-    from trainer.robustness import Standardise
-
-    rng = np.random.default_rng(0)
-    crops = np.zeros((50, 20, 20, 3), np.uint8)
-    for i, level in enumerate(np.linspace(150, 250, 50)):
-        crops[i, 5:15, 5:15] = int(level)  # a bright square on black: p99 = its level
-    s = Standardise.fit(crops)
-    assert 150 <= s.low < s.target < s.high <= 250
-    inside = np.zeros((40, 40, 3), np.uint8)
-    inside[10:30, 10:30] = 200
-    assert s(inside) is inside
-    dark = (inside // 2).astype(np.uint8)  # level 100: below the training range
-    fixed = s(dark)
-    assert abs(float(np.percentile(fixed.mean(axis=2), 99)) - s.target) <= 1.5
-    noisy = np.clip(dark + rng.integers(0, 3, dark.shape), 0, 255).astype(np.uint8)
-    assert s(noisy).max() > noisy.max()

