@@ -64,6 +64,25 @@ def test_a_name_rerun_with_another_config_keeps_the_old_row() -> None:
     assert "superseded" in longer[1]["source"] and tag == leaderboard.config_tag({"epochs": 1, "family": "cnn"})
 
 
+def test_a_name_rerun_under_another_preprocessing_keeps_the_old_row_and_compares() -> None:
+    # Same images and labels (dataset_hash), other preprocessing (so another data_hash): the scores rank
+    # together, and the version-1 row stays as <name>@v1.
+    old = row("cnn-a", 0.5, data_hash="v1-data")
+    committed = leaderboard.merge([], [old])
+    assert committed[0]["preprocessing_version"] == 1  # rows from before versioning are version 1
+    committed = [{**r, "dataset_hash": "images"} for r in committed]
+    new = row("cnn-a", 0.6, data_hash="v2-data", dataset_hash="images", preprocessing_version=2)
+    merged = leaderboard.merge(committed, [new])
+    assert [(r["name"], r["preprocessing_version"], r["val_macro_f1"]) for r in merged] == [
+        ("cnn-a", 2, 0.6),
+        ("cnn-a@v1", 1, 0.5),
+    ]
+    assert "preprocessing v2" in merged[1]["source"]
+    assert "| v1 |" in "\n".join(leaderboard.section(merged)) and "| v2 |" in "\n".join(leaderboard.section(merged))
+    with pytest.raises(ValueError, match="different data"):
+        leaderboard.merge(committed, [{**new, "dataset_hash": "other images"}])
+
+
 def test_rows_from_other_data_are_refused() -> None:
     committed = leaderboard.merge([], [row("ann-a", 0.3)])
     with pytest.raises(ValueError, match="different data"):

@@ -50,8 +50,9 @@ class Prepared:
     phash: np.ndarray  # uint64 perceptual hash of the original image
     fallback: np.ndarray  # bool: crop fell back to the whole image
     group: np.ndarray  # int64 duplicate-group id (exact ∪ near duplicates); singletons have their own
-    data_hash: str
+    data_hash: str  # of the files, labels, splits and the preprocessing: names the cache and the manifest
     preprocessing: dict[str, Any]  # the manifest-style preprocessing block the crops were made with
+    dataset_hash: str  # of the files, labels and splits only: scores under any preprocessing compare
 
     def subset(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.x[mask], self.y[mask]
@@ -133,9 +134,11 @@ def duplicate_groups(
     return exact_group, group
 
 
-def _cache_key(files: list[tuple[str, int, int]], digests: list[str], preprocessing: Mapping[str, Any]) -> str:
+def _cache_key(files: list[tuple[str, int, int]], digests: list[str], preprocessing: Mapping[str, Any] | None) -> str:
+    """The data hash (with `preprocessing`) or, with None, the dataset hash (the images and labels alone)."""
     h = hashlib.sha256()
-    h.update(json.dumps({"format": CACHE_FORMAT, "preprocessing": preprocessing}).encode())
+    if preprocessing is not None:
+        h.update(json.dumps({"format": CACHE_FORMAT, "preprocessing": preprocessing}).encode())
     for (rel, split, label), digest in zip(files, digests, strict=True):
         h.update(f"{rel}\0{split}\0{label}\0{digest}\n".encode())
     return h.hexdigest()
@@ -155,12 +158,17 @@ def prepare(
     for rel, _, _ in progress(files, len(files), "hashing"):
         blobs_digest.append(hashlib.sha256((root / rel).read_bytes()).hexdigest())
     key = _cache_key(files, blobs_digest, preprocessing)
+    identity: dict[str, Any] = {
+        "data_hash": key,
+        "preprocessing": dict(preprocessing),
+        "dataset_hash": _cache_key(files, blobs_digest, None),
+    }
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"prepared-{key[:16]}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files if k != "data_hash"}
-            return Prepared(**arrays, data_hash=key, preprocessing=dict(preprocessing))
+            return Prepared(**arrays, **identity)
     n = len(files)
     x = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     hashes = np.zeros(n, np.uint64)
@@ -182,11 +190,10 @@ def prepare(
         phash=hashes,
         fallback=fallback,
         group=group,
-        data_hash=key,
-        preprocessing=dict(preprocessing),
+        **identity,
     )
     tmp = cache.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **{k: v for k, v in prepared.__dict__.items() if k not in ("data_hash", "preprocessing")})
+    np.savez_compressed(tmp, **{k: v for k, v in prepared.__dict__.items() if k not in identity})
     tmp.replace(cache)
     return prepared
 

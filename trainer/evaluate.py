@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 import trainer.models  # noqa: F401  (registers the custom layers for loading)
+from service.preprocessing import preprocessing_version
 from trainer.data import CLASSES, Prepared
 from trainer.grid import protocol_of
 from trainer.metrics import compute_metrics
@@ -51,7 +52,9 @@ def evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]
     model_path = run_dir / "model.keras"
     if cached.exists() and cached.stat().st_mtime > model_path.stat().st_mtime:
         row = json.loads(cached.read_text())
-        if row.get("data_hash") == p.data_hash:
+        if row.get("data_hash") == p.data_hash:  # same files and preprocessing: rows from before these keys get them
+            row.setdefault("dataset_hash", p.dataset_hash)
+            row.setdefault("preprocessing_version", preprocessing_version(p.preprocessing))
             return dict(row)
     row = _evaluate_run(run_dir, p, report_dir)
     cached.write_text(json.dumps(row, indent=1))
@@ -109,6 +112,8 @@ def _evaluate_run(run_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any
         "test_glioma_recall": test["per_class"][CLASSES[0]]["recall"],
         "run_dir": str(run_dir),
         "data_hash": p.data_hash,
+        "dataset_hash": p.dataset_hash,
+        "preprocessing_version": preprocessing_version(p.preprocessing),
         "metrics": metrics,
         "config": cfg,
     }

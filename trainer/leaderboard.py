@@ -22,13 +22,21 @@ from trainer.grid import load_grid
 FILE = "leaderboard.json"
 SECTION = "## Leaderboard: every configuration tried"
 NEXT_SECTION = "## Notes on this run"
-KEPT = [c for c in LEADERBOARD_COLUMNS if c != "rank"] + ["protocol", "config", "data_hash", "source"]
+KEPT = [c for c in LEADERBOARD_COLUMNS if c != "rank"] + [
+    "protocol",
+    "preprocessing_version",
+    "config",
+    "data_hash",
+    "dataset_hash",
+    "source",
+]
 
 
 def slim(row: dict[str, Any]) -> dict[str, Any]:
     """The row without its bulky per-class metrics and machine paths; `source` says where it came from."""
     out = {k: row.get(k) for k in KEPT}
     out["protocol"] = out["protocol"] or "official"
+    out["preprocessing_version"] = version_of(out)
     out["source"] = out["source"] or f"python -m trainer evaluate, {dt.date.today().isoformat()}"
     return out
 
@@ -45,21 +53,36 @@ def config_tag(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def version_of(row: dict[str, Any]) -> int:
+    """The preprocessing version a row's model was trained with (rows from before versioning: 1)."""
+    return int(row.get("preprocessing_version") or 1)
+
+
+def _dataset(row: dict[str, Any]) -> str | None:
+    """The images and labels a row was scored on (rows from before dataset_hash: their data_hash)."""
+    return row.get("dataset_hash") or row.get("data_hash")
+
+
 def merge(committed: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Union by model name; a freshly evaluated row replaces the committed one of the same configuration. A
-    name re-run with another configuration (more epochs, say: run names do not say) keeps the old row as
-    `<name>@<config tag>`, so no configuration tried drops out. Ranked by validation F1."""
+    """Union by model name; a freshly evaluated row replaces the committed one of the same configuration and
+    preprocessing. A name re-run with another configuration (more epochs, say: run names do not say) keeps the
+    old row as `<name>@<config tag>`, one re-run under another preprocessing version as `<name>@v<version>`, so
+    no configuration tried drops out. Ranked by validation F1."""
     by_name = {r["name"]: r for r in committed}
-    hashes = {r["data_hash"] for r in committed if r.get("data_hash")}
+    hashes = {h for r in committed if (h := _dataset(r))}
     for r in fresh:
-        if hashes and r.get("data_hash") and r["data_hash"] not in hashes:
+        if hashes and _dataset(r) and _dataset(r) not in hashes:
             raise ValueError(
-                f"{r['name']} was evaluated on data {str(r['data_hash'])[:16]}, the committed leaderboard on "
+                f"{r['name']} was evaluated on data {str(_dataset(r))[:16]}, the committed leaderboard on "
                 f"{', '.join(h[:16] for h in sorted(hashes))}: scores on different data do not rank together"
             )
         new = slim(r)
         old = by_name.get(new["name"])
-        if old is not None and old.get("config") and new.get("config") and old["config"] != new["config"]:
+        if old is not None and version_of(old) != version_of(new):
+            kept = {**old, "name": f"{old['name']}@v{version_of(old)}"}
+            kept["source"] = f"{old['source']}; superseded by a run under preprocessing v{version_of(new)}"
+            by_name[kept["name"]] = kept
+        elif old is not None and old.get("config") and new.get("config") and old["config"] != new["config"]:
             kept = {**old, "name": f"{old['name']}@{config_tag(old['config'])}"}
             kept["source"] = f"{old['source']}; superseded by a run of another configuration under this name"
             by_name[kept["name"]] = kept
@@ -115,16 +138,19 @@ def section(board: list[dict[str, Any]]) -> list[str]:
         "All rows are in `docs/leaderboard.json` (with each configuration and where the row came from: rows",
         "trained on different days ran on different 2-core VMs, so compare training times within a day). The",
         "export chooses its voters among the 8 best rows by validation macro-F1; a row added after the shipped",
-        "ensemble was exported could change that choice only by ranking among them.",
+        "ensemble was exported could change that choice only by ranking among them. prep.: the preprocessing",
+        "version the model was trained and scored with (v1: crop and resize; v2: intensity normalisation first).",
         "",
         *grid_coverage(board),
         "",
-        "| # | model | params | epochs | train s | aug | val acc | val F1 | test acc | test F1 | test glioma recall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| # | model | prep. | params | epochs | train s | aug | val acc | val F1 | test acc | test F1 | "
+        "test glioma recall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in board:
         lines.append(
-            f"| {r['rank']} | {r['name']} | {r['params']:,} | {r['epochs_run']} | {r['train_seconds']:.0f} | "
+            f"| {r['rank']} | {r['name']} | v{version_of(r)} | {r['params']:,} | {r['epochs_run']} | "
+            f"{r['train_seconds']:.0f} | "
             f"{'yes' if r['augment'] else 'no'} | {r['val_accuracy']:.3f} | {r['val_macro_f1']:.3f} | "
             f"{r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | {r['test_glioma_recall']:.3f} |"
         )
