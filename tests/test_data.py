@@ -132,3 +132,25 @@ def test_protocol_split_pooled_keeps_groups_whole_and_official_follows_folders()
     assert np.array_equal(te, protocol_split(p, "pooled")[1])  # type: ignore[arg-type]  # fixed seed
     with pytest.raises(ValueError, match="protocol must be one of"):
         protocol_split(p, "leaky")  # type: ignore[arg-type]
+
+
+def test_brightness_by_class_is_measured_on_the_originals_and_cached(tmp_path: Path) -> None:
+    from service.preprocessing import decode_image, grey_percentile
+    from trainer.data import brightness_by_class
+    from trainer.report import _brightness_lines
+
+    p = prepare(MRI_FIXTURES, tmp_path)
+    b = brightness_by_class(MRI_FIXTURES, p, tmp_path)
+    assert list(b) == ["Training", "Testing"] and all(list(v) == CLASSES for v in b.values())
+    glioma = [
+        grey_percentile(decode_image((MRI_FIXTURES / str(rel)).read_bytes()), 99.0)
+        for rel, s, y in zip(p.paths, p.split, p.y, strict=True)
+        if s == TRAIN and y == 0
+    ]
+    assert b["Training"]["glioma"] == float(np.median(glioma))
+    assert brightness_by_class(MRI_FIXTURES, p, tmp_path) == b  # from the cache file
+    assert len(list(tmp_path.glob("brightness-*.json"))) == 1
+    (line,) = _brightness_lines(b)
+    lo, hi = min(b["Training"].values()), max(b["Training"].values())
+    assert f"differ by up to {hi - lo:.0f} grey levels" in line and "version 2" in line
+    assert _brightness_lines(None) == []

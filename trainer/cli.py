@@ -53,12 +53,14 @@ def work_preprocessing(work: Path) -> dict:
 
 def _prepare(args: argparse.Namespace, preprocessing: dict | None = None):  # type: ignore[no-untyped-def]
     """The prepared dataset under `preprocessing` (default: the work dir's, see work_preprocessing)."""
-    from trainer.data import format_report, prepare, report
+    from trainer.data import brightness_by_class, format_report, prepare, report
 
     if preprocessing is None:
         preprocessing = work_preprocessing(args.work)
     p = prepare(args.data, cache_dir(args), args.limit_per_class, preprocessing)
     r = report(p)
+    if args.limit_per_class is None:
+        r["brightness"] = brightness_by_class(args.data, p, cache_dir(args))
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "data_report.json").write_text(json.dumps(r, indent=1))
     print(format_report(r))

@@ -15,7 +15,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from service.preprocessing import IMAGE_SIZE, PREPROCESSING_PARAMS, preprocess_bytes, preprocessing_version
+from service.preprocessing import (
+    IMAGE_SIZE,
+    PREPROCESSING_PARAMS,
+    decode_image,
+    grey_percentile,
+    preprocess_bytes,
+    preprocessing_version,
+)
 from trainer.progress import progress
 
 # The dataset's folder names → the class names the models and the manifest use (in this order).
@@ -234,6 +241,27 @@ def report(p: Prepared) -> dict:
         "exact_duplicates": group_stats(exact_group),
         "near_duplicates": {**group_stats(p.group), "max_phash_hamming": NEAR_DUPLICATE_MAX_HAMMING},
     }
+
+
+def brightness_by_class(root: Path, p: Prepared, cache_dir: Path) -> dict[str, dict[str, float]]:
+    """{split: {class: median over its images of the grey 99th percentile of the decoded image}}, before any
+    preprocessing: how bright each class was exported. Cached per dataset hash (decoding takes ~30 s)."""
+    cache = cache_dir / f"brightness-{p.dataset_hash[:16]}.json"
+    if cache.exists():
+        return dict(json.loads(cache.read_text()))
+    levels = np.array(
+        [
+            grey_percentile(decode_image((root / str(rel)).read_bytes()), 99.0)
+            for rel in progress(p.paths, len(p.paths), "brightness")
+        ]
+    )
+    out = {
+        split_name: {c: float(np.median(levels[(p.split == s) & (p.y == k)])) for k, c in enumerate(CLASSES)}
+        for s, split_name in enumerate(SPLITS)
+    }
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 def class_rows(r: dict) -> list[tuple[str, int, int, int, int, int]]:

@@ -328,6 +328,25 @@ def pooled_commands(pooled: Path, preprocessing: dict[str, Any]) -> list[str]:
     ]
 
 
+def _brightness_lines(b: dict[str, dict[str, float]] | None) -> list[str]:
+    """How bright each class was exported, per split (median grey 99th percentile of the original images)."""
+    if not b:
+        return []
+    per_split = "; ".join(
+        f"{split} " + ", ".join(f"{c} {v:.0f}" for c, v in levels.items()) for split, levels in b.items()
+    )
+    train, test = b["Training"], b["Testing"]
+    darkest, brightest = min(train, key=train.__getitem__), max(train, key=train.__getitem__)
+    shifted = ", ".join(c for c in test if abs(test[c] - train[c]) >= 20)
+    return [
+        f"- Brightness (median over the images of the grey 99th percentile, before preprocessing): {per_split}. "
+        f"In Training the classes differ by up to {train[brightest] - train[darkest]:.0f} grey levels ({darkest} "
+        f"darkest, {brightest} brightest), a shortcut a model can learn instead of anatomy"
+        + (f"; Testing differs from Training by 20 levels or more in: {shifted}" if shifted else "")
+        + ". Preprocessing version 2 scales that percentile to one level for every image.",
+    ]
+
+
 def _preprocessing_lines(preprocessing: dict[str, Any]) -> list[str]:
     from service.preprocessing import INTENSITY_PERCENTILE, INTENSITY_TARGET
 
@@ -497,6 +516,7 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         f"{nd['groups']} groups ({nd['images']} images); {nd['groups_crossing_training_testing']} span the two splits; "
         f"{nd['groups_with_conflicting_labels']} carry conflicting labels.",
         f"- Crop fallbacks (no sane contour, whole image used): {data['crop_fallbacks']} of {data['images']}.",
+        *_brightness_lines(data.get("brightness")),
         "",
         "## The ensemble",
         "",
