@@ -58,8 +58,8 @@ def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path
     earlier = {**r, "model_version": "old-1", "preprocessing_version": 1}
     compared = robustness_section(r, earlier)
     rows = [line for line in compared if line.startswith("| ")]
-    assert "accuracy before (earlier ensemble)" in rows[0] and all(row.count("|") == 8 for row in rows)
-    assert any("`old-1` (preprocessing v1)" in line for line in compared)
+    assert "accuracy, `old-1` (preprocessing v1)" in rows[0] and all(row.count("|") == 8 for row in rows)
+    assert any("the same measurement of the ensemble `old-1` (preprocessing v1)" in line for line in compared)
     plot_robustness(r, docs / "img" / "robustness-compared.png", earlier)
     plot_robustness(r, docs / "img" / "robustness.png")
     assert (docs / "img" / "robustness.png").stat().st_size > 0

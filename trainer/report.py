@@ -204,12 +204,12 @@ def _robustness_label(r: dict[str, Any]) -> str:
     return f"`{r.get('model_version', '?')}` (preprocessing v{r.get('preprocessing_version', 1)})"
 
 
-def robustness_section(r: dict[str, Any], baseline: dict[str, Any] | None = None) -> list[str]:
+def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -> list[str]:
     """The robustness section of docs/evaluation.md from trainer.robustness.measure's result for the shipped
-    ensemble (and, when given, the same measurement of an earlier ensemble, as a comparison column)."""
+    ensemble (and, when given, the same measurement of another ensemble, as a comparison column)."""
     shifts = r["shifts"]
     base = shifts["none"]
-    before = baseline["shifts"] if baseline else {}
+    before = other["shifts"] if other else {}
     lines = [
         ROBUSTNESS_SECTION,
         "",
@@ -221,7 +221,7 @@ def robustness_section(r: dict[str, Any], baseline: dict[str, Any] | None = None
         f"image. Ensemble {_robustness_label(r)}.",
         "",
         "| shift | accuracy | macro-F1 | vote unchanged | failed crops | flagged as not an MRI |"
-        + (" accuracy before (earlier ensemble) |" if before else ""),
+        + (f" accuracy, {_robustness_label(other)} |" if other else ""),
         "|---|---|---|---|---|---|" + ("---|" if before else ""),
     ]
     for name, m in shifts.items():
@@ -251,30 +251,32 @@ def robustness_section(r: dict[str, Any], baseline: dict[str, Any] | None = None
             "Preprocessing version 1 normalises nothing per image, so a global change of brightness or gamma moves",
             "the models as far as a change of tissue would, and a darker export loses the head's outline.",
         ]
-    if baseline:
-        lines.append(f"The last column: the same measurement of the earlier ensemble {_robustness_label(baseline)}.")
+    if other:
+        f1 = (other.get("validation_macro_f1"), r.get("validation_macro_f1"))
+        scores = f" (validation macro-F1 {f1[0]:.3f}; this one {f1[1]:.3f})" if None not in f1 else ""
+        lines.append(f"The last column: the same measurement of the ensemble {_robustness_label(other)}{scores}.")
     lines += ["", "![robustness to acquisition shifts](img/robustness.png)", ""]
     return lines
 
 
 def load_robustness(work: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-    """(<work>/report/robustness.json, robustness-baseline.json or None), or None without the first."""
+    """(<work>/report/robustness.json, robustness-compare.json or None), or None without the first."""
     report = work / "report"
     if not (report / "robustness.json").exists():
         return None
-    baseline = report / "robustness-baseline.json"
+    other = report / "robustness-compare.json"
     return (
         json.loads((report / "robustness.json").read_text()),
-        json.loads(baseline.read_text()) if baseline.exists() else None,
+        json.loads(other.read_text()) if other.exists() else None,
     )
 
 
-def update_robustness_docs(r: dict[str, Any], docs: Path, baseline: dict[str, Any] | None = None) -> Path:
+def update_robustness_docs(r: dict[str, Any], docs: Path, other: dict[str, Any] | None = None) -> Path:
     from trainer.robustness import plot_robustness
 
     (docs / "img").mkdir(exist_ok=True)
-    plot_robustness(r, docs / "img" / "robustness.png", baseline)
-    return replace_section(docs, robustness_section(r, baseline), [NON_MRI_SECTION, NON_MRI_NEXT])
+    plot_robustness(r, docs / "img" / "robustness.png", other)
+    return replace_section(docs, robustness_section(r, other), [NON_MRI_SECTION, NON_MRI_NEXT])
 
 
 def measure_non_mri(models_dir: Path, data: Path, work: Path) -> dict[str, Any]:

@@ -133,6 +133,9 @@ def measure(
         "n": len(paths),
         "model_version": manifest.model_version,
         "preprocessing_version": preprocessing_version(manifest.preprocessing),
+        "validation_macro_f1": manifest.ensemble.metrics["validation"].macro_f1
+        if "validation" in manifest.ensemble.metrics
+        else None,
         "shifts": {},
     }
     for k, (name, family, _) in enumerate(SHIFTS):
@@ -149,7 +152,7 @@ def measure(
     return out
 
 
-def plot_robustness(r: dict[str, Any], path: Path, baseline: dict[str, Any] | None = None) -> None:
+def plot_robustness(r: dict[str, Any], path: Path, other: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,9 +165,11 @@ def plot_robustness(r: dict[str, Any], path: Path, baseline: dict[str, Any] | No
     fig, ax = plt.subplots(figsize=(8, 1.6 + 0.32 * len(names)))
     ax.barh(y + 0.2, acc, height=0.4, label="accuracy of the vote")
     ax.barh(y - 0.2, agree, height=0.4, label="vote unchanged by the shift")
-    if baseline:
-        before = [baseline["shifts"].get(n, {}).get("accuracy", np.nan) for n in names]
-        ax.scatter(before, y + 0.2, marker="|", s=160, color="crimson", zorder=3, label="accuracy, earlier ensemble")
+    if other:
+        acc_other = [other["shifts"].get(n, {}).get("accuracy", np.nan) for n in names]
+        version = other.get("preprocessing_version", 1)
+        label = f"accuracy, ensemble {other.get('model_version', '?')} (preprocessing v{version})"
+        ax.scatter(acc_other, y + 0.2, marker="|", s=160, color="crimson", zorder=3, label=label)
     ax.axvline(r["shifts"]["none"]["accuracy"], color="k", lw=0.8, ls="--", label="accuracy, unshifted")
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlim(0, 1)
