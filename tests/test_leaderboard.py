@@ -64,21 +64,22 @@ def test_a_name_rerun_with_another_config_keeps_the_old_row() -> None:
     assert "superseded" in longer[1]["source"] and tag == leaderboard.config_tag({"epochs": 1, "family": "cnn"})
 
 
-def test_a_name_rerun_under_another_preprocessing_keeps_the_old_row_and_compares() -> None:
+def test_rows_of_another_preprocessing_version_are_named_apart_and_rank_together() -> None:
     # Same images and labels (dataset_hash), other preprocessing (so another data_hash): the scores rank
-    # together, and the version-1 row stays as <name>@v1.
-    old = row("cnn-a", 0.5, data_hash="v1-data")
-    committed = leaderboard.merge([], [old])
+    # together, and a version-2 run of a name is its own row, <name>@v2.
+    committed = leaderboard.merge([], [row("cnn-a", 0.5, data_hash="v1-data")])
     assert committed[0]["preprocessing_version"] == 1  # rows from before versioning are version 1
     committed = [{**r, "dataset_hash": "images"} for r in committed]
     new = row("cnn-a", 0.6, data_hash="v2-data", dataset_hash="images", preprocessing_version=2)
     merged = leaderboard.merge(committed, [new])
     assert [(r["name"], r["preprocessing_version"], r["val_macro_f1"]) for r in merged] == [
-        ("cnn-a", 2, 0.6),
-        ("cnn-a@v1", 1, 0.5),
+        ("cnn-a@v2", 2, 0.6),
+        ("cnn-a", 1, 0.5),
     ]
-    assert "preprocessing v2" in merged[1]["source"]
-    assert "| v1 |" in "\n".join(leaderboard.section(merged)) and "| v2 |" in "\n".join(leaderboard.section(merged))
+    again = leaderboard.merge(merged, [{**new, "val_macro_f1": 0.65}])  # re-evaluated: replaced, not doubled
+    assert [(r["name"], r["val_macro_f1"]) for r in again] == [("cnn-a@v2", 0.65), ("cnn-a", 0.5)]
+    text = "\n".join(leaderboard.section(merged))
+    assert "| cnn-a@v2 | v2 |" in text and "| cnn-a | v1 |" in text
     with pytest.raises(ValueError, match="different data"):
         leaderboard.merge(committed, [{**new, "dataset_hash": "other images"}])
 

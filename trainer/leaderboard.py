@@ -36,7 +36,9 @@ def slim(row: dict[str, Any]) -> dict[str, Any]:
     """The row without its bulky per-class metrics and machine paths; `source` says where it came from."""
     out = {k: row.get(k) for k in KEPT}
     out["protocol"] = out["protocol"] or "official"
-    out["preprocessing_version"] = version_of(out)
+    out["preprocessing_version"] = version = version_of(out)
+    if version >= 2 and not str(out["name"]).endswith(f"@v{version}"):  # run names do not say the version
+        out["name"] = f"{out['name']}@v{version}"
     out["source"] = out["source"] or f"python -m trainer evaluate, {dt.date.today().isoformat()}"
     return out
 
@@ -64,10 +66,11 @@ def _dataset(row: dict[str, Any]) -> str | None:
 
 
 def merge(committed: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Union by model name; a freshly evaluated row replaces the committed one of the same configuration and
-    preprocessing. A name re-run with another configuration (more epochs, say: run names do not say) keeps the
-    old row as `<name>@<config tag>`, one re-run under another preprocessing version as `<name>@v<version>`, so
-    no configuration tried drops out. Ranked by validation F1."""
+    """Union by model name (rows of preprocessing version ≥ 2 are named `<run name>@v<version>`); a freshly
+    evaluated row replaces the committed one of the same configuration. A name re-run with another
+    configuration (more epochs, say: run names do not say) keeps the old row as `<name>@<config tag>`, so no
+    configuration tried drops out. Rows scored on the same images and labels (dataset hash) rank together,
+    whatever their preprocessing. Ranked by validation F1."""
     by_name = {r["name"]: r for r in committed}
     hashes = {h for r in committed if (h := _dataset(r))}
     for r in fresh:
@@ -78,11 +81,7 @@ def merge(committed: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[
             )
         new = slim(r)
         old = by_name.get(new["name"])
-        if old is not None and version_of(old) != version_of(new):
-            kept = {**old, "name": f"{old['name']}@v{version_of(old)}"}
-            kept["source"] = f"{old['source']}; superseded by a run under preprocessing v{version_of(new)}"
-            by_name[kept["name"]] = kept
-        elif old is not None and old.get("config") and new.get("config") and old["config"] != new["config"]:
+        if old is not None and old.get("config") and new.get("config") and old["config"] != new["config"]:
             kept = {**old, "name": f"{old['name']}@{config_tag(old['config'])}"}
             kept["source"] = f"{old['source']}; superseded by a run of another configuration under this name"
             by_name[kept["name"]] = kept
