@@ -59,7 +59,10 @@ def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path
     compared = robustness_section(r, earlier)
     rows = [line for line in compared if line.startswith("| ")]
     assert "accuracy, `old-1` (preprocessing v1)" in rows[0] and all(row.count("|") == 8 for row in rows)
-    assert any("the same measurement of the ensemble `old-1` (preprocessing v1)" in line for line in compared)
+    assert any(
+        "the same measurement of another ensemble, not the one in `models/`: `old-1` (preprocessing v1)" in line
+        for line in compared
+    )
     plot_robustness(r, docs / "img" / "robustness-compared.png", earlier)
     plot_robustness(r, docs / "img" / "robustness.png")
     assert (docs / "img" / "robustness.png").stat().st_size > 0

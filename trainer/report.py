@@ -254,7 +254,10 @@ def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -
     if other:
         f1 = (other.get("validation_macro_f1"), r.get("validation_macro_f1"))
         scores = f" (validation macro-F1 {f1[0]:.3f}; this one {f1[1]:.3f})" if None not in f1 else ""
-        lines.append(f"The last column: the same measurement of the ensemble {_robustness_label(other)}{scores}.")
+        lines.append(
+            f"The last column: the same measurement of another ensemble, not the one in `models/`: "
+            f"{_robustness_label(other)}{scores}."
+        )
     lines += ["", "![robustness to acquisition shifts](img/robustness.png)", ""]
     return lines
 
