@@ -150,14 +150,14 @@ def bright_finder_onnx(path: Path) -> None:
 
 
 def make_cam_ensemble(models_dir: Path) -> Path:
-    """Three bright-finders (they vote together): class maps, ood_score with threshold 200 on model 0."""
+    """Three bright-finders (they vote together): class maps, ood_score with threshold 150 on model 0."""
     make_tiny_ensemble(models_dir)
     tmp_path = models_dir
     raw = json.loads((tmp_path / "manifest.json").read_text())
     for entry in raw["models"]:  # three bright-finders vote together
         bright_finder_onnx(tmp_path / entry["file"])
         entry.update(sha256=sha256_file(tmp_path / entry["file"]), outputs=["class_map", "ood_score", "probabilities"])
-    raw["models"][0]["ood_threshold"] = 200.0  # mean brightness above 200 is "unlike the training images"
+    raw["models"][0]["ood_threshold"] = 150.0  # mean brightness above 150 is "unlike the training images"
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     return tmp_path
 

@@ -74,7 +74,8 @@ def test_warnings_for_colour_and_unfamiliar_images(cam_models: Path, mri_jpeg: b
         odd = client.post("/v1/predict", files={"file": ("b.png", bright_png.tobytes(), "image/png")}).json()
     assert mri["warnings"] == []
     assert "not_grayscale" in col["warnings"]
-    assert "unlike_training_images" in odd["warnings"]  # ood_score (mean brightness 240) > 200
+    # ood_score: mean brightness; a flat 240 field is scaled to 175 by preprocessing v2, still above 150
+    assert "unlike_training_images" in odd["warnings"]
 
 
 def test_every_mri_fixture_is_grey_enough() -> None:
