@@ -35,7 +35,7 @@ MIN_CROP_SIDE = 8
 # Intensity normalisation (preprocessing version 2): before the crop, scale the image linearly so that its
 # 99th grey-level percentile lands on INTENSITY_TARGET. Exports differ in brightness between scanners and
 # collections, and in this dataset brightness is confounded with the class (official Training: glioma images
-# are darkest, median 99th percentile 160, no_tumor brightest, 227), a shortcut the models learn otherwise.
+# are darkest, median 99th percentile 160, no_tumor brightest, 227), a shortcut a model can learn instead.
 INTENSITY_PERCENTILE = 99.0
 INTENSITY_TARGET = 175.0  # the median of that percentile over the official Training images (measured)
 INTENSITY_MIN_LEVEL = 16  # darker than this there is nothing to scale (a blank image): left alone
@@ -48,7 +48,7 @@ _CROP_PARAMS = {
     "min_contour_area_fraction": MIN_CONTOUR_AREA_FRACTION,
 }
 # Version 1 (no intensity step): what the models exported before version 2 were trained on. A manifest
-# declares the preprocessing its models need; the service applies exactly that (check_preprocessing).
+# declares the preprocessing its models need; the service applies exactly that (preprocessing_version).
 PREPROCESSING_V1: dict[str, Any] = {
     "image_size": IMAGE_SIZE,
     "channel_order": CHANNEL_ORDER,
