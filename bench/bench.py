@@ -109,7 +109,6 @@ def measure_sizes(images: list[bytes], n: int = 40) -> dict[str, dict[str, float
 
 def measure_floor(models_dir: Path, images: list[bytes], threads: int, n: int) -> dict[str, float]:
     ensemble = Ensemble.load(models_dir, threads=threads)
-
     params = ensemble.manifest.preprocessing
 
     def once(i: int) -> None:

@@ -51,15 +51,19 @@ def work_preprocessing(work: Path) -> dict:
     return dict(PREPROCESSING_V1 if legacy else PREPROCESSING_PARAMS)
 
 
-def _prepare(args: argparse.Namespace, preprocessing: dict | None = None):  # type: ignore[no-untyped-def]
-    """The prepared dataset under `preprocessing` (default: the work dir's, see work_preprocessing)."""
+def _prepare(  # type: ignore[no-untyped-def]
+    args: argparse.Namespace, preprocessing: dict | None = None, brightness: bool = False
+):
+    """The prepared dataset under `preprocessing` (default: the work dir's, see work_preprocessing). With
+    `brightness` (prepare and report, the commands that show dataset facts), the data report also gets
+    brightness_by_class, which decodes every image once per dataset."""
     from trainer.data import brightness_by_class, format_report, prepare, report
 
     if preprocessing is None:
         preprocessing = work_preprocessing(args.work)
     p = prepare(args.data, cache_dir(args), args.limit_per_class, preprocessing)
     r = report(p)
-    if args.limit_per_class is None:
+    if brightness and args.limit_per_class is None:
         r["brightness"] = brightness_by_class(args.data, p, cache_dir(args))
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "data_report.json").write_text(json.dumps(r, indent=1))
@@ -68,7 +72,7 @@ def _prepare(args: argparse.Namespace, preprocessing: dict | None = None):  # ty
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    _prepare(args)
+    _prepare(args, brightness=True)
     return 0
 
 
@@ -223,7 +227,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.models_dir)
     if args.limit_per_class is None:
         args.limit_per_class = manifest.limit_per_class
-    out = write_report(args.work, args.models_dir, args.docs, _prepare(args, manifest.preprocessing), args.data)
+    out = write_report(
+        args.work, args.models_dir, args.docs, _prepare(args, manifest.preprocessing, brightness=True), args.data
+    )
     print(f"wrote {out}")
     return 0
 
