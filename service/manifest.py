@@ -64,7 +64,10 @@ class PublicModelEntry(BaseModel):
         description="ONNX outputs: probabilities; class_map (heatmaps) and ood_score for global-pooling models.",
     )
     ood_threshold: float | None = Field(
-        None, description="ood_score above this (the largest on validation) flags an unfamiliar image."
+        None,
+        description=(
+            "ood_score above this (the largest among the training pool, validation included) flags an unfamiliar image."
+        ),
     )
     metrics: dict[str, Metrics] = Field(default_factory=dict, description="By split: validation, official_test.")
 

@@ -10,7 +10,8 @@
   that renders the air mid-grey (a windowing choice) gives a flat grey backdrop, whose spread
   (BACKGROUND_PERCENTILE-th minus FLAT_PERCENTILE-th percentile) stays within FLAT_BACKDROP_SPREAD grey levels.
 - `unlike_training_images`: a model's `ood_score` (Mahalanobis distance of its pooled features to the
-  nearest class of its training images) is above its threshold (the largest on the validation split).
+  nearest class of its training images) is above its threshold (the largest among the training pool, the
+  images the models were trained and validated on).
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ from trainer.models import INPUT_NAME, OUTPUT_NAME
 from trainer.train import evaluation_indices, train_val_indices
 
 OPSET = 17
-OOD_PERCENTILE = 100.0  # the largest ood_score on validation: no validation image is flagged
 PARITY_TOLERANCE = 1e-4
 # float16-stored weights (--weights-dtype float16) move outputs by the rounding of the weights: measured on the
 # shipped ensemble, at most 0.0015 in probability, and the vote unchanged on every validation and Testing image
@@ -158,18 +157,23 @@ def calibrate(models_dir: Path, p: Prepared) -> Manifest:
             }
             for key in raw
         }
-    for i, entry in enumerate(manifest.models):
-        val_scores = ood["validation"][i]
-        if val_scores is None:
-            continue
-        entry.ood_threshold = _ceil4(float(np.percentile(val_scores, OOD_PERCENTILE)))
-        for key in raw:
-            scores = ood[key][i]
-            if scores is not None:
-                entry.calibration[key]["ood_flag_rate"] = round(float((scores > entry.ood_threshold).mean()), 4)
-        print(f"[export] {entry.name}: ood threshold {entry.ood_threshold} ({OOD_PERCENTILE}th percentile, validation)")
-    # the brightest background among the images the models were trained on (training pool incl. validation)
+    # The thresholds of the not-an-MRI warnings are the largest values among the training pool (the images
+    # the models were trained and validated on), so no image of it is flagged: for `ood_score` as for the
+    # background level. Validation alone (≈430 images, a sixth of the pool) sets the threshold at the tail of a
+    # small sample, and the Mahalanobis statistics were fitted on at most 800 of the pool's images.
     pool, _ = protocol_split(p, protocol_of(manifest.models[0].config))
+    if any(s is not None for s in ood["validation"]):
+        _, pool_ood = ensemble.run_images_with(p.x[pool], OOD_SCORE)
+        for i, entry in enumerate(manifest.models):
+            scores_pool = pool_ood[i]
+            if scores_pool is None:
+                continue
+            entry.ood_threshold = _ceil4(float(scores_pool.max()))
+            for key in raw:
+                scores = ood[key][i]
+                if scores is not None:
+                    entry.calibration[key]["ood_flag_rate"] = round(float((scores > entry.ood_threshold).mean()), 4)
+            print(f"[export] {entry.name}: ood threshold {entry.ood_threshold} (largest of {len(pool)} images)")
     manifest.ensemble.background_threshold = _ceil4(float(background_levels(p.x[pool]).max()))
     print(f"[export] background threshold {manifest.ensemble.background_threshold} (largest of {len(pool)} images)")
     rule = choose_rule(calibrated["validation"], y["validation"])
