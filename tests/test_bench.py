@@ -46,7 +46,7 @@ def test_clients_time_real_predictions(tiny_models: Path) -> None:
 
 def test_quantize_keeps_the_configured_nodes_float() -> None:
     """The int8 variants leave what they say in float: the first Conv behind the models' pixel preprocessing
-    (layout, RGB→BGR, mean), or every block5 Conv of both VGG16s."""
+    (layout, RGB→BGR, mean), or every block5 Conv of the three VGG16 voters."""
     from bench.quantize import CONFIGS, _kept
 
     shipped = Path(__file__).resolve().parent.parent / "models" / "ensemble.onnx"
@@ -55,7 +55,7 @@ def test_quantize_keeps_the_configured_nodes_float() -> None:
     ]
     trunk = _kept(shipped, CONFIGS["minmax-trunk"])
     assert {n for n in trunk if n.endswith("/BiasAdd") and "block5_conv" in n} == {
-        f"m{m}/vgg16_transfer_extras_1/vgg16_cam_1/block5_conv{i}_1/BiasAdd" for m in (0, 1) for i in (1, 2, 3)
+        f"m{m}/vgg16_transfer_extras_1/vgg16_cam_1/block5_conv{i}_1/BiasAdd" for m in (0, 1, 2) for i in (1, 2, 3)
     }
     assert _kept(shipped, CONFIGS["minmax-conv"]) == []
 

@@ -100,6 +100,7 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     # training-pool image (validation included) is flagged
     assert manifest.ensemble.background_threshold is not None and cal["background_flag_rate"] == 0
     assert "## Calibration and uncertainty" in text and "### Test-time augmentation" in text
+    assert "1 combinations of three models (from the\n3 best single models" in text  # the 3 trained here
     # the not-an-MRI section re-measures on its own and replaces only itself
     (docs / "evaluation.md").write_text(text.replace("Flagged Testing images:", "STALE"))
     out = run("nonmri", *common, "--models-dir", str(models), "--docs", str(docs), cwd=ROOT)
@@ -226,6 +227,8 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
     text = "\n".join(_pooled_section(work, summary, tmp_path, len(p.y)))
     acc = manifest.ensemble.metrics["pooled_test"].accuracy
     assert f"**{100 * acc:.1f} %**" in text and f"({len(p.y)} images)" in text
+    # its reproduce commands export as this run did (float16 weights)
+    assert f"--models-dir {work}/models --weights-dtype float16" in text
     assert (tmp_path / "pooled_test.png").stat().st_size > 0
 
 

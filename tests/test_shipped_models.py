@@ -24,7 +24,8 @@ def test_bundled_ensemble_loads_and_predicts() -> None:
     assert manifest.classes == ["glioma", "meningioma", "no_tumor", "pituitary"]
     assert manifest.input.shape == [None, 150, 150, 3]
     for m in manifest.models:
-        assert m.weights_origin and m.parity_max_abs_diff <= 1e-4
+        # float32 weights match Keras to 1e-4; float16-stored ones move outputs by the rounding (export's limit)
+        assert m.weights_origin and m.parity_max_abs_diff <= (1e-4 if m.weights_dtype == "float32" else 1e-2)
         assert {"validation", "official_test"} <= set(m.metrics)
     assert {"validation", "official_test"} <= set(manifest.ensemble.metrics)
     total = sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file())
@@ -36,7 +37,7 @@ def test_bundled_ensemble_loads_and_predicts() -> None:
     assert with_maps and all(m.ood_threshold is not None for m in with_maps)
     assert manifest.ensemble.background_threshold is not None
     for path in fixture_images():
-        crop = preprocess_bytes(path.read_bytes())
+        crop = preprocess_bytes(path.read_bytes(), params=manifest.preprocessing)
         pred = ensemble.predict(crop.image)
         assert 0 <= pred.label < 4 and abs(float(pred.mean.sum()) - 1) < 1e-4
         # no real MRI fixture is flagged as not grayscale or without background; the class-map models give heatmaps
@@ -44,7 +45,7 @@ def test_bundled_ensemble_loads_and_predicts() -> None:
             crop.image, crop.fallback, pred.ood_scores, ensemble.ood_thresholds, ensemble.background_threshold
         )
         assert NOT_GRAYSCALE not in warns and NO_DARK_BACKGROUND not in warns
-    _, maps = ensemble.explain(preprocess_bytes(fixture_images()[0].read_bytes()).image)
+    _, maps = ensemble.explain(preprocess_bytes(fixture_images()[0].read_bytes(), params=manifest.preprocessing).image)
     assert [name for name, _ in maps] == [m.name for m in with_maps]
 
 
