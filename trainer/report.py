@@ -20,6 +20,7 @@ from trainer.calibration import ECE_BINS, reliability
 from trainer.data import Prepared, class_rows
 from trainer.export import raw_probabilities
 from trainer.plots import plot_confusion, plot_leaderboard, plot_reliability
+from trainer.robustness import ensemble_label
 
 PUBLISHED = (
     "Published results on this official Testing split range 0.63–0.78 accuracy, with glioma recall "
@@ -212,10 +213,6 @@ def update_non_mri_docs(r: dict[str, Any], docs: Path) -> Path:
 ROBUSTNESS_SECTION = "## Robustness to acquisition shifts"
 
 
-def _robustness_label(r: dict[str, Any]) -> str:
-    return f"`{r.get('model_version', '?')}` (preprocessing v{r.get('preprocessing_version', 1)})"
-
-
 def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -> list[str]:
     """The robustness section of docs/evaluation.md from trainer.robustness.measure's result for the shipped
     ensemble (and, when given, the same measurement of another ensemble, as a comparison column)."""
@@ -230,10 +227,10 @@ def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -
         f"validation image (n = {r['n']}) before the shared preprocessing, then the service's code path runs",
         "(crop, ensemble, vote, warnings; `python -m trainer robustness`). Blur and noise are in pixels of a",
         "512-pixel image. Nothing was selected or tuned on these numbers. A failed crop boxes under 20 % of the",
-        f"image. Ensemble {_robustness_label(r)}.",
+        f"image. Ensemble {ensemble_label(r, '`')}.",
         "",
         "| shift | accuracy | macro-F1 | vote unchanged | failed crops | flagged as not an MRI |"
-        + (f" accuracy, {_robustness_label(other)} |" if other else ""),
+        + (f" accuracy, {ensemble_label(other, '`')} |" if other else ""),
         "|---|---|---|---|---|---|" + ("---|" if before else ""),
     ]
     for name, m in shifts.items():
@@ -268,7 +265,7 @@ def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -
         scores = f" (validation macro-F1 {f1[0]:.3f}; this one {f1[1]:.3f})" if None not in f1 else ""
         lines.append(
             f"The last column: the same measurement of another ensemble, not the one in `models/`: "
-            f"{_robustness_label(other)}{scores}."
+            f"{ensemble_label(other, '`')}{scores}."
         )
     lines += ["", "![robustness to acquisition shifts](img/robustness.png)", ""]
     return lines

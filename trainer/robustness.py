@@ -152,6 +152,11 @@ def measure(
     return out
 
 
+def ensemble_label(r: dict[str, Any], quote: str = "") -> str:
+    """How a robustness result names its ensemble, in the plot and in docs/evaluation.md (quote="`")."""
+    return f"{quote}{r.get('model_version', '?')}{quote} (preprocessing v{r.get('preprocessing_version', 1)})"
+
+
 def plot_robustness(r: dict[str, Any], path: Path, other: dict[str, Any] | None = None) -> None:
     import matplotlib
 
@@ -167,8 +172,7 @@ def plot_robustness(r: dict[str, Any], path: Path, other: dict[str, Any] | None 
     ax.barh(y - 0.2, agree, height=0.4, label="vote unchanged by the shift")
     if other:
         acc_other = [other["shifts"].get(n, {}).get("accuracy", np.nan) for n in names]
-        version = other.get("preprocessing_version", 1)
-        label = f"accuracy, ensemble {other.get('model_version', '?')} (preprocessing v{version})"
+        label = f"accuracy, ensemble {ensemble_label(other)}"
         ax.scatter(acc_other, y + 0.2, marker="|", s=160, color="crimson", zorder=3, label=label)
     ax.axvline(r["shifts"]["none"]["accuracy"], color="k", lw=0.8, ls="--", label="accuracy, unshifted")
     ax.set_yticks(y, names, fontsize=8)
