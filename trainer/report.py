@@ -460,17 +460,17 @@ def _tta_section(r: dict[str, Any]) -> list[str]:
     discordant = r.get("discordant")
     if discordant is None:  # measured before the paired test was part of the rule
         verdict = "adopted" if r["adopted"] else "not adopted: it does not raise validation macro-F1"
-        return [*lines, "", f"Decided on validation: {verdict}."]
-    lines += ["", "| | right only without TTA | right only with TTA | McNemar p |", "|---|---|---|---|"]
-    lines += [
-        f"| {key} | {d['only_plain_right']} | {d['only_tta_right']} | {d['mcnemar_p']:.3f} |"
-        for key, d in discordant.items()
-    ]
-    verdict = (
-        "it pays, but the service does not average over the mirror image yet"
-        if r["adopted"]
-        else "not adopted; the service does not average over the mirror image"
-    )
+    else:
+        lines += ["", "| | right only without TTA | right only with TTA | McNemar p |", "|---|---|---|---|"]
+        lines += [
+            f"| {key} | {d['only_plain_right']} | {d['only_tta_right']} | {d['mcnemar_p']:.3f} |"
+            for key, d in discordant.items()
+        ]
+        verdict = (
+            "it pays, but the service does not average over the mirror image yet"
+            if r["adopted"]
+            else "not adopted; the service does not average over the mirror image"
+        )
     return [*lines, "", f"Decided on validation: {verdict}."]
 
 
