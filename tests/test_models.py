@@ -152,6 +152,16 @@ def test_grid_files_expand() -> None:
         }
     with pytest.raises(ValueError, match="protocol must be one of"):
         expand({"defaults": {"protocol": "leaky"}, "ann": [{"dense_layers": 0, "units": 8}]})
+    # the seed ensemble: the best recipe again with other initialisation seeds, on the same validation split
+    seeds = {e["name"]: e for e in load_grid(ROOT / "trainer" / "grids" / "seeds-v2.toml")}
+    ft_v2 = next(e for e in official if e["name"] == "transfer-vgg16-d1-hed-ft")
+    assert seeds["transfer-vgg16-d1-hed-ft"] == ft_v2
+    for s in (7, 11):
+        run = seeds[f"transfer-vgg16-d1-hed-ft-s{s}"]
+        assert run["init_seed"] == s and run["seed"] == ft_v2["seed"]
+        assert {k: v for k, v in run.items() if k not in ("name", "init_seed")} == {
+            k: v for k, v in ft_v2.items() if k != "name"
+        }
 
 
 @pytest.mark.slow

@@ -152,6 +152,32 @@ def test_frozen_transfer_trains_its_head_on_cached_features(tmp_path: Path) -> N
     assert val_loss == pytest.approx(min(history["val_loss"]), abs=1e-3)
 
 
+def test_init_seed_trains_other_weights_on_the_same_validation_split(tmp_path: Path) -> None:
+    import keras
+
+    from trainer.data import prepare
+    from trainer.grid import expand
+    from trainer.train import train_entry, train_val_indices
+
+    p = prepare(MRI_FIXTURES, tmp_path / "cache")
+    recipe = {"epochs": 2, "batch_size": 8, "val_fraction": 0.25, "patience": 5}
+    a, b = expand(
+        {"defaults": recipe, "ann": [{"dense_layers": 0, "units": 8}, {"dense_layers": 0, "units": 8, "init_seed": 7}]}
+    )
+    assert (a["name"], b["name"]) == ("ann-d0-u8", "ann-d0-u8-s7")
+    _, va = train_val_indices(p, recipe["val_fraction"], a["seed"])
+    weights = []
+    for cfg in (a, b):
+        train_entry(cfg, p, tmp_path / "runs" / cfg["name"], verbose=0)
+        model = keras.models.load_model(tmp_path / "runs" / cfg["name"] / "model.keras")
+        weights.append(model.get_weights())
+        # both validated on the split the shared seed draws: the best val_loss seen is the saved model's loss on it
+        val_loss = model.evaluate(p.x[va].astype(np.float32), p.y[va], verbose=0)[0]
+        history = json.loads((tmp_path / "runs" / cfg["name"] / "history.json").read_text())
+        assert val_loss == pytest.approx(min(history["val_loss"]), rel=1e-4)
+    assert any(not np.allclose(x, y) for x, y in zip(*weights, strict=True))
+
+
 def test_choose_models_respects_rank_size_and_backbone_diversity() -> None:
     from trainer.export import choose_models
 

@@ -53,6 +53,12 @@ def fine_tune_on_of(cfg: dict[str, Any]) -> str:
     return on
 
 
+def init_seed_of(cfg: dict[str, Any]) -> int:
+    """The seed of weight initialisation, shuffling and augmentation: `init_seed` where a grid sets it (to
+    train the same recipe again on the same validation split), else `seed`, which also draws that split."""
+    return int(cfg.get("init_seed", cfg["seed"]))
+
+
 def entry_name(cfg: dict[str, Any]) -> str:
     keys = _NAME_KEYS[cfg["family"]]
     parts = [cfg["family"]] + [f"{short}{cfg[key]}" for key, short in zip(keys[::2], keys[1::2], strict=True)]
@@ -62,6 +68,8 @@ def entry_name(cfg: dict[str, Any]) -> str:
         parts.append("imagenet" if w == "imagenet" else "scratch" if w == "none" else local)
         if cfg.get("fine_tune_epochs", 0):
             parts.append("ftimg" if fine_tune_on_of(cfg) == "images" else "ft")
+    if "init_seed" in cfg:
+        parts.append(f"s{int(cfg['init_seed'])}")
     if not cfg.get("augment", True):
         parts.append("noaug")
     if protocol_of(cfg) != "official":

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import CLASSES, Prepared, protocol_split, split_train_val
-from trainer.grid import FAMILY_DEFAULTS, fine_tune_on_of, protocol_of
+from trainer.grid import FAMILY_DEFAULTS, fine_tune_on_of, init_seed_of, protocol_of
 from trainer.models import BACKBONES, build_from_config, split_at_cut, unfreeze_top, weights_origin
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -162,9 +162,9 @@ def train_entry(
             print(f"[{cfg['name']}] already trained, skipping (delete {run_dir} to retrain)")
             return dict(done)
     run_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(cfg["seed"])
+    seed = init_seed_of(cfg)
     keras.utils.set_random_seed(seed)
-    tr, va = train_val_indices(p, float(cfg["val_fraction"]), seed, protocol_of(cfg))
+    tr, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]), protocol_of(cfg))
     n_classes = len(CLASSES)
     input_shape = tuple(int(d) for d in p.x.shape[1:])
     model = build_from_config(cfg, input_shape, n_classes)  # type: ignore[arg-type]
