@@ -162,6 +162,12 @@ def test_grid_files_expand() -> None:
         assert {k: v for k, v in run.items() if k not in ("name", "init_seed")} == {
             k: v for k, v in ft_v2.items() if k != "name"
         }
+    seeds_pooled = load_grid(ROOT / "trainer" / "grids" / "seeds-v2-pooled.toml")
+    assert [e["name"] for e in seeds_pooled] == [name + "-pooled" for name in seeds]
+    for a, b in zip(seeds.values(), seeds_pooled, strict=True):
+        assert {k: v for k, v in a.items() if k != "name"} == {
+            k: v for k, v in b.items() if k not in ("name", "protocol")
+        }
 
 
 @pytest.mark.slow
