@@ -64,6 +64,21 @@ def test_a_name_rerun_with_another_config_keeps_the_old_row() -> None:
     assert "superseded" in longer[1]["source"] and tag == leaderboard.config_tag({"epochs": 1, "family": "cnn"})
 
 
+def test_the_same_config_trained_again_keeps_the_earlier_run() -> None:
+    committed = leaderboard.merge([], [row("cnn-a", 0.5, train_seconds=100.0)])
+    again = leaderboard.merge(committed, [row("cnn-a", 0.55, train_seconds=100.0)])  # re-evaluated
+    assert [(r["name"], r["val_macro_f1"]) for r in again] == [("cnn-a", 0.55)]
+    retrained = leaderboard.merge(again, [row("cnn-a", 0.52, train_seconds=130.0)])
+    assert [(r["name"], r["val_macro_f1"]) for r in retrained] == [("cnn-a@run1", 0.55), ("cnn-a", 0.52)]
+    assert "earlier training run" in retrained[0]["source"]
+    third = leaderboard.merge(retrained, [row("cnn-a", 0.6, train_seconds=90.0)])
+    assert [(r["name"], r["val_macro_f1"]) for r in third] == [
+        ("cnn-a", 0.6),
+        ("cnn-a@run1", 0.55),
+        ("cnn-a@run2", 0.52),
+    ]
+
+
 def test_rows_of_another_preprocessing_version_are_named_apart_and_rank_together() -> None:
     # Same images and labels (dataset_hash), other preprocessing (so another data_hash): the scores rank
     # together, and a version-2 run of a name is its own row, <name>@v2.

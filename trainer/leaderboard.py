@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,19 @@ def _dataset(row: dict[str, Any]) -> str | None:
     return row.get("dataset_hash") or row.get("data_hash")
 
 
+def _retrained(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """The same configuration trained again, not re-evaluated: training is not bit-reproducible on a CPU, so
+    that is another model, told apart by its recorded training time."""
+    return old.get("train_seconds") is not None and old.get("train_seconds") != new.get("train_seconds")
+
+
 def merge(committed: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Union by model name (rows of preprocessing version ≥ 2 are named `<run name>@v<version>`); a freshly
     evaluated row replaces the committed one of the same configuration. A name re-run with another
-    configuration (more epochs, say: run names do not say) keeps the old row as `<name>@<config tag>`, so no
-    configuration tried drops out. Rows scored on the same images and labels (dataset hash) rank together,
-    whatever their preprocessing. Ranked by validation F1."""
+    configuration (more epochs, say: run names do not say) keeps the old row as `<name>@<config tag>`, and the
+    same configuration trained again keeps it as `<name>@run<k>`, so no configuration or run tried drops out.
+    Rows scored on the same images and labels (dataset hash) rank together, whatever their preprocessing.
+    Ranked by validation F1."""
     by_name = {r["name"]: r for r in committed}
     hashes = {h for r in committed if (h := _dataset(r))}
     for r in fresh:
@@ -84,6 +92,11 @@ def merge(committed: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[
         if old is not None and old.get("config") and new.get("config") and old["config"] != new["config"]:
             kept = {**old, "name": f"{old['name']}@{config_tag(old['config'])}"}
             kept["source"] = f"{old['source']}; superseded by a run of another configuration under this name"
+            by_name[kept["name"]] = kept
+        elif old is not None and _retrained(old, new):
+            k = next(k for k in itertools.count(1) if f"{old['name']}@run{k}" not in by_name)
+            kept = {**old, "name": f"{old['name']}@run{k}"}
+            kept["source"] = f"{old['source']}; an earlier training run of this configuration"
             by_name[kept["name"]] = kept
         by_name[new["name"]] = new
     return rank(list(by_name.values()))
