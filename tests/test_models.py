@@ -197,3 +197,13 @@ def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
     assert parity(wrapped, path, x.astype(np.uint8)) < 1e-4
     names = {o.name for o in ort.InferenceSession(str(path)).get_outputs()}
     assert names == {"class_map", "ood_score", "probabilities"}
+
+
+def test_pooled_reproduce_command_names_the_grid_that_trains_those_runs() -> None:
+    from trainer.report import pooled_grid
+
+    for grid in ("pooled.toml", "pooled-v2.toml", "seeds-v2-pooled.toml"):
+        names = {e["name"] for e in load_grid(ROOT / "trainer" / "grids" / grid)}
+        assert pooled_grid(names) == f"trainer/grids/{grid}"
+    with pytest.raises(ValueError, match="no grid"):
+        pooled_grid({"ann-d0-u32-pooled"})
