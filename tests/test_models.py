@@ -17,6 +17,8 @@ from trainer.models import (  # noqa: E402
     build_from_config,
     build_transfer,
     describe_weights,
+    fine_tune_cut_of,
+    fine_tune_prefixes,
     split_at_cut,
     unfreeze_top,
 )
@@ -99,6 +101,25 @@ def test_split_at_cut_shares_weights_with_the_full_model() -> None:
         split_at_cut(build_transfer((32, 32, 3), 4, "mobilenetv2", weights="none"), "mobilenetv2")
 
 
+@pytest.mark.slow
+def test_fine_tuning_two_blocks_cuts_below_block4() -> None:
+    """fine_tune_blocks = 2: block4 and block5 train (on the cached block3_pool output), blocks 1–3 stay frozen."""
+    m = build_transfer((32, 32, 3), 4, "vgg16", weights="none", dense_layers=1, units=8)
+    assert unfreeze_top(m, "vgg16", 2) == 8  # 3 convs + 1 pool per block
+    bottom, top = split_at_cut(m, "vgg16", 2)
+    x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    assert bottom.output_shape == (None, 4, 4, 256)
+    np.testing.assert_allclose(np.asarray(top(bottom(x))), np.asarray(m(x)), atol=1e-5)
+    trained = {w.path.split("/")[0] for w in top.trainable_weights}
+    assert {"block4_conv1", "block5_conv3"} <= trained and not any(t.startswith("block3") for t in trained)
+    assert fine_tune_prefixes("vgg16", 2) == ("block4_", "block5_") and fine_tune_cut_of("vgg16", 4) == "block1_pool"
+    assert fine_tune_cut_of("vgg19", 1) == "block4_pool" and fine_tune_prefixes("resnet50") == ("conv5_",)
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        fine_tune_cut_of("vgg16", 5)
+    with pytest.raises(ValueError, match="between 1 and 1"):
+        unfreeze_top(build_transfer((32, 32, 3), 4, "mobilenetv2", weights="none"), "mobilenetv2", 2)
+
+
 def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="backbone weights file not found"):
         build_transfer(SHAPE, 4, "vgg16", weights=str(tmp_path / "nope.weights.h5"))
@@ -140,6 +161,11 @@ def test_grid_files_expand() -> None:
     (ftimg,) = load_grid(ROOT / "trainer" / "grids" / "finetune-images.toml")
     (ft,) = load_grid(ROOT / "trainer" / "grids" / "finetune.toml")
     assert ftimg["name"] == "transfer-vgg16-d1-hed-ftimg"
+    (ft2,) = load_grid(ROOT / "trainer" / "grids" / "finetune2-v2.toml")
+    assert ft2["name"] == "transfer-vgg16-d1-hed-ft2"
+    for bad in (0, "2", True):
+        with pytest.raises(ValueError, match="fine_tune_blocks"):
+            expand({"transfer": [{"backbone": "vgg16", "fine_tune_epochs": 1, "fine_tune_blocks": bad}]})
     same = {k: v for k, v in ftimg.items() if k not in ("name", "fine_tune_on")}
     assert same == {k: v for k, v in ft.items() if k != "name"}  # the recipe differs in fine_tune_on only
     # preprocessing version 2: the pooled grid retrains exactly the official grid's recipes

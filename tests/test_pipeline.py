@@ -299,6 +299,36 @@ def test_fine_tune_on_images_trains_block5_end_to_end_with_augmentation(tmp_path
         expand({"defaults": recipe, "transfer": [{**entry, "fine_tune_on": "pixels"}]})
 
 
+def test_fine_tune_two_blocks_trains_block4_on_the_cached_block3_output(tmp_path: Path) -> None:
+    """`fine_tune_blocks = 2`: block4 + block5 + head fine-tune on a cached block3_pool output (its own cache
+    file, next to the pooled features), and the saved model's block4 differs from the starting weights."""
+    from trainer.data import prepare
+    from trainer.grid import expand
+    from trainer.train import train_entry
+
+    p = prepare(MRI_FIXTURES, tmp_path / "cache")
+    recipe = {"epochs": 1, "batch_size": 8, "val_fraction": 0.25, "fine_tune_epochs": 1, "patience": 1}
+    entry = {"backbone": "vgg16", "weights": "none", "cache_features": True, "fine_tune_blocks": 2}
+    (cfg,) = expand({"defaults": recipe, "transfer": [entry]})
+    assert cfg["name"] == "transfer-vgg16-d0-scratch-ft2"
+    run_dir = tmp_path / "runs" / cfg["name"]
+    result = train_entry(cfg, p, run_dir, verbose=0, cache_dir=tmp_path / "cache")
+    assert result["epochs_run"] == 2  # one head epoch, one fine-tuning epoch
+    cached = sorted(f.name.rsplit("-", 1)[0] for f in (tmp_path / "cache").glob("*-vgg16-*.npz"))
+    assert cached == ["cut-block3_pool-vgg16", "features-vgg16"]
+    with np.load(next((tmp_path / "cache").glob("cut-*.npz"))) as z:
+        assert z["features"].shape == (2, len(p.y), 18, 18, 256)  # identity and mirror views, 150 px input
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(int(cfg["seed"]))  # the initial weights train_entry started from
+    from trainer.models import backbone_of, build_from_config
+
+    start = backbone_of(build_from_config(cfg, (150, 150, 3), 4))
+    saved = backbone_of(keras.saving.load_model(run_dir / "model.keras"))
+    for layer, moved in (("block3_conv3", False), ("block4_conv1", True), ("block5_conv1", True)):
+        same = np.allclose(saved.get_layer(layer).get_weights()[0], start.get_layer(layer).get_weights()[0])
+        assert same is not moved, layer
+
+
 def test_not_an_mri_thresholds_flag_no_image_of_the_training_pool(tmp_path: Path) -> None:
     """Export calibrates each model's ood_score threshold, like the background threshold, to the largest value
     among the training pool (training + validation): recomputed through the service runtime, no pool image is

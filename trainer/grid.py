@@ -53,6 +53,14 @@ def fine_tune_on_of(cfg: dict[str, Any]) -> str:
     return on
 
 
+def fine_tune_blocks_of(cfg: dict[str, Any]) -> int:
+    """How many of the backbone's top blocks phase 2 fine-tunes (1: the top block; VGG allows up to 4)."""
+    blocks = cfg.get("fine_tune_blocks", 1)
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"fine_tune_blocks must be an integer ≥ 1, got {blocks!r}")
+    return blocks
+
+
 def init_seed_of(cfg: dict[str, Any]) -> int:
     """The seed of weight initialisation, shuffling and augmentation: `init_seed` where a grid sets it (to
     train the same recipe again on the same validation split), else `seed`, which also draws that split."""
@@ -67,7 +75,8 @@ def entry_name(cfg: dict[str, Any]) -> str:
         local = Path(w).name.split(".")[0].replace(f"{cfg['backbone']}_", "").replace("_notop", "")
         parts.append("imagenet" if w == "imagenet" else "scratch" if w == "none" else local)
         if cfg.get("fine_tune_epochs", 0):
-            parts.append("ftimg" if fine_tune_on_of(cfg) == "images" else "ft")
+            blocks = fine_tune_blocks_of(cfg)
+            parts.append(("ftimg" if fine_tune_on_of(cfg) == "images" else "ft") + (str(blocks) if blocks > 1 else ""))
     if "init_seed" in cfg:
         parts.append(f"s{int(cfg['init_seed'])}")
     if not cfg.get("augment", True):
@@ -97,6 +106,7 @@ def expand(grid: dict[str, Any], overrides: dict[str, Any] | None = None) -> lis
                     **dict(zip(keys, combo, strict=True)),
                     **(overrides or {}),
                 }
+                fine_tune_blocks_of(cfg)  # a bad value is refused here, before any training
                 cfg["name"] = entry_name(cfg)
                 entries.append(cfg)
     names = [e["name"] for e in entries]

@@ -37,15 +37,44 @@ class Backbone:
     fine_tune_cut: str | None = None
     # the feature map for class activation maps (finer than the final pooled map); None: the backbone output
     cam_layer: str | None = None
+    # sequential backbones whose layers are named block<i>_… (VGG): how many blocks, so that fine-tuning can
+    # reach below the top block (`fine_tune_blocks`); None: only the top block can be fine-tuned
+    blocks: int | None = None
 
 
 BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone(keras.applications.VGG16, "caffe", "block5_", "block4_pool", "block5_conv3"),
-    "vgg19": Backbone(keras.applications.VGG19, "caffe", "block5_", "block4_pool", "block5_conv4"),
+    "vgg16": Backbone(keras.applications.VGG16, "caffe", "block5_", "block4_pool", "block5_conv3", blocks=5),
+    "vgg19": Backbone(keras.applications.VGG19, "caffe", "block5_", "block4_pool", "block5_conv4", blocks=5),
     "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_"),
     "mobilenetv2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_"),
     "inceptionv3": Backbone(keras.applications.InceptionV3, "tf", "mixed10"),
 }
+
+
+def _top_blocks(backbone: str, blocks: int) -> tuple[Backbone, int]:
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+    spec = BACKBONES[backbone]
+    limit = (spec.blocks - 1) if spec.blocks else 1
+    if not 1 <= blocks <= limit:
+        raise ValueError(f"fine_tune_blocks for {backbone} must be between 1 and {limit}, got {blocks}")
+    return spec, blocks
+
+
+def fine_tune_prefixes(backbone: str, blocks: int = 1) -> tuple[str, ...]:
+    """Layer-name prefixes of the top `blocks` blocks, the ones phase 2 unfreezes."""
+    spec, blocks = _top_blocks(backbone, blocks)
+    if blocks == 1 or spec.blocks is None:  # _top_blocks allows blocks > 1 only for block-named backbones
+        return (spec.fine_tune_prefix,) if spec.fine_tune_prefix else ()
+    return tuple(f"block{i}_" for i in range(spec.blocks - blocks + 1, spec.blocks + 1))
+
+
+def fine_tune_cut_of(backbone: str, blocks: int = 1) -> str | None:
+    """The last frozen layer when the top `blocks` blocks are fine-tuned (None: no cut, end to end)."""
+    spec, blocks = _top_blocks(backbone, blocks)
+    if blocks == 1 or spec.fine_tune_cut is None or spec.blocks is None:
+        return spec.fine_tune_cut
+    return f"block{spec.blocks - blocks}_pool"
 
 
 def _input(input_shape: tuple[int, int, int]) -> keras.KerasTensor:
@@ -165,14 +194,14 @@ def build_transfer(
     return keras.Model(inputs, outputs, name=f"{backbone}_transfer")
 
 
-def unfreeze_top(model: keras.Model, backbone: str) -> int:
-    """Phase 2: make the backbone's top block trainable (BatchNorm stays frozen). Returns #layers."""
-    prefix = BACKBONES[backbone].fine_tune_prefix
+def unfreeze_top(model: keras.Model, backbone: str, blocks: int = 1) -> int:
+    """Phase 2: make the backbone's top `blocks` blocks trainable (BatchNorm stays frozen). Returns #layers."""
+    prefixes = fine_tune_prefixes(backbone, blocks)
     base = backbone_of(model)
     base.trainable = True
     count = 0
     for layer in base.layers:
-        on = bool(prefix) and layer.name.startswith(str(prefix))
+        on = any(layer.name.startswith(prefix) for prefix in prefixes)
         on = on and not isinstance(layer, layers.BatchNormalization)
         layer.trainable = on
         count += int(on)
@@ -183,14 +212,15 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def split_at_cut(model: keras.Model, backbone: str) -> tuple[keras.Model, keras.Model]:
-    """(bottom, top) of a transfer model at its backbone's fine_tune_cut, sharing weights with `model`.
+def split_at_cut(model: keras.Model, backbone: str, blocks: int = 1) -> tuple[keras.Model, keras.Model]:
+    """(bottom, top) of a transfer model below its top `blocks` blocks (`fine_tune_cut_of`), sharing weights
+    with `model`.
 
     bottom: RGB pixels 0–255 → cut tensor (preprocessing + frozen layers); top: cut tensor →
     probabilities (the backbone's top block + pooling + head). Training `top` trains the layer objects
     `model` holds, so `model` is the fine-tuned full model afterwards.
     """
-    cut = BACKBONES[backbone].fine_tune_cut
+    cut = fine_tune_cut_of(backbone, blocks)
     if cut is None:
         raise ValueError(f"backbone {backbone!r} has no fine_tune_cut; fine-tune it end to end instead")
     base = backbone_of(model)

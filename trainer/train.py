@@ -17,8 +17,15 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import CLASSES, Prepared, protocol_split, split_train_val
-from trainer.grid import FAMILY_DEFAULTS, fine_tune_on_of, init_seed_of, protocol_of
-from trainer.models import BACKBONES, build_from_config, split_at_cut, unfreeze_top, weights_origin
+from trainer.grid import FAMILY_DEFAULTS, fine_tune_blocks_of, fine_tune_on_of, init_seed_of, protocol_of
+from trainer.models import (
+    BACKBONES,
+    build_from_config,
+    fine_tune_cut_of,
+    split_at_cut,
+    unfreeze_top,
+    weights_origin,
+)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -114,8 +121,8 @@ CUT_VIEWS = ("identity", "hflip")
 
 def cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> np.ndarray:
     """The frozen bottom's output for every image in each of CUT_VIEWS, shape (views, N, h, w, c), float16,
-    computed once and cached: fine-tuning the top block then costs a fraction of a full forward pass."""
-    cut = BACKBONES[cfg["backbone"]].fine_tune_cut
+    computed once and cached: fine-tuning the top block(s) then costs a fraction of a full forward pass."""
+    cut = fine_tune_cut_of(cfg["backbone"], fine_tune_blocks_of(cfg))
     path = _feature_cache_path(cfg, p, cache_dir, f"cut-{cut}")
     if path.exists():
         with np.load(path) as z:
@@ -202,13 +209,14 @@ def train_entry(
         history = _merge({}, fit(model, lr, epochs, "train", *image_datasets()))
     ft_epochs = int(cfg.get("fine_tune_epochs", 0))
     if cfg["family"] == "transfer" and ft_epochs > 0 and BACKBONES[cfg["backbone"]].fine_tune_prefix:
-        n = unfreeze_top(model, cfg["backbone"])
-        print(f"[{cfg['name']}] fine-tuning {n} top backbone layers for up to {ft_epochs} epochs")
+        blocks = fine_tune_blocks_of(cfg)
+        n = unfreeze_top(model, cfg["backbone"], blocks)
+        print(f"[{cfg['name']}] fine-tuning {n} layers of the top {blocks} backbone block(s), up to {ft_epochs} epochs")
         ft_lr = float(cfg["fine_tune_learning_rate"])
-        if cached and BACKBONES[cfg["backbone"]].fine_tune_cut and fine_tune_on_of(cfg) == "cache":
-            # Train the top block + head on the cached output of the frozen layers below it; the views
+        if cached and fine_tune_cut_of(cfg["backbone"], blocks) and fine_tune_on_of(cfg) == "cache":
+            # Train the top block(s) + head on the cached output of the frozen layers below; the views
             # (identity, horizontal flip) are the augmentation of this phase.
-            bottom, top = split_at_cut(model, cfg["backbone"])
+            bottom, top = split_at_cut(model, cfg["backbone"], blocks)
             cut = cut_features(bottom, cfg, p, cache_dir)
             x_tr = np.concatenate([view[tr] for view in cut])
             y_tr = np.concatenate([p.y[tr]] * len(cut))
