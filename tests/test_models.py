@@ -161,8 +161,9 @@ def test_grid_files_expand() -> None:
     (ftimg,) = load_grid(ROOT / "trainer" / "grids" / "finetune-images.toml")
     (ft,) = load_grid(ROOT / "trainer" / "grids" / "finetune.toml")
     assert ftimg["name"] == "transfer-vgg16-d1-hed-ftimg"
-    (ft2,) = load_grid(ROOT / "trainer" / "grids" / "finetune2-v2.toml")
-    assert ft2["name"] == "transfer-vgg16-d1-hed-ft2"
+    *seeds, ft2 = load_grid(ROOT / "trainer" / "grids" / "finetune2-v2.toml")
+    assert seeds == load_grid(ROOT / "trainer" / "grids" / "seeds-v2.toml")  # and one more entry:
+    assert ft2["name"] == "transfer-vgg16-d1-hed-ft2" and ft2["fine_tune_blocks"] == 2
     for bad in (0, "2", True):
         with pytest.raises(ValueError, match="fine_tune_blocks"):
             expand({"transfer": [{"backbone": "vgg16", "fine_tune_epochs": 1, "fine_tune_blocks": bad}]})
