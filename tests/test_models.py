@@ -170,13 +170,18 @@ def test_grid_files_expand() -> None:
     same = {k: v for k, v in ftimg.items() if k not in ("name", "fine_tune_on")}
     assert same == {k: v for k, v in ft.items() if k != "name"}  # the recipe differs in fine_tune_on only
     # preprocessing version 2: the pooled grid retrains exactly the official grid's recipes
-    official = load_grid(ROOT / "trainer" / "grids" / "intensity-v2.toml")
-    pooled_v2 = load_grid(ROOT / "trainer" / "grids" / "pooled-v2.toml")
-    assert [e["name"] + "-pooled" for e in official] == [e["name"] for e in pooled_v2]
-    for a, b in zip(official, pooled_v2, strict=True):
-        assert {k: v for k, v in a.items() if k not in ("name", "protocol")} == {
-            k: v for k, v in b.items() if k not in ("name", "protocol")
-        }
+    for official_file, pooled_file in (
+        ("intensity-v2.toml", "pooled-v2.toml"),
+        ("seeds-v2.toml", "seeds-v2-pooled.toml"),
+        ("finetune2-v2.toml", "finetune2-v2-pooled.toml"),
+    ):
+        official = load_grid(ROOT / "trainer" / "grids" / official_file)
+        pooled_v2 = load_grid(ROOT / "trainer" / "grids" / pooled_file)
+        assert [e["name"] + "-pooled" for e in official] == [e["name"] for e in pooled_v2]
+        for a, b in zip(official, pooled_v2, strict=True):
+            assert {k: v for k, v in a.items() if k not in ("name", "protocol")} == {
+                k: v for k, v in b.items() if k not in ("name", "protocol")
+            }
     with pytest.raises(ValueError, match="protocol must be one of"):
         expand({"defaults": {"protocol": "leaky"}, "ann": [{"dense_layers": 0, "units": 8}]})
     # the seed ensemble: the best recipe again with other initialisation seeds, on the same validation split
