@@ -234,7 +234,7 @@ def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
 def test_pooled_reproduce_command_names_the_grid_that_trains_those_runs() -> None:
     from trainer.report import pooled_grid
 
-    for grid in ("pooled.toml", "pooled-v2.toml", "seeds-v2-pooled.toml"):
+    for grid in ("pooled.toml", "pooled-v2.toml", "seeds-v2-pooled.toml", "finetune2-v2-pooled.toml"):
         names = {e["name"] for e in load_grid(ROOT / "trainer" / "grids" / grid)}
         assert pooled_grid(names) == f"trainer/grids/{grid}"
     assert pooled_grid({"ann-d0-u32-pooled"}) == "<the grid file that trained them>"
