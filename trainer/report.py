@@ -448,7 +448,7 @@ def _pooled_section(pooled: Path, summary: dict[str, Any], img: Path, n_images: 
             f"{r['val_macro_f1']:.3f} | {r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} |"
         )
     minutes = sum(r["train_seconds"] for r in board) / 60
-    reproduce = f"Reproduce (training took {minutes:.0f} min on 2 cores, most of it fine-tuning VGG16's block5):"
+    reproduce = f"Reproduce (training took {minutes:.0f} min on 2 cores, most of it fine-tuning VGG16's top blocks):"
     return [*lines, "", reproduce, "", *pooled_commands(pooled, m, {r["name"] for r in board})]
 
 
