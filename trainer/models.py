@@ -51,27 +51,28 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
-def _top_blocks(backbone: str, blocks: int) -> tuple[Backbone, int]:
+def _checked_spec(backbone: str, blocks: int) -> Backbone:
+    """The backbone's spec, once `blocks` top blocks are known to be fine-tunable for it."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
     spec = BACKBONES[backbone]
     limit = (spec.blocks - 1) if spec.blocks else 1
     if not 1 <= blocks <= limit:
         raise ValueError(f"fine_tune_blocks for {backbone} must be between 1 and {limit}, got {blocks}")
-    return spec, blocks
+    return spec
 
 
 def fine_tune_prefixes(backbone: str, blocks: int = 1) -> tuple[str, ...]:
     """Layer-name prefixes of the top `blocks` blocks, the ones phase 2 unfreezes."""
-    spec, blocks = _top_blocks(backbone, blocks)
-    if blocks == 1 or spec.blocks is None:  # _top_blocks allows blocks > 1 only for block-named backbones
+    spec = _checked_spec(backbone, blocks)
+    if blocks == 1 or spec.blocks is None:  # _checked_spec allows blocks > 1 only for block-named backbones
         return (spec.fine_tune_prefix,) if spec.fine_tune_prefix else ()
     return tuple(f"block{i}_" for i in range(spec.blocks - blocks + 1, spec.blocks + 1))
 
 
 def fine_tune_cut_of(backbone: str, blocks: int = 1) -> str | None:
     """The last frozen layer when the top `blocks` blocks are fine-tuned (None: no cut, end to end)."""
-    spec, blocks = _top_blocks(backbone, blocks)
+    spec = _checked_spec(backbone, blocks)
     if blocks == 1 or spec.fine_tune_cut is None or spec.blocks is None:
         return spec.fine_tune_cut
     return f"block{spec.blocks - blocks}_pool"
