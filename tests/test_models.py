@@ -167,6 +167,22 @@ def test_grid_files_expand() -> None:
     for bad in (0, "2", True):
         with pytest.raises(ValueError, match="fine_tune_blocks"):
             expand({"transfer": [{"backbone": "vgg16", "fine_tune_epochs": 1, "fine_tune_blocks": bad}]})
+    # shift-v2.toml: seeds-v2.toml's fine-tuned runs (seeds 42, 7, 11) with 4 shifted views each
+    shifted = load_grid(ROOT / "trainer" / "grids" / "shift-v2.toml")
+    fine_tuned = [e for e in load_grid(ROOT / "trainer" / "grids" / "seeds-v2.toml") if e["fine_tune_epochs"]]
+    assert [e["name"] for e in shifted] == [e["name"].replace("-ft", "-ft-sh4") for e in fine_tuned]
+    for s, f in zip(shifted, fine_tuned, strict=True):
+        assert s["shift_views"] == 4 and {**s, "name": f["name"]} == {**f, "shift_views": 4}
+    for bad_entry, why in (
+        ({"shift_views": -1}, "integer"),
+        ({"shift_views": True}, "integer"),
+        ({"shift_views": 2, "fine_tune_on": "images"}, "cache"),
+        ({"shift_views": 2, "cache_features": False}, "cache"),
+        ({"shift_views": 2, "fine_tune_epochs": 0}, "cache"),
+    ):
+        entry = {"backbone": "vgg16", "cache_features": True, "fine_tune_epochs": 1, **bad_entry}
+        with pytest.raises(ValueError, match=why):
+            expand({"transfer": [entry]})
     same = {k: v for k, v in ftimg.items() if k not in ("name", "fine_tune_on")}
     assert same == {k: v for k, v in ft.items() if k != "name"}  # the recipe differs in fine_tune_on only
     # preprocessing version 2: the pooled grid retrains exactly the official grid's recipes

@@ -329,6 +329,62 @@ def test_fine_tune_two_blocks_trains_block4_on_the_cached_block3_output(tmp_path
         assert same is not moved, layer
 
 
+def test_view_sampler_shows_each_image_once_clean_and_once_shifted_per_epoch() -> None:
+    """ViewSampler: per epoch, every training image twice (one clean view, one shifted view) with its label,
+    batches of the asked size, and other draws in the next epoch."""
+    from trainer.train import ViewSampler
+
+    n, index = 10, np.array([1, 3, 4, 6, 8, 9])
+    y = np.arange(n) % 4
+    # every stored value encodes (source, view, image): clean 0/1, shifted 10 + view
+    clean = np.stack([np.full((n, 2, 2, 1), v, np.float16) * 100 + np.arange(n)[:, None, None, None] for v in (0, 1)])
+    shifted = np.stack(
+        [np.full((n, 2, 2, 1), 10 + v, np.float16) * 100 + np.arange(n)[:, None, None, None] for v in range(3)]
+    )
+    sampler = ViewSampler(clean, shifted, index, y, batch_size=4, seed=1)
+    assert len(sampler) == 3  # 12 samples in batches of 4
+
+    def epoch() -> list[tuple[int, int]]:
+        seen = []
+        for i in range(len(sampler)):
+            x, labels = sampler[i]
+            codes = x[:, 0, 0, 0].astype(int)
+            assert list(labels) == list(y[codes % 100])
+            seen += [(int(c) // 100, int(c) % 100) for c in codes]
+        return seen
+
+    first = epoch()
+    for image in index:
+        views = sorted(v for v, j in first if j == image)
+        assert len(views) == 2 and views[0] in (0, 1) and views[1] in (10, 11, 12), (image, views)
+    assert {j for _, j in first} == set(index.tolist())
+    sampler.on_epoch_end()
+    assert epoch() != first
+    with pytest.raises(ValueError, match="do not match"):
+        ViewSampler(clean, shifted[:, :, :1], index, y, 4, 0)
+
+
+def test_shift_views_fine_tune_caches_shifted_views_beside_the_clean_ones(tmp_path: Path) -> None:
+    """`shift_views = 2`: block5 fine-tunes on the cached clean views plus 2 shifted views of every image (their
+    own cache file, named by the fixed shift seed, not the init seed)."""
+    from trainer.data import prepare
+    from trainer.grid import expand
+    from trainer.train import train_entry
+
+    p = prepare(MRI_FIXTURES, tmp_path / "cache")
+    recipe = {"epochs": 1, "batch_size": 8, "val_fraction": 0.25, "fine_tune_epochs": 1, "patience": 1}
+    entry = {"backbone": "vgg16", "weights": "none", "cache_features": True, "shift_views": 2}
+    (cfg,) = expand({"defaults": recipe, "transfer": [entry]})
+    assert cfg["name"] == "transfer-vgg16-d0-scratch-ft-sh2"
+    result = train_entry(cfg, p, tmp_path / "runs" / cfg["name"], verbose=0, cache_dir=tmp_path / "cache")
+    assert result["epochs_run"] == 2
+    cached = {f.name.rsplit("-", 1)[0]: f for f in (tmp_path / "cache").glob("*-vgg16-*.npz")}
+    assert sorted(cached) == ["cut-block4_pool-shift2-seed2020-vgg16", "cut-block4_pool-vgg16", "features-vgg16"]
+    with np.load(cached["cut-block4_pool-shift2-seed2020-vgg16"]) as z, np.load(cached["cut-block4_pool-vgg16"]) as c:
+        assert z["features"].shape == c["features"].shape == (2, len(p.y), 9, 9, 512)
+        assert not np.array_equal(z["features"][0], c["features"][0])
+
+
 def test_not_an_mri_thresholds_flag_no_image_of_the_training_pool(tmp_path: Path) -> None:
     """Export calibrates each model's ood_score threshold, like the background threshold, to the largest value
     among the training pool (training + validation): recomputed through the service runtime, no pool image is

@@ -72,3 +72,21 @@ def _crop(path: Path) -> np.ndarray:
     from service.preprocessing import preprocess_bytes
 
     return preprocess_bytes(path.read_bytes()).image
+
+
+def test_random_shift_is_seeded_keeps_the_99th_percentile_and_varies() -> None:
+    """The training shift (grid key shift_views): reproducible from its generator, a grey uint8 image of the
+    same size, its grey 99th percentile put back (what preprocessing v2 would do), and different draws differ."""
+    from service.preprocessing import INTENSITY_PERCENTILE, crop_and_resize, grey_percentile
+    from trainer.robustness import random_shift
+
+    crop = crop_and_resize(decode_image(FIXTURES[0].read_bytes())).image
+    first = random_shift(crop, np.random.default_rng(5))
+    assert np.array_equal(first, random_shift(crop, np.random.default_rng(5)))
+    draws = [random_shift(crop, np.random.default_rng(s)) for s in range(12)]
+    for out in draws:
+        assert out.dtype == np.uint8 and out.shape == crop.shape and (out.max(axis=2) == out.min(axis=2)).all()
+        assert abs(grey_percentile(out, INTENSITY_PERCENTILE) - grey_percentile(crop, INTENSITY_PERCENTILE)) <= 2
+    assert len({out.tobytes() for out in draws}) == len(draws) and not any(np.array_equal(o, crop) for o in draws)
+    with pytest.raises(ValueError, match="uint8"):
+        random_shift(crop.astype(np.float32), np.random.default_rng(0))

@@ -61,6 +61,19 @@ def fine_tune_blocks_of(cfg: dict[str, Any]) -> int:
     return blocks
 
 
+def shift_views_of(cfg: dict[str, Any]) -> int:
+    """How many randomly shifted views (trainer.robustness.random_shift) of every image phase 2 caches next
+    to the identity and mirror views (0: none, the recipe before session 11). With K > 0, each fine-tuning
+    epoch shows every training image twice, as before: once clean (identity or mirror, drawn per epoch) and
+    once as one of its K shifted views (drawn per epoch)."""
+    k = cfg.get("shift_views", 0)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"shift_views must be an integer ≥ 0, got {k!r}")
+    if k and (fine_tune_on_of(cfg) != "cache" or not cfg.get("cache_features") or not cfg.get("fine_tune_epochs")):
+        raise ValueError("shift_views needs fine-tuning on the cache (cache_features, fine_tune_epochs > 0)")
+    return k
+
+
 def init_seed_of(cfg: dict[str, Any]) -> int:
     """The seed of weight initialisation, shuffling and augmentation: `init_seed` where a grid sets it (to
     train the same recipe again on the same validation split), else `seed`, which also draws that split."""
@@ -77,6 +90,8 @@ def entry_name(cfg: dict[str, Any]) -> str:
         if cfg.get("fine_tune_epochs", 0):
             blocks = fine_tune_blocks_of(cfg)
             parts.append(("ftimg" if fine_tune_on_of(cfg) == "images" else "ft") + (str(blocks) if blocks > 1 else ""))
+            if shift_views_of(cfg):
+                parts.append(f"sh{shift_views_of(cfg)}")
     if "init_seed" in cfg:
         parts.append(f"s{int(cfg['init_seed'])}")
     if not cfg.get("augment", True):
@@ -106,7 +121,8 @@ def expand(grid: dict[str, Any], overrides: dict[str, Any] | None = None) -> lis
                     **dict(zip(keys, combo, strict=True)),
                     **(overrides or {}),
                 }
-                fine_tune_blocks_of(cfg)  # a bad value is refused here, before any training
+                fine_tune_blocks_of(cfg)  # bad values are refused here, before any training
+                shift_views_of(cfg)
                 cfg["name"] = entry_name(cfg)
                 entries.append(cfg)
     names = [e["name"] for e in entries]

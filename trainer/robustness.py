@@ -21,7 +21,13 @@ import cv2
 import numpy as np
 
 from service.plausibility import input_warnings
-from service.preprocessing import crop_and_resize, decode_image, preprocessing_version
+from service.preprocessing import (
+    INTENSITY_PERCENTILE,
+    crop_and_resize,
+    decode_image,
+    grey_percentile,
+    preprocessing_version,
+)
 from service.runtime import Ensemble
 from trainer.metrics import compute_metrics
 from trainer.progress import progress
@@ -95,6 +101,37 @@ SHIFTS: list[tuple[str, str, Callable[[np.ndarray, int], np.ndarray]]] = [
     ("downscaled to 128 px", "resolution", lambda im, i: _downscale(im, 128)),
     ("JPEG quality 20", "compression", lambda im, i: _jpeg(im, 20)),
 ]
+
+
+def random_shift(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random acquisition shift of a prepared crop, for training (grid key `shift_views`): each of gamma,
+    contrast, blur, noise, rotation, resolution loss, JPEG compression and mirroring is drawn with its own
+    probability, at magnitudes up to those of SHIFTS. The grey 99th percentile is then put back where it was,
+    as the intensity step of preprocessing version 2 would do to an uploaded image (brightness is left out:
+    that step undoes it)."""
+    if img.dtype != np.uint8 or img.ndim != 3:
+        raise ValueError(f"expected a uint8 HxWx3 image, got {img.dtype} {img.shape}")
+    out = img
+    if rng.random() < 0.7:
+        out = _gamma(out, float(np.exp(rng.uniform(np.log(0.6), np.log(1.6)))))
+    if rng.random() < 0.5:
+        out = _contrast(out, float(rng.uniform(0.6, 1.0)))
+    if rng.random() < 0.5:
+        out = _blur(out, float(rng.uniform(0.5, 4.0)))
+    if rng.random() < 0.5:
+        out = _noise(out, float(rng.uniform(2.0, 16.0)), int(rng.integers(2**31)))
+    if rng.random() < 0.5:
+        out = _rotate(out, float(rng.uniform(-25.0, 25.0)))
+    if rng.random() < 0.3:  # resolution loss: as if the upload were REFERENCE_SIDE → 128..400 px
+        h, w = out.shape[:2]
+        small = _downscale(out, max(8, round(max(h, w) * rng.uniform(128, 400) / REFERENCE_SIDE)))
+        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.3:
+        out = _jpeg(out, int(rng.integers(20, 91)))
+    if rng.random() < 0.5:
+        out = np.ascontiguousarray(out[:, ::-1])
+    before, after = grey_percentile(img, INTENSITY_PERCENTILE), grey_percentile(out, INTENSITY_PERCENTILE)
+    return _scaled(out, before / after) if after > 0 else out
 
 
 def measure(

@@ -17,7 +17,14 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import CLASSES, Prepared, protocol_split, split_train_val
-from trainer.grid import FAMILY_DEFAULTS, fine_tune_blocks_of, fine_tune_on_of, init_seed_of, protocol_of
+from trainer.grid import (
+    FAMILY_DEFAULTS,
+    fine_tune_blocks_of,
+    fine_tune_on_of,
+    init_seed_of,
+    protocol_of,
+    shift_views_of,
+)
 from trainer.models import (
     BACKBONES,
     build_from_config,
@@ -139,6 +146,66 @@ def cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_di
     return feats
 
 
+SHIFT_SEED = 2020  # draws the shifted views; fixed, so runs with other init seeds share one cache file
+
+
+def shifted_cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> np.ndarray:
+    """The frozen bottom's output for `shift_views` randomly shifted copies of every image (robustness.
+    random_shift, seeded per view and image), shape (K, N, h, w, c), float16, computed once and cached."""
+    from trainer.robustness import random_shift
+
+    k = shift_views_of(cfg)
+    cut = fine_tune_cut_of(cfg["backbone"], fine_tune_blocks_of(cfg))
+    path = _feature_cache_path(cfg, p, cache_dir, f"cut-{cut}-shift{k}-seed{SHIFT_SEED}")
+    if path.exists():
+        with np.load(path) as z:
+            return np.asarray(z["features"])
+    views = []
+    for v in range(k):
+        print(f"[{cfg['name']}] computing frozen {cfg['backbone']} → {cut} for {len(p.x)} images, shift {v + 1}/{k}")
+        rngs = np.random.default_rng([SHIFT_SEED, v]).spawn(len(p.x))
+        x = np.stack([random_shift(img, rng) for img, rng in zip(p.x, rngs, strict=True)])
+        out = bottom.predict(x.astype(np.float32), batch_size=32, verbose=2)
+        views.append(np.asarray(out).astype(np.float16))
+    feats = np.stack(views)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(path, features=feats)
+    return feats
+
+
+class ViewSampler(keras.utils.PyDataset):
+    """Fine-tuning batches from cached views: each epoch, every image in `index` appears twice, once as one of
+    its clean views (identity or mirror) and once as one of its shifted views, each drawn anew per epoch, in
+    a new random order. Costs what the two clean views cost (the recipe without shifted views)."""
+
+    def __init__(
+        self, clean: np.ndarray, shifted: np.ndarray, index: np.ndarray, y: np.ndarray, batch_size: int, seed: int
+    ) -> None:
+        super().__init__()
+        if clean.shape[1:] != shifted.shape[1:]:
+            raise ValueError(f"clean views {clean.shape} and shifted views {shifted.shape} do not match")
+        self.clean, self.shifted, self.index, self.y = clean, shifted, np.asarray(index), y
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def on_epoch_end(self) -> None:
+        n = len(self.index)
+        source = np.repeat([0, 1], n)  # 0: a clean view, 1: a shifted view
+        view = np.concatenate([self.rng.integers(0, len(self.clean), n), self.rng.integers(0, len(self.shifted), n)])
+        image = np.concatenate([self.index, self.index])
+        order = self.rng.permutation(2 * n)
+        self.samples = np.stack([source[order], view[order], image[order]], axis=1)
+
+    def __len__(self) -> int:
+        return -(-len(self.samples) // self.batch_size)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.samples[i * self.batch_size : (i + 1) * self.batch_size]
+        x = np.stack([(self.shifted if s else self.clean)[v, j] for s, v, j in rows])
+        return x, self.y[rows[:, 2]]
+
+
 def head_model(model: keras.Model) -> keras.Model:
     """The layers after global pooling, as a model on pooled features (weights shared with `model`)."""
     gap = model.get_layer("gap")
@@ -218,11 +285,14 @@ def train_entry(
             # (identity, horizontal flip) are the augmentation of this phase.
             bottom, top = split_at_cut(model, cfg["backbone"], blocks)
             cut = cut_features(bottom, cfg, p, cache_dir)
-            x_tr = np.concatenate([view[tr] for view in cut])
-            y_tr = np.concatenate([p.y[tr]] * len(cut))
-            ft = fit(
-                top, ft_lr, ft_epochs, "fine_tune", (x_tr, y_tr), (cut[0][va], p.y[va]), batch_size=bs, shuffle=True
-            )
+            val_cut = (cut[0][va], p.y[va])
+            if shift_views_of(cfg):  # plus randomly shifted views: one clean and one shifted per image and epoch
+                sampler = ViewSampler(cut, shifted_cut_features(bottom, cfg, p, cache_dir), tr, p.y, bs, seed)
+                ft = fit(top, ft_lr, ft_epochs, "fine_tune", (sampler,), val_cut, validation_batch_size=bs)
+            else:
+                x_tr = np.concatenate([view[tr] for view in cut])
+                y_tr = np.concatenate([p.y[tr]] * len(cut))
+                ft = fit(top, ft_lr, ft_epochs, "fine_tune", (x_tr, y_tr), val_cut, batch_size=bs, shuffle=True)
         else:  # end to end on images, with the training augmentation
             ft = fit(model, ft_lr, ft_epochs, "fine_tune", *image_datasets())
         history = _merge(history, ft)
