@@ -21,6 +21,7 @@ from service.runtime import Ensemble
 from tests.conftest import MRI_FIXTURES, ROOT
 from trainer.export import parity, to_onnx
 from trainer.models import build_ann, build_cnn
+from trainer.tta import mcnemar_p
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +83,24 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     # the headline numbers recompute from the shipped ONNX files with one command
     out = run("evaluate", *common, "--models-dir", str(models), cwd=ROOT)
     assert "official_test: n=8" in out and "DIFFERS" not in out
+    # a paired comparison with another export (the single best model): each side's numbers are the ones its
+    # manifest records, and the discordant counts account for the accuracy difference
+    single = tmp_path / "single"
+    run("export", *common, "--models-dir", str(single), "--top", "1", "--select", "top", cwd=ROOT)
+    out = run("compare", *common, "--models-dir", str(models), "--candidate", str(single), cwd=ROOT)
+    compared = json.loads((work / "report" / "compare.json").read_text())
+    assert compared["reference"] == manifest.model_version and "McNemar p" in out
+    for key, row in compared["splits"].items():
+        for side, m in (("reference", manifest), ("candidate", load_manifest(single))):
+            assert row[side]["accuracy"] == pytest.approx(m.ensemble.metrics[key].accuracy), (key, side)
+        gained = (row["candidate"]["accuracy"] - row["reference"]["accuracy"]) * row["n"]
+        assert row["only_candidate_right"] - row["only_reference_right"] == pytest.approx(gained)
+        assert row["mcnemar_p"] == pytest.approx(
+            mcnemar_p(row["only_reference_right"], row["only_candidate_right"]), abs=1e-4
+        )
+    run("compare", *common, "--models-dir", str(models), "--candidate", str(models), cwd=ROOT)
+    same = json.loads((work / "report" / "compare.json").read_text())["splits"]["validation"]
+    assert (same["only_reference_right"], same["only_candidate_right"], same["mcnemar_p"]) == (0, 0, 1.0)
     out = run("tta", *common, "--models-dir", str(models), cwd=ROOT)
     tta = json.loads((work / "report" / "tta.json").read_text())
     assert set(tta["plain"]) == {"validation", "official_test"} and isinstance(tta["adopted"], bool)

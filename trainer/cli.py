@@ -220,6 +220,17 @@ def cmd_tta(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from trainer.compare import compare_ensembles, write_comparison
+
+    loaded = _prepare_for_shipped(args)
+    if loaded is None:
+        return 2
+    r = compare_ensembles(args.models_dir, args.candidate, loaded[1])
+    print(f"wrote {write_comparison(r, args.work / 'report')}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from service.manifest import load_manifest
     from trainer.report import write_report
@@ -360,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.set_defaults(func=cmd_tta)
+    p = sub.add_parser("compare", help="paired comparison (McNemar) of two exported ensembles on validation and test")
+    _common(p)
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="the reference ensemble")
+    p.add_argument("--candidate", type=Path, required=True, help="the exported ensemble compared with it")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="write docs/evaluation.md from the run's artefacts and models/")
     _common(p)
     p.add_argument("--models-dir", type=Path, default=Path("models"))

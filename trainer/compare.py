@@ -1,0 +1,69 @@
+"""Is one exported ensemble better than another, or only different? Both vote on the same images (validation
+and test split of their protocol), and an exact McNemar test asks whether the images only one of them gets
+right lean to one side more than chance would. Writes <work>/report/compare.json.
+
+    python -m trainer compare --models-dir models --candidate out/v4/models
+
+Shipping rules since session 11 ask for this paired test, not only a higher validation macro-F1: 0.005 of
+macro-F1 is a handful of the 430 validation images. Research tool, not for clinical use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.ensemble import majority_vote
+from service.runtime import Ensemble
+from trainer.data import CLASSES, Prepared
+from trainer.export import eval_splits, vote_metrics
+from trainer.tta import MCNEMAR_ALPHA, mcnemar_p
+
+
+def compare_ensembles(reference_dir: Path, candidate_dir: Path, p: Prepared) -> dict[str, Any]:
+    """Accuracy, macro-F1 and glioma recall of both ensembles' votes on each split, the discordant counts and
+    the McNemar p-value. Both must be trained on the same data, preprocessing and validation split."""
+    reference, candidate = Ensemble.load(reference_dir), Ensemble.load(candidate_dir)
+    a, b = reference.manifest, candidate.manifest
+    if a.data_hash != b.data_hash or a.preprocessing != b.preprocessing:
+        raise ValueError(f"{reference_dir} and {candidate_dir} differ in data or preprocessing; no paired comparison")
+    splits_a, splits_b = eval_splits(reference, p), eval_splits(candidate, p)
+    if splits_a.keys() != splits_b.keys() or any(not np.array_equal(splits_a[k][1], splits_b[k][1]) for k in splits_a):
+        raise ValueError(f"{reference_dir} and {candidate_dir} were selected on different splits")
+    out: dict[str, Any] = {"reference": a.model_version, "candidate": b.model_version, "splits": {}}
+    for key, (split, idx) in splits_a.items():
+        y = p.y[idx]
+        row: dict[str, Any] = {"n": len(idx)}
+        right = {}
+        for name, ensemble in (("reference", reference), ("candidate", candidate)):
+            probs = ensemble.predict_images(p.x[idx])
+            m = vote_metrics(probs, y, split)
+            right[name] = majority_vote(probs)[0] == y
+            row[name] = {
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "glioma_recall": m["per_class"][CLASSES[0]]["recall"],
+            }
+        only_a = int(np.sum(right["reference"] & ~right["candidate"]))
+        only_b = int(np.sum(right["candidate"] & ~right["reference"]))
+        row.update(
+            only_reference_right=only_a, only_candidate_right=only_b, mcnemar_p=round(mcnemar_p(only_a, only_b), 4)
+        )
+        row["significant"] = row["mcnemar_p"] < MCNEMAR_ALPHA
+        out["splits"][key] = row
+        print(
+            f"[compare] {key:<14} acc {row['reference']['accuracy']:.4f} → {row['candidate']['accuracy']:.4f}, "
+            f"macro-F1 {row['reference']['macro_f1']:.4f} → {row['candidate']['macro_f1']:.4f}; right only by the "
+            f"reference {only_a}, only by the candidate {only_b}, McNemar p {row['mcnemar_p']:.3f}",
+            flush=True,
+        )
+    return out
+
+
+def write_comparison(r: dict[str, Any], report_dir: Path) -> Path:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / "compare.json"
+    path.write_text(json.dumps(r, indent=1) + "\n")
+    return path
