@@ -275,6 +275,23 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
     # its reproduce commands export as this run did (float16 weights)
     assert f"--models-dir {work}/models --weights-dtype float16" in text
     assert (tmp_path / "pooled_test.png").stat().st_size > 0
+    # the headline calls these runs the shipped recipes only when they are: the same configs as an official
+    # export of these runs (protocol, name and init seed aside), not those of an ensemble of other recipes
+    from trainer.report import pooled_label
+
+    official = manifest.model_copy(
+        update={
+            "models": [e.model_copy(update={"config": {**e.config, "protocol": "official"}}) for e in manifest.models]
+        }
+    )
+    assert pooled_label(official, manifest) == "same recipes retrained"
+    assert "other recipes than the shipped" not in text
+    other = official.model_copy(
+        update={"models": [e.model_copy(update={"config": {**e.config, "units": 99}}) for e in manifest.models]}
+    )
+    assert pooled_label(other, manifest) == "earlier recipes retrained (not the shipped ones)"
+    warned = "\n".join(_pooled_section(work, summary, tmp_path, len(p.y), other))
+    assert f"**These runs use other recipes than the shipped ensemble `{other.model_version}`**" in warned
 
 
 def test_report_states_how_much_of_the_original_grid_was_trained() -> None:

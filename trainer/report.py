@@ -403,7 +403,25 @@ def pooled_summary(pooled: Path) -> dict[str, Any] | None:
     return {"manifest": m, "metrics": {k: v.model_dump() for k, v in m.ensemble.metrics.items()}}
 
 
-def _pooled_section(pooled: Path, summary: dict[str, Any], img: Path, n_images: int) -> list[str]:
+RUN_ONLY_KEYS = ("name", "protocol", "init_seed")  # what may differ between two runs of one recipe
+
+
+def recipes(m: Manifest) -> set[str]:
+    """The distinct training recipes of an ensemble's models: their configs without name, protocol and init
+    seed (a seed ensemble is one recipe trained several times)."""
+    return {json.dumps({k: v for k, v in e.config.items() if k not in RUN_ONLY_KEYS}, sort_keys=True) for e in m.models}
+
+
+def pooled_label(shipped: Manifest, pooled: Manifest) -> str:
+    """How the headline names the pooled protocol's row: the shipped recipes retrained, or other ones."""
+    if recipes(pooled) == recipes(shipped):
+        return "same recipes retrained"
+    return "earlier recipes retrained (not the shipped ones)"
+
+
+def _pooled_section(
+    pooled: Path, summary: dict[str, Any], img: Path, n_images: int, shipped: Manifest | None = None
+) -> list[str]:
     """The leak-free pooled protocol: the same recipes retrained on Training ∪ Testing split 80/20."""
     from trainer.data import POOLED_SEED, POOLED_TEST_FRACTION
 
@@ -422,6 +440,16 @@ def _pooled_section(pooled: Path, summary: dict[str, Any], img: Path, n_images: 
         "ensemble are selected on it, and the held-out 20 % is used for these numbers only. This measures the",
         "recipe on the pooled distribution (both collections on both sides); the shipped models are the ones",
         "trained on the official Training split above.",
+        *(
+            [
+                "",
+                f"**These runs use other recipes than the shipped ensemble `{shipped.model_version}`** "
+                f"({', '.join(e.name for e in shipped.models)}): its recipe has not been retrained under this "
+                "protocol, so the numbers below describe the earlier recipes.",
+            ]
+            if shipped is not None and recipes(shipped) != recipes(m)
+            else []
+        ),
         "",
         "| | n | accuracy | macro-F1 | glioma recall |",
         "|---|---|---|---|---|",
@@ -543,9 +571,9 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         f"{t['per_class'][classes[0]]['recall']:.3f} |",
     ]
     if pooled is not None:
-        pt = pooled["metrics"]["pooled_test"]
+        pt, label = pooled["metrics"]["pooled_test"], pooled_label(manifest, pooled["manifest"])
         lines.append(
-            f"| same recipe retrained, **leak-free pooled protocol** (held-out 20 %) | {pt['n']} | "
+            f"| {label}, **leak-free pooled protocol** (held-out 20 %) | {pt['n']} | "
             f"**{_pct(pt['accuracy'])}** | **{pt['macro_f1']:.3f}** | {pt['per_class'][classes[0]]['recall']:.3f} |"
         )
     lines += [
@@ -593,7 +621,7 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         lines += ["", f"### Ensemble on the {title}", "", *_per_class_table(ens[key], classes)]
         lines += ["", f"![confusion matrix, {title}](img/ensemble_{key}.png)"]
     if pooled is not None:
-        lines += ["", *_pooled_section(work / "pooled", pooled, img, len(p.y))]
+        lines += ["", *_pooled_section(work / "pooled", pooled, img, len(p.y), manifest)]
     tta = work / "report" / "tta.json"
     if tta.exists():
         lines += ["", *_tta_section(json.loads(tta.read_text()))]
