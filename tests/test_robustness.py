@@ -11,7 +11,7 @@ from service.preprocessing import decode_image
 from service.runtime import Ensemble
 from tests.conftest import MRI_FIXTURES
 from trainer.report import ROBUSTNESS_SECTION, replace_section, robustness_section
-from trainer.robustness import SHIFTS, measure, plot_robustness
+from trainer.robustness import SHIFTS, mean_shifted_accuracy, measure, plot_robustness
 
 FIXTURES = sorted(MRI_FIXTURES.rglob("*.jpg"))
 
@@ -63,6 +63,11 @@ def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path
         "the same measurement of another ensemble, not the one in `models/`: `old-1` (preprocessing v1)" in line
         for line in compared
     )
+    worse = {**earlier, "shifts": {n: {**m, "accuracy": m["accuracy"] / 2} for n, m in r["shifts"].items()}}
+    mean = float(np.mean([m["accuracy"] for n, m in r["shifts"].items() if n != "none"]))
+    assert mean_shifted_accuracy(worse) == pytest.approx(mean / 2)
+    line = f"Mean accuracy over the {len(SHIFTS) - 1} shifts: {100 * mean:.1f} % (`old-1` (preprocessing v1): "
+    assert any(x.startswith(line) for x in robustness_section(r, worse))
     plot_robustness(r, docs / "img" / "robustness-compared.png", earlier)
     plot_robustness(r, docs / "img" / "robustness.png")
     assert (docs / "img" / "robustness.png").stat().st_size > 0

@@ -274,7 +274,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
     from service.runtime import Ensemble
     from trainer.report import load_robustness, update_robustness_docs
-    from trainer.robustness import measure
+    from trainer.robustness import mean_shifted_accuracy, measure
 
     loaded = _shipped_validation(args)
     if loaded is None:
@@ -291,6 +291,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
             f"{name:28s} acc {m['accuracy']:.3f}  F1 {m['macro_f1']:.3f}  unchanged {m['agreement_with_unshifted']:.3f}"
             f"  failed crops {m['failed_crops']:.3f}  flagged {m['flagged']:.3f}"
         )
+    print(f"mean accuracy over the {len(r['shifts']) - 1} shifts: {mean_shifted_accuracy(r):.4f}")
     runs = load_robustness(args.work)  # this run and, if kept, the other ensemble's
     if args.docs is not None and runs is not None:
         print(f"updated {update_robustness_docs(runs[0], args.docs, runs[1])}")

@@ -21,7 +21,7 @@ from trainer.data import Prepared, class_rows
 from trainer.export import raw_probabilities
 from trainer.grid import load_grid
 from trainer.plots import plot_confusion, plot_leaderboard, plot_reliability
-from trainer.robustness import ensemble_label
+from trainer.robustness import ensemble_label, mean_shifted_accuracy
 
 PUBLISHED = (
     "Published results on this official Testing split range 0.63–0.78 accuracy, with glioma recall "
@@ -249,6 +249,8 @@ def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -
         "",
         f"Largest drop: {worst}, {_pct(shifts[worst]['accuracy'])} against {_pct(base['accuracy'])} unshifted. "
         f"Within 2 points of unshifted: {', '.join(robust) or 'none'}.",
+        f"Mean accuracy over the {len(shifts) - 1} shifts: {_pct(mean_shifted_accuracy(r))}"
+        + (f" ({ensemble_label(other, '`')}: {_pct(mean_shifted_accuracy(other))})." if other else "."),
         f"Most failed crops: {crops}, {_pct(shifts[crops]['failed_crops'])} of the images (unshifted "
         f"{_pct(base['failed_crops'])}); the crop thresholds grey levels at {CROP_THRESHOLD}.",
     ]

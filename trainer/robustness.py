@@ -189,6 +189,14 @@ def measure(
     return out
 
 
+def mean_shifted_accuracy(r: dict[str, Any]) -> float:
+    """The vote's accuracy averaged over every shift but 'none' (each shift weighs the same)."""
+    accs = [m["accuracy"] for name, m in r["shifts"].items() if name != "none"]
+    if not accs:
+        raise ValueError("no shifted measurement in this robustness result")
+    return float(np.mean(accs))
+
+
 def ensemble_label(r: dict[str, Any], quote: str = "") -> str:
     """How a robustness result names its ensemble, in the plot and in docs/evaluation.md (quote="`")."""
     return f"{quote}{r.get('model_version', '?')}{quote} (preprocessing v{r.get('preprocessing_version', 1)})"
