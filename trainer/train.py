@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,24 +128,34 @@ def frozen_features(model: keras.Model, cfg: dict[str, Any], p: Prepared, cache_
 CUT_VIEWS = ("identity", "hflip")
 
 
+def _cached_views(
+    path: Path, bottom: keras.Model, views: Sequence[tuple[str, Callable[[], np.ndarray]]], log: str
+) -> np.ndarray:
+    """The bottom's outputs (float16) for each named view's images, stacked (views, N, ...), cached at path."""
+    if path.exists():
+        with np.load(path) as z:
+            return np.asarray(z["features"])
+    outs = []
+    for name, images in views:
+        print(f"{log}, {name}")
+        outs.append(
+            np.asarray(bottom.predict(images().astype(np.float32), batch_size=32, verbose=2)).astype(np.float16)
+        )
+    feats = np.stack(outs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, features=feats)
+    return feats
+
+
 def cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> np.ndarray:
     """The frozen bottom's output for every image in each of CUT_VIEWS, shape (views, N, h, w, c), float16,
     computed once and cached: fine-tuning the top block(s) then costs a fraction of a full forward pass."""
     cut = fine_tune_cut_of(cfg["backbone"], fine_tune_blocks_of(cfg))
-    path = _feature_cache_path(cfg, p, cache_dir, f"cut-{cut}")
-    if path.exists():
-        with np.load(path) as z:
-            return np.asarray(z["features"])
-    views = []
-    for view in CUT_VIEWS:
-        print(f"[{cfg['name']}] computing frozen {cfg['backbone']} → {cut} for {len(p.x)} images, view {view}")
-        x = p.x if view == "identity" else p.x[:, :, ::-1, :]
-        out = bottom.predict(x.astype(np.float32), batch_size=32, verbose=2)
-        views.append(np.asarray(out).astype(np.float16))
-    feats = np.stack(views)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(path, features=feats)
-    return feats
+    views = [
+        (f"view {view}", (lambda: p.x) if view == "identity" else (lambda: p.x[:, :, ::-1, :])) for view in CUT_VIEWS
+    ]
+    log = f"[{cfg['name']}] computing frozen {cfg['backbone']} → {cut} for {len(p.x)} images"
+    return _cached_views(_feature_cache_path(cfg, p, cache_dir, f"cut-{cut}"), bottom, views, log)
 
 
 SHIFT_SEED = 2020  # draws the shifted views; fixed, so runs with other init seeds share one cache file
@@ -154,23 +166,16 @@ def shifted_cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, 
     random_shift, seeded per view and image), shape (K, N, h, w, c), float16, computed once and cached."""
     from trainer.robustness import random_shift
 
+    def shifted(v: int) -> np.ndarray:
+        rngs = np.random.default_rng([SHIFT_SEED, v]).spawn(len(p.x))
+        return np.stack([random_shift(img, rng) for img, rng in zip(p.x, rngs, strict=True)])
+
     k = shift_views_of(cfg)
     cut = fine_tune_cut_of(cfg["backbone"], fine_tune_blocks_of(cfg))
+    views = [(f"shift {v + 1}/{k}", partial(shifted, v)) for v in range(k)]
+    log = f"[{cfg['name']}] computing frozen {cfg['backbone']} → {cut} for {len(p.x)} images"
     path = _feature_cache_path(cfg, p, cache_dir, f"cut-{cut}-shift{k}-seed{SHIFT_SEED}")
-    if path.exists():
-        with np.load(path) as z:
-            return np.asarray(z["features"])
-    views = []
-    for v in range(k):
-        print(f"[{cfg['name']}] computing frozen {cfg['backbone']} → {cut} for {len(p.x)} images, shift {v + 1}/{k}")
-        rngs = np.random.default_rng([SHIFT_SEED, v]).spawn(len(p.x))
-        x = np.stack([random_shift(img, rng) for img, rng in zip(p.x, rngs, strict=True)])
-        out = bottom.predict(x.astype(np.float32), batch_size=32, verbose=2)
-        views.append(np.asarray(out).astype(np.float16))
-    feats = np.stack(views)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(path, features=feats)
-    return feats
+    return _cached_views(path, bottom, views, log)
 
 
 class ViewSampler(keras.utils.PyDataset):
