@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from service.ensemble import majority_vote
 from service.runtime import Ensemble
-from trainer.data import CLASSES, Prepared
-from trainer.export import eval_splits, vote_metrics
-from trainer.tta import MCNEMAR_ALPHA, mcnemar_p
+from trainer.data import Prepared
+from trainer.export import eval_splits
+from trainer.tta import MCNEMAR_ALPHA, paired_counts, scored_vote
 
 
 def compare_ensembles(reference_dir: Path, candidate_dir: Path, p: Prepared) -> dict[str, Any]:
@@ -38,19 +37,9 @@ def compare_ensembles(reference_dir: Path, candidate_dir: Path, p: Prepared) -> 
         row: dict[str, Any] = {"n": len(idx)}
         right = {}
         for name, ensemble in (("reference", reference), ("candidate", candidate)):
-            probs = ensemble.predict_images(p.x[idx])
-            m = vote_metrics(probs, y, split)
-            right[name] = majority_vote(probs)[0] == y
-            row[name] = {
-                "accuracy": m["accuracy"],
-                "macro_f1": m["macro_f1"],
-                "glioma_recall": m["per_class"][CLASSES[0]]["recall"],
-            }
-        only_a = int(np.sum(right["reference"] & ~right["candidate"]))
-        only_b = int(np.sum(right["candidate"] & ~right["reference"]))
-        row.update(
-            only_reference_right=only_a, only_candidate_right=only_b, mcnemar_p=round(mcnemar_p(only_a, only_b), 4)
-        )
+            row[name], right[name] = scored_vote(ensemble.predict_images(p.x[idx]), y, split)
+        only_a, only_b, pvalue = paired_counts(right["reference"], right["candidate"])
+        row.update(only_reference_right=only_a, only_candidate_right=only_b, mcnemar_p=round(pvalue, 4))
         row["significant"] = row["mcnemar_p"] < MCNEMAR_ALPHA
         out["splits"][key] = row
         print(

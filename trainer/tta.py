@@ -36,6 +36,24 @@ def mcnemar_p(only_first: int, only_second: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def scored_vote(probs: np.ndarray, y: np.ndarray, split: str) -> tuple[dict[str, float], np.ndarray]:
+    """Accuracy, macro-F1 and glioma recall of the majority vote of probs, and which images it gets right."""
+    m = vote_metrics(probs, y, split)
+    summary = {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "glioma_recall": m["per_class"][CLASSES[0]]["recall"],
+    }
+    return summary, majority_vote(probs)[0] == y
+
+
+def paired_counts(right_first: np.ndarray, right_second: np.ndarray) -> tuple[int, int, float]:
+    """Images only the first gets right, only the second, and the exact McNemar p-value of the two counts."""
+    only_first = int(np.sum(right_first & ~right_second))
+    only_second = int(np.sum(right_second & ~right_first))
+    return only_first, only_second, mcnemar_p(only_first, only_second)
+
+
 def measure_tta(models_dir: Path, p: Prepared, report_dir: Path) -> dict[str, Any]:
     ensemble = Ensemble.load(models_dir)
     splits = eval_splits(ensemble, p)
@@ -46,20 +64,14 @@ def measure_tta(models_dir: Path, p: Prepared, report_dir: Path) -> dict[str, An
         flipped = ensemble.predict_images(p.x[idx][:, :, ::-1, :].copy())
         right = {}
         for name, probs in (("plain", plain), ("hflip_tta", (plain + flipped) / 2)):
-            m = vote_metrics(probs, p.y[idx], split)
-            right[name] = majority_vote(probs)[0] == p.y[idx]
-            out.setdefault(name, {})[key] = {
-                "accuracy": m["accuracy"],
-                "macro_f1": m["macro_f1"],
-                "glioma_recall": m["per_class"][CLASSES[0]]["recall"],
-            }
+            m, right[name] = scored_vote(probs, p.y[idx], split)
+            out.setdefault(name, {})[key] = m
             print(f"[tta] {key:<14} {name:<10} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}", flush=True)
-        only_plain = int(np.sum(right["plain"] & ~right["hflip_tta"]))
-        only_tta = int(np.sum(right["hflip_tta"] & ~right["plain"]))
+        only_plain, only_tta, pvalue = paired_counts(right["plain"], right["hflip_tta"])
         out.setdefault("discordant", {})[key] = {
             "only_plain_right": only_plain,
             "only_tta_right": only_tta,
-            "mcnemar_p": round(mcnemar_p(only_plain, only_tta), 4),
+            "mcnemar_p": round(pvalue, 4),
         }
         print(f"[tta] {key:<14} right only without TTA {only_plain}, only with it {only_tta}", flush=True)
     gain = out["hflip_tta"][val_key]["macro_f1"] > out["plain"][val_key]["macro_f1"]
