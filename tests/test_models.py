@@ -173,6 +173,8 @@ def test_grid_files_expand() -> None:
     assert [e["name"] for e in shifted] == [e["name"].replace("-ft", "-ft-sh4") for e in fine_tuned]
     for s, f in zip(shifted, fine_tuned, strict=True):
         assert s["shift_views"] == 4 and {**s, "name": f["name"]} == {**f, "shift_views": 4}
+    # crop-v3.toml: the shipped recipe again; what differs is the work dir's preprocessing version
+    assert load_grid(ROOT / "trainer" / "grids" / "crop-v3.toml") == shifted
     for bad_entry, why in (
         ({"shift_views": -1}, "integer"),
         ({"shift_views": True}, "integer"),
@@ -189,7 +191,8 @@ def test_grid_files_expand() -> None:
     for official_file, pooled_file in (
         ("intensity-v2.toml", "pooled-v2.toml"),
         ("seeds-v2.toml", "seeds-v2-pooled.toml"),
-        ("finetune2-v2.toml", "finetune2-v2-pooled.toml"),
+        ("shift-v2.toml", "shift-v2-pooled.toml"),
+        ("finetune2-v2.toml", "finetune2-v2-pooled.toml"),  # last: `official` is used below
     ):
         official = load_grid(ROOT / "trainer" / "grids" / official_file)
         pooled_v2 = load_grid(ROOT / "trainer" / "grids" / pooled_file)

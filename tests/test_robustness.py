@@ -54,7 +54,7 @@ def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path
     replace_section(docs, lines, ["## Not an MRI? (warnings)"])
     text = (docs / "evaluation.md").read_text()
     assert text.count(ROBUSTNESS_SECTION) == 1 and text.index(ROBUSTNESS_SECTION) < text.index("## Not an MRI?")
-    assert r["preprocessing_version"] == 2 and r["model_version"] == ensemble.manifest.model_version
+    assert r["preprocessing_version"] == 3 and r["model_version"] == ensemble.manifest.model_version  # tiny: current
     earlier = {**r, "model_version": "old-1", "preprocessing_version": 1}
     compared = robustness_section(r, earlier)
     rows = [line for line in compared if line.startswith("| ")]
@@ -95,3 +95,53 @@ def test_random_shift_is_seeded_keeps_the_99th_percentile_and_varies() -> None:
     assert len({out.tobytes() for out in draws}) == len(draws) and not any(np.array_equal(o, crop) for o in draws)
     with pytest.raises(ValueError, match="uint8"):
         random_shift(crop.astype(np.float32), np.random.default_rng(0))
+
+
+def test_crop_stability_compares_versions_per_shift(tmp_path: Path) -> None:
+    from service.preprocessing import PREPROCESSING_V2, PREPROCESSING_V3
+    from trainer.robustness import box_iou, crop_stability
+
+    assert box_iou((0, 0, 2, 2), (0, 0, 2, 2)) == 1.0 and box_iou((0, 0, 1, 1), (1, 1, 2, 2)) == 0.0
+    assert box_iou((0, 0, 2, 2), (1, 0, 3, 2)) == pytest.approx(1 / 3)
+    images = [decode_image((MRI_FIXTURES / "Training" / "no_tumor" / "1.jpg").read_bytes())]
+    images += [decode_image(p.read_bytes()) for p in FIXTURES[:3]]
+    r = crop_stability(images, {"v2": PREPROCESSING_V2, "v3": PREPROCESSING_V3})
+    kept = [name for name, family, _ in SHIFTS[1:] if family != "geometry"]
+    assert list(r["shifts"]) == kept and "rotation 10°" not in r["shifts"]
+    assert r["unshifted_vs_first"]["v2"] == {"mean_iou": 1.0, "moved": 0.0}
+    assert len(r["boxes"]["v3"]) == len(images) and all(0 <= c <= 1 for b in r["boxes"]["v3"] for c in b)
+    for row in r["shifts"].values():
+        for m in row.values():
+            assert 0.0 <= m["mean_iou"] <= 1.0 and 0.0 <= m["moved"] <= 1.0
+    assert r["shifts"]["brightness ×0.5"]["v3"]["mean_iou"] > 0.95  # undone by the intensity step
+    gamma = r["shifts"]["gamma 1.6 (darker darks)"]
+    assert gamma["v2"]["moved"] >= 0.25 and gamma["v3"]["mean_iou"] > gamma["v2"]["mean_iou"]
+
+
+def test_crops_command_writes_the_table_and_the_picture(tmp_path: Path) -> None:
+    import json
+
+    from trainer.cli import main
+
+    assert main(["crops", "--data", str(MRI_FIXTURES), "--work", str(tmp_path), "--n", "5"]) == 0
+    r = json.loads((tmp_path / "report" / "crop_stability.json").read_text())
+    assert r["n"] == 5 and len(r["files"]) == 5 and set(r["unshifted_vs_first"]) == {"v2", "v3"}
+    assert (tmp_path / "report" / "crop_boxes.png").stat().st_size > 10_000
+    assert main(["crops", "--data", str(MRI_FIXTURES), "--work", str(tmp_path), "--versions", "2", "9"]) == 2
+
+
+def test_crop_stability_section_renders_every_shift_and_version() -> None:
+    from trainer.report import crop_stability_section
+
+    cell = {"mean_iou": 0.9, "moved": 0.1}
+    c = {
+        "n": 3,
+        "seed": 0,
+        "shifts": {"gamma 1.6 (darker darks)": {"v2": {"mean_iou": 0.711, "moved": 0.44}, "v3": cell}},
+        "unshifted_vs_first": {"v2": {"mean_iou": 1.0, "moved": 0.0}, "v3": cell},
+    }
+    lines = crop_stability_section(c, picture=True)
+    assert "| gamma 1.6 (darker darks) | 0.711 / 44.0 % | 0.900 / 10.0 % |" in lines
+    assert "| unshifted, against v2's box | 1.000 / 0.0 % | 0.900 / 10.0 % |" in lines
+    assert "![crop boxes](img/crop_boxes.png)" in lines
+    assert not any("crop_boxes.png" in line for line in crop_stability_section(c, picture=False))

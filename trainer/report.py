@@ -13,7 +13,7 @@ from service.confidence import apply_temperature
 from service.manifest import Manifest, load_manifest
 from service.plausibility import FLAT_BACKDROP_SPREAD
 from service.preprocessing import THRESHOLD as CROP_THRESHOLD
-from service.preprocessing import preprocessing_version
+from service.preprocessing import THRESHOLD_OFFSET, preprocessing_version
 from service.runtime import Ensemble
 from trainer import leaderboard
 from trainer.calibration import ECE_BINS, reliability
@@ -252,7 +252,13 @@ def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -
         f"Mean accuracy over the {len(shifts) - 1} shifts: {_pct(mean_shifted_accuracy(r))}"
         + (f" ({ensemble_label(other, '`')}: {_pct(mean_shifted_accuracy(other))})." if other else "."),
         f"Most failed crops: {crops}, {_pct(shifts[crops]['failed_crops'])} of the images (unshifted "
-        f"{_pct(base['failed_crops'])}); the crop thresholds grey levels at {CROP_THRESHOLD}.",
+        f"{_pct(base['failed_crops'])}); "
+        + (
+            f"the crop thresholds grey levels {THRESHOLD_OFFSET} above the image's background (the median of its "
+            f"frame), at most {CROP_THRESHOLD} (preprocessing version 3)."
+            if r.get("preprocessing_version", 1) >= 3
+            else f"the crop thresholds grey levels at {CROP_THRESHOLD}."
+        ),
     ]
     if r.get("preprocessing_version", 1) >= 2:
         lines += [
@@ -273,6 +279,34 @@ def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -
             f"{ensemble_label(other, '`')}{scores}."
         )
     lines += ["", "![robustness to acquisition shifts](img/robustness.png)", ""]
+    return lines
+
+
+def crop_stability_section(c: dict[str, Any], picture: bool) -> list[str]:
+    """The crop-stability section from `python -m trainer crops`' crop_stability.json."""
+    versions = list(c["unshifted_vs_first"])
+    lines = [
+        "## Crop stability across preprocessing versions",
+        "",
+        "No model involved: how far each preprocessing version's crop box moves when a shift is applied before it,",
+        f"on {c['n']} random Training images (`python -m trainer crops`, seed {c['seed']}). Each cell: mean IoU of",
+        "the box with the same version's box on the unshifted image / share of images whose box moved (IoU < 0.8).",
+        "Rotations are left out (the head's extent changes with them).",
+        "",
+        "| shift | " + " | ".join(versions) + " |",
+        "|---|" + "---|" * len(versions),
+    ]
+    rows = [*c["shifts"].items(), (f"unshifted, against {versions[0]}'s box", c["unshifted_vs_first"])]
+    for name, row in rows:
+        cells = " | ".join(f"{row[v]['mean_iou']:.3f} / {_pct(row[v]['moved'])}" for v in versions)
+        lines.append(f"| {name} | {cells} |")
+    if picture:
+        lines += [
+            "",
+            f"The images whose {versions[0]} and {versions[1]} boxes differ most, both boxes drawn:",
+            "",
+            "![crop boxes](img/crop_boxes.png)",
+        ]
     return lines
 
 
@@ -636,8 +670,13 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
     if robustness is not None:
         from trainer.robustness import plot_robustness
 
-        plot_robustness(robustness[0], img / "robustness.png")
+        plot_robustness(robustness[0], img / "robustness.png", robustness[1])
         lines += ["", *robustness_section(*robustness)]
+    crops = work / "report" / "crop_stability.json"
+    if crops.exists():
+        if (work / "report" / "crop_boxes.png").exists():
+            shutil.copy(work / "report" / "crop_boxes.png", img / "crop_boxes.png")
+        lines += ["", *crop_stability_section(json.loads(crops.read_text()), (img / "crop_boxes.png").exists())]
     if dataset is not None and any(m.ood_threshold is not None for m in manifest.models):
         lines += ["", *non_mri_section(measure_non_mri(models_dir, dataset, work))]
     lines += ["", NON_MRI_NEXT, ""]

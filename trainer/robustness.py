@@ -134,6 +134,58 @@ def random_shift(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _scaled(out, before / after) if after > 0 else out
 
 
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1)."""
+    iw, ih = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, iw) * max(0.0, ih)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _relative_box(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[float, ...]:
+    h, w = shape[:2]
+    return (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
+
+
+def crop_stability(images: list[np.ndarray], versions: dict[str, dict[str, Any]], moved: float = 0.8) -> dict[str, Any]:
+    """How far each preprocessing version's crop box moves when a shift is applied before it: per shift and
+    version, the mean IoU of the box with the same version's box on the unshifted image (boxes as fractions of
+    the image, so downscaling compares too) and the share of images whose box moved (IoU < `moved`).
+    Rotations are left out (the head's extent changes with them). Also, per version, how its unshifted boxes
+    compare with the first version's (what retraining under it changes), and every unshifted box. No model
+    involved: this measures the crop."""
+    base = {
+        name: [_relative_box(crop_and_resize(im, params=pre).box, im.shape) for im in images]
+        for name, pre in versions.items()
+    }
+    first = next(iter(base.values()))
+
+    def summary(ious: np.ndarray) -> dict[str, float]:
+        return {"mean_iou": round(float(ious.mean()), 4), "moved": round(float((ious < moved).mean()), 4)}
+
+    shifts: dict[str, dict[str, dict[str, float]]] = {}
+    for shift_name, family, shift in progress(SHIFTS[1:], len(SHIFTS) - 1, "crop stability"):
+        if family == "geometry":
+            continue
+        shifted = [shift(im, i) for i, im in enumerate(images)]
+        shifts[shift_name] = {
+            name: summary(
+                np.array(
+                    [
+                        box_iou(_relative_box(crop_and_resize(sh, params=pre).box, sh.shape), base[name][i])
+                        for i, sh in enumerate(shifted)
+                    ]
+                )
+            )
+            for name, pre in versions.items()
+        }
+    unshifted = {
+        name: summary(np.array([box_iou(a, b) for a, b in zip(boxes, first, strict=True)]))
+        for name, boxes in base.items()
+    }
+    return {"shifts": shifts, "unshifted_vs_first": unshifted, "boxes": base}
+
+
 def measure(
     ensemble: Ensemble,
     data: Path,
