@@ -131,3 +131,19 @@ def test_committed_leaderboard_matches_the_report() -> None:
     assert board, "docs/leaderboard.json is missing or empty"
     text = (ROOT / "docs" / "evaluation.md").read_text()
     assert "\n".join(leaderboard.section(board)) in text
+
+
+def test_ensembles_tried_section_counts_what_the_export_scored(tmp_path: Path) -> None:
+    from trainer.report import ensembles_tried_section
+
+    (tmp_path / "report").mkdir()
+    row = {"models": ["a", "b", "c"], "val_macro_f1": 0.9, "val_accuracy": 0.91, "size_mb": 85.0}
+    (tmp_path / "report" / "ensembles_tried.json").write_text(json.dumps([row]))
+    text = "\n".join(ensembles_tried_section(tmp_path))
+    assert "had one combination to score: the 3 models" in text and "combinations" not in text
+    rows = [row, {**row, "models": ["a", "b", "d"], "val_macro_f1": 0.8}]
+    (tmp_path / "report" / "ensembles_tried.json").write_text(json.dumps(rows))
+    text = "\n".join(ensembles_tried_section(tmp_path))
+    assert "majority vote of 2 combinations of three models (from the 4 best single models" in text
+    assert "| 1 | a + b + c | 0.9000 | 91.0 % | 85.0 |" in text and "The best 2:" in text
+    assert ensembles_tried_section(tmp_path / "nothing") == []

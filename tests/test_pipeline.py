@@ -119,7 +119,7 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     # training-pool image (validation included) is flagged
     assert manifest.ensemble.background_threshold is not None and cal["background_flag_rate"] == 0
     assert "## Calibration and uncertainty" in text and "### Test-time augmentation" in text
-    assert "1 combinations of three models (from the\n3 best single models" in text  # the 3 trained here
+    assert "had one combination to score: the 3 models its work dir holds" in text  # the 3 trained here
     # the not-an-MRI section re-measures on its own and replaces only itself
     (docs / "evaluation.md").write_text(text.replace("Flagged Testing images:", "STALE"))
     out = run("nonmri", *common, "--models-dir", str(models), "--docs", str(docs), cwd=ROOT)

@@ -346,13 +346,23 @@ def ensembles_tried_section(work: Path, top: int = 15) -> list[str]:
     if not path.exists():
         return []
     tried = json.loads(path.read_text())
+    models = len({name for t in tried for name in t["models"]})
+    if len(tried) == 1:
+        scored = [
+            f"`python -m trainer export` had one combination to score: the {models} models its work dir holds "
+            "(within the 120 MB budget). Its",
+            "validation score; the official Testing split was not consulted:",
+        ]
+    else:
+        scored = [
+            f"`python -m trainer export` scored the majority vote of {len(tried)} combinations of three models (from "
+            f"the {models} best single models, within the 120 MB budget) on validation and kept the best; the",
+            f"official Testing split was not consulted. The best {min(top, len(tried))}:",
+        ]
     lines = [
         "## Ensembles tried",
         "",
-        f"`python -m trainer export` scored the majority vote of {len(tried)} combinations of three models (from the",
-        f"{len({name for t in tried for name in t['models']})} best single models, within the 120 MB budget) on "
-        "validation and kept the best; the official Testing",
-        f"split was not consulted. The best {min(top, len(tried))}:",
+        *scored,
         "",
         "| # | voters | val macro-F1 | val accuracy | MB |",
         "|---|---|---|---|---|",
