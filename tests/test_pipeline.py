@@ -19,7 +19,7 @@ from service.main import create_app
 from service.manifest import Manifest, load_manifest
 from service.runtime import Ensemble
 from tests.conftest import MRI_FIXTURES, ROOT
-from trainer.export import parity, to_onnx
+from trainer.export import eval_splits, parity, to_onnx
 from trainer.models import build_ann, build_cnn
 from trainer.tta import mcnemar_p
 
@@ -101,6 +101,32 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     run("compare", *common, "--models-dir", str(models), "--candidate", str(models), cwd=ROOT)
     same = json.loads((work / "report" / "compare.json").read_text())["splits"]["validation"]
     assert (same["only_reference_right"], same["only_candidate_right"], same["mcnemar_p"]) == (0, 0, 1.0)
+    # an ensemble under another preprocessing version (the same ONNX file, declared version 2 with version 2's
+    # data hash) is compared on the same images, each side fed its own crops
+    from service.manifest import write_manifest
+    from service.preprocessing import PREPROCESSING_V2
+    from trainer.data import prepare
+    from trainer.tta import scored_vote
+
+    assert manifest.preprocessing != PREPROCESSING_V2  # a new work dir trains on the current version
+    other = tmp_path / "single-v2"
+    other.mkdir()
+    for f in single.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    p2 = prepare(MRI_FIXTURES, work / "cache", None, PREPROCESSING_V2)
+    relabelled = load_manifest(single).model_copy(
+        update={"preprocessing": PREPROCESSING_V2, "data_hash": p2.data_hash, "model_version": "single-v2"}
+    )
+    write_manifest(relabelled, other)
+    out = run("compare", *common, "--models-dir", str(models), "--candidate", str(other), cwd=ROOT)
+    crossed = json.loads((work / "report" / "compare.json").read_text())
+    assert crossed["preprocessing"] == {"reference": manifest.preprocessing["version"], "candidate": 2}
+    candidate = Ensemble.load(other)
+    for key, (split, idx) in eval_splits(candidate, p2).items():
+        row = crossed["splits"][key]
+        expected, _ = scored_vote(candidate.predict_images(p2.x[idx]), p2.y[idx], split)
+        assert row["candidate"]["accuracy"] == pytest.approx(expected["accuracy"]), key
+        assert row["reference"]["accuracy"] == pytest.approx(manifest.ensemble.metrics[key].accuracy)
     out = run("tta", *common, "--models-dir", str(models), cwd=ROOT)
     tta = json.loads((work / "report" / "tta.json").read_text())
     assert set(tta["plain"]) == {"validation", "official_test"} and isinstance(tta["adopted"], bool)

@@ -223,10 +223,19 @@ def cmd_tta(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from trainer.compare import compare_ensembles, write_comparison
 
+    from service.manifest import load_manifest
+    from trainer.data import prepare
+
     loaded = _prepare_for_shipped(args)
     if loaded is None:
         return 2
-    r = compare_ensembles(args.models_dir, args.candidate, loaded[1])
+    manifest, p = loaded
+    candidate = load_manifest(args.candidate)
+    # each ensemble votes on the images as its own preprocessing crops them (same images, same split)
+    p_candidate = p
+    if candidate.preprocessing != manifest.preprocessing:
+        p_candidate = prepare(args.data, cache_dir(args), args.limit_per_class, candidate.preprocessing)
+    r = compare_ensembles(args.models_dir, args.candidate, p, p_candidate)
     print(f"wrote {write_comparison(r, args.work / 'report')}")
     return 0
 

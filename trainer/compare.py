@@ -21,23 +21,39 @@ from trainer.export import eval_splits
 from trainer.tta import MCNEMAR_ALPHA, paired_counts, scored_vote
 
 
-def compare_ensembles(reference_dir: Path, candidate_dir: Path, p: Prepared) -> dict[str, Any]:
+def compare_ensembles(
+    reference_dir: Path, candidate_dir: Path, p: Prepared, p_candidate: Prepared | None = None
+) -> dict[str, Any]:
     """Accuracy, macro-F1 and glioma recall of both ensembles' votes on each split, the discordant counts and
-    the McNemar p-value. Both must be trained on the same data, preprocessing and validation split."""
+    the McNemar p-value. Both must be trained on the same images and validation split. `p` holds the images as
+    the reference's preprocessing crops them; when the candidate's preprocessing differs, `p_candidate` holds
+    the same images (same order) as the candidate's crops them, so each ensemble sees its own input."""
     reference, candidate = Ensemble.load(reference_dir), Ensemble.load(candidate_dir)
     a, b = reference.manifest, candidate.manifest
-    if a.data_hash != b.data_hash or a.preprocessing != b.preprocessing:
-        raise ValueError(f"{reference_dir} and {candidate_dir} differ in data or preprocessing; no paired comparison")
-    splits_a, splits_b = eval_splits(reference, p), eval_splits(candidate, p)
+    p_b = p if p_candidate is None else p_candidate
+    for manifest, prepared, where in ((a, p, reference_dir), (b, p_b, candidate_dir)):
+        if manifest.data_hash != prepared.data_hash:
+            raise ValueError(
+                f"{where} was trained on other data or preprocessing than the images given for it; "
+                "no paired comparison"
+            )
+    if p.dataset_hash != p_b.dataset_hash or not np.array_equal(p.paths, p_b.paths):
+        raise ValueError(f"{reference_dir} and {candidate_dir} were trained on different images; no paired comparison")
+    splits_a, splits_b = eval_splits(reference, p), eval_splits(candidate, p_b)
     if splits_a.keys() != splits_b.keys() or any(not np.array_equal(splits_a[k][1], splits_b[k][1]) for k in splits_a):
         raise ValueError(f"{reference_dir} and {candidate_dir} were selected on different splits")
-    out: dict[str, Any] = {"reference": a.model_version, "candidate": b.model_version, "splits": {}}
+    out: dict[str, Any] = {
+        "reference": a.model_version,
+        "candidate": b.model_version,
+        "preprocessing": {"reference": a.preprocessing.get("version"), "candidate": b.preprocessing.get("version")},
+        "splits": {},
+    }
     for key, (split, idx) in splits_a.items():
         y = p.y[idx]
         row: dict[str, Any] = {"n": len(idx)}
         right = {}
-        for name, ensemble in (("reference", reference), ("candidate", candidate)):
-            row[name], right[name] = scored_vote(ensemble.predict_images(p.x[idx]), y, split)
+        for name, ensemble, prepared in (("reference", reference, p), ("candidate", candidate, p_b)):
+            row[name], right[name] = scored_vote(ensemble.predict_images(prepared.x[idx]), y, split)
         only_a, only_b, pvalue = paired_counts(right["reference"], right["candidate"])
         row.update(only_reference_right=only_a, only_candidate_right=only_b, mcnemar_p=round(pvalue, 4))
         row["significant"] = row["mcnemar_p"] < MCNEMAR_ALPHA
