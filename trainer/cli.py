@@ -221,9 +221,8 @@ def cmd_tta(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from trainer.compare import compare_ensembles, write_comparison
-
     from service.manifest import load_manifest
+    from trainer.compare import compare_ensembles, write_comparison
     from trainer.data import prepare
 
     loaded = _prepare_for_shipped(args)

@@ -34,8 +34,7 @@ def compare_ensembles(
     for manifest, prepared, where in ((a, p, reference_dir), (b, p_b, candidate_dir)):
         if manifest.data_hash != prepared.data_hash:
             raise ValueError(
-                f"{where} was trained on other data or preprocessing than the images given for it; "
-                "no paired comparison"
+                f"{where} was trained on other data or preprocessing than the images given for it; no paired comparison"
             )
     if p.dataset_hash != p_b.dataset_hash or not np.array_equal(p.paths, p_b.paths):
         raise ValueError(f"{reference_dir} and {candidate_dir} were trained on different images; no paired comparison")
