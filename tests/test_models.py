@@ -192,6 +192,7 @@ def test_grid_files_expand() -> None:
         ("intensity-v2.toml", "pooled-v2.toml"),
         ("seeds-v2.toml", "seeds-v2-pooled.toml"),
         ("shift-v2.toml", "shift-v2-pooled.toml"),
+        ("crop-v3.toml", "crop-v3-pooled.toml"),
         ("finetune2-v2.toml", "finetune2-v2-pooled.toml"),  # last: `official` is used below
     ):
         official = load_grid(ROOT / "trainer" / "grids" / official_file)
