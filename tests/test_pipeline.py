@@ -127,6 +127,12 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
         expected, _ = scored_vote(candidate.predict_images(p2.x[idx]), p2.y[idx], split)
         assert row["candidate"]["accuracy"] == pytest.approx(expected["accuracy"]), key
         assert row["reference"]["accuracy"] == pytest.approx(manifest.ensemble.metrics[key].accuracy)
+    # fed the reference's crops instead, the version-2 ensemble is refused, not scored on the wrong input
+    from trainer.compare import compare_ensembles
+
+    p3 = prepare(MRI_FIXTURES, work / "cache", None, manifest.preprocessing)
+    with pytest.raises(ValueError, match="other data or preprocessing"):
+        compare_ensembles(models, other, p3)
     out = run("tta", *common, "--models-dir", str(models), cwd=ROOT)
     tta = json.loads((work / "report" / "tta.json").read_text())
     assert set(tta["plain"]) == {"validation", "official_test"} and isinstance(tta["adopted"], bool)
