@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,9 +111,7 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
 
     assert manifest.preprocessing != PREPROCESSING_V2  # a new work dir trains on the current version
     other = tmp_path / "single-v2"
-    other.mkdir()
-    for f in single.iterdir():
-        (other / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(single, other)
     p2 = prepare(MRI_FIXTURES, work / "cache", None, PREPROCESSING_V2)
     relabelled = load_manifest(single).model_copy(
         update={"preprocessing": PREPROCESSING_V2, "data_hash": p2.data_hash, "model_version": "single-v2"}

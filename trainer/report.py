@@ -561,29 +561,29 @@ def _tta_section(r: dict[str, Any]) -> list[str]:
 
 def _shift_limits(preprocessing: dict[str, Any]) -> list[str]:
     """The Limits bullet on acquisition shifts, for the ensemble's preprocessing version."""
-    if preprocessing.get("version", 1) >= 3:
+    if "intensity" not in preprocessing:
         return [
-            "- A change of gamma, contrast curve or sharpness, as another scanner or export brings, can cost more",
-            "  accuracy than the Testing split's shift does (see Robustness to acquisition shifts): each image's",
+            "- A global change of brightness, gamma or sharpness, as another scanner or export brings, can cost",
+            "  more accuracy than the Testing split's shift does (see Robustness to acquisition shifts): the models",
+            "  have no per-image intensity normalisation and the crop's threshold is fixed.",
+        ]
+    if preprocessing.get("version", 1) >= 3:
+        crop = [
             "  brightness is normalised (its 99th grey percentile), not the shape of its grey-level curve. The crop",
             "  follows the image's background, so darker darks no longer shrink it; brighter darks (gamma 0.6),",
-            "  strong blur and strong rotation cost the most. Training on shifted views (`shift_views`) narrows the",
-            "  loss for the shift families it draws from; the robustness check measures those same families, not",
-            "  another collection's shifts.",
+            "  strong blur and strong rotation cost the most.",
         ]
-    if "intensity" in preprocessing:
-        return [
-            "- A change of gamma, contrast curve or sharpness, as another scanner or export brings, can cost more",
-            "  accuracy than the Testing split's shift does (see Robustness to acquisition shifts): each image's",
+    else:
+        crop = [
             "  brightness is normalised (its 99th grey percentile), not the shape of its grey-level curve, and",
             "  darker darks (gamma 1.6) make the crop's fixed threshold miss the head on about one image in eight.",
-            "  Training on shifted views (`shift_views`) narrows the loss for the shift families it draws from;",
-            "  the robustness check measures those same families, not another collection's shifts.",
         ]
     return [
-        "- A global change of brightness, gamma or sharpness, as another scanner or export brings, can cost",
-        "  more accuracy than the Testing split's shift does (see Robustness to acquisition shifts): the models",
-        "  have no per-image intensity normalisation and the crop's threshold is fixed.",
+        "- A change of gamma, contrast curve or sharpness, as another scanner or export brings, can cost more",
+        "  accuracy than the Testing split's shift does (see Robustness to acquisition shifts): each image's",
+        *crop,
+        "  Training on shifted views (`shift_views`) narrows the loss for the shift families it draws from;",
+        "  the robustness check measures those same families, not another collection's shifts.",
     ]
 
 
