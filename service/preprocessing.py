@@ -299,17 +299,27 @@ def normalise_intensity(rgb: np.ndarray) -> np.ndarray:
 
 
 def crop_and_resize(
-    rgb: np.ndarray, size: int = IMAGE_SIZE, params: Mapping[str, Any] = PREPROCESSING_PARAMS
+    rgb: np.ndarray,
+    size: int = IMAGE_SIZE,
+    params: Mapping[str, Any] = PREPROCESSING_PARAMS,
+    box: tuple[int, int, int, int] | None = None,
 ) -> CropResult:
     """(Version 2 on: normalise the intensity, then) crop to the brain (version 3: at a threshold relative to
     the background) and resize to size×size. `params` is the manifest's preprocessing block. Input and output
-    are uint8 RGB; the box is in the input's coordinates."""
+    are uint8 RGB; the box is in the input's coordinates. A given `box` (x0, y0, x1, y1) replaces the one the
+    crop would find (the robustness measurement holds it fixed so; the service never passes one)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected uint8 RGB H×W×3, got {rgb.dtype} {rgb.shape}")
     version = preprocessing_version(params)
     if version >= 2:
         rgb = normalise_intensity(rgb)
-    box, fallback = find_brain_box(rgb, relative=version >= 3)
+    if box is None:
+        box, fallback = find_brain_box(rgb, relative=version >= 3)
+    else:
+        h, w = rgb.shape[:2]
+        if not (0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h):
+            raise ValueError(f"box {box} is not inside the {w}×{h} image")
+        fallback = False
     x0, y0, x1, y1 = box
     crop = rgb[y0:y1, x0:x1]
     h, w = crop.shape[:2]

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.preprocessing import decode_image
+from service.preprocessing import crop_and_resize, decode_image
 from service.runtime import Ensemble
 from tests.conftest import MRI_FIXTURES
 from trainer.report import ROBUSTNESS_SECTION, replace_section, robustness_section
-from trainer.robustness import SHIFTS, mean_shifted_accuracy, measure, plot_robustness
+from trainer.robustness import SHIFTS, mean_shifted_accuracy, measure, plot_robustness, scale_box
 
 FIXTURES = sorted(MRI_FIXTURES.rglob("*.jpg"))
 
@@ -44,6 +44,19 @@ def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path
     assert none["accuracy"] == pytest.approx(float((labels == y).mean()), abs=1e-4)
     for m in r["shifts"].values():
         assert all(0 <= m[k] <= 1 for k in ("accuracy", "macro_f1", "agreement_with_unshifted", "failed_crops"))
+    # the box held at the unshifted image's: none for the reference and the rotations, recomputable by hand
+    held = {name: m["accuracy_box_held"] for name, m in r["shifts"].items()}
+    assert held["none"] is None and held["rotation 10°"] is None and held["rotation 25°"] is None
+    for name in ("gamma 0.6 (brighter darks)", "downscaled to 128 px"):
+        shift = dict((n, f) for n, _, f in SHIFTS)[name]
+        crops = []
+        for i, p in enumerate(paths):
+            img = decode_image((MRI_FIXTURES / p).read_bytes())
+            box = crop_and_resize(img).box
+            shifted = shift(img, i)
+            crops.append(crop_and_resize(shifted, box=scale_box(box, img.shape, shifted.shape)).image)
+        by_hand = np.array([p.label for p in ensemble.predict_batch(np.stack(crops))])
+        assert held[name] == pytest.approx(float((by_hand == y).mean()), abs=1e-4), name
     # the section: one row per shift, inserted before the not-an-MRI section, then replaced in place
     docs = tmp_path / "docs"
     (docs / "img").mkdir(parents=True)
@@ -58,7 +71,15 @@ def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path
     earlier = {**r, "model_version": "old-1", "preprocessing_version": 1}
     compared = robustness_section(r, earlier)
     rows = [line for line in compared if line.startswith("| ")]
-    assert "accuracy, `old-1` (preprocessing v1)" in rows[0] and all(row.count("|") == 8 for row in rows)
+    assert "accuracy, `old-1` (preprocessing v1)" in rows[0] and all(row.count("|") == 9 for row in rows)
+    assert (
+        "| accuracy, unshifted box |" in rows[0] and rows[1].startswith("| none |") and rows[1].split(" | ")[6] == "–"
+    )
+    unmeasured = {
+        **r,
+        "shifts": {n: {k: v for k, v in m.items() if k != "accuracy_box_held"} for n, m in r["shifts"].items()},
+    }
+    assert not any("unshifted box" in line for line in robustness_section(unmeasured))  # older measurements
     assert any(
         "the same measurement of another ensemble, not the one in `models/`: `old-1` (preprocessing v1)" in line
         for line in compared
@@ -77,6 +98,22 @@ def _crop(path: Path) -> np.ndarray:
     from service.preprocessing import preprocess_bytes
 
     return preprocess_bytes(path.read_bytes()).image
+
+
+def test_a_given_crop_box_is_used_scaled_and_checked() -> None:
+    img = decode_image(FIXTURES[0].read_bytes())
+    found = crop_and_resize(img)
+    assert not found.fallback
+    again = crop_and_resize(img, box=found.box)  # the box it finds, given: the same crop
+    assert again.box == found.box and np.array_equal(again.image, found.image)
+    other = crop_and_resize(img, box=(0, 0, 40, 60))
+    assert other.box == (0, 0, 40, 60) and other.image.shape == (150, 150, 3) and not other.fallback
+    for bad in [(0, 0, 0, 10), (10, 10, 5, 20), (0, 0, img.shape[1] + 1, 10), (-1, 0, 10, 10)]:
+        with pytest.raises(ValueError, match="not inside"):
+            crop_and_resize(img, box=bad)
+    assert scale_box((100, 50, 400, 500), (512, 512, 3), (128, 128, 3)) == (25, 12, 100, 125)
+    assert scale_box((100, 50, 400, 500), (512, 512, 3), (512, 512, 3)) == (100, 50, 400, 500)
+    assert scale_box((510, 511, 512, 512), (512, 512, 3), (4, 4, 3)) == (3, 3, 4, 4)  # never empty
 
 
 def test_random_shift_is_seeded_keeps_the_99th_percentile_and_varies() -> None:
@@ -118,12 +155,14 @@ def test_crop_stability_compares_versions_per_shift(tmp_path: Path) -> None:
     assert gamma["v2"]["moved"] >= 0.25 and gamma["v3"]["mean_iou"] > gamma["v2"]["mean_iou"]
 
 
-def test_crops_command_writes_the_table_and_the_picture(tmp_path: Path) -> None:
+def test_crops_command_writes_the_table_and_the_picture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     from trainer.cli import main
 
     assert main(["crops", "--data", str(MRI_FIXTURES), "--work", str(tmp_path), "--n", "5"]) == 0
+    last = [line for line in capsys.readouterr().out.splitlines() if line.startswith("unshifted, vs v2")]
+    assert len(last) == 1 and last[0].split()[-4] == "(reference)"  # not v2's trivial 1.000 against itself
     r = json.loads((tmp_path / "report" / "crop_stability.json").read_text())
     assert r["n"] == 5 and len(r["files"]) == 5 and set(r["unshifted_vs_first"]) == {"v2", "v3"}
     assert (tmp_path / "report" / "crop_boxes.png").stat().st_size > 10_000
@@ -142,6 +181,6 @@ def test_crop_stability_section_renders_every_shift_and_version() -> None:
     }
     lines = crop_stability_section(c, picture=True)
     assert "| gamma 1.6 (darker darks) | 0.711 / 44.0 % | 0.900 / 10.0 % |" in lines
-    assert "| unshifted, against v2's box | 1.000 / 0.0 % | 0.900 / 10.0 % |" in lines
+    assert "| unshifted, against v2's box | (reference) | 0.900 / 10.0 % |" in lines  # not a trivial 1.000
     assert "![crop boxes](img/crop_boxes.png)" in lines
     assert not any("crop_boxes.png" in line for line in crop_stability_section(c, picture=False))

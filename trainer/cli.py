@@ -298,6 +298,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         print(
             f"{name:28s} acc {m['accuracy']:.3f}  F1 {m['macro_f1']:.3f}  unchanged {m['agreement_with_unshifted']:.3f}"
             f"  failed crops {m['failed_crops']:.3f}  flagged {m['flagged']:.3f}"
+            + (f"  box held {m['accuracy_box_held']:.3f}" if m.get("accuracy_box_held") is not None else "")
         )
     print(f"mean accuracy over the {len(r['shifts']) - 1} shifts: {mean_shifted_accuracy(r):.4f}")
     runs = load_robustness(args.work)  # this run and, if kept, the other ensemble's
@@ -335,9 +336,12 @@ def cmd_crops(args: argparse.Namespace) -> int:
     out.write_text(json.dumps({"n": len(images), "seed": args.seed, "files": files, **r}, indent=1) + "\n")
     print(f"crop box against the unshifted image's, {len(images)} Training images: mean IoU / share moved (IoU < 0.8)")
     print(f"{'shift':28s} " + " ".join(f"{name:>14s}" for name in versions))
-    for shift_name, row in [*r["shifts"].items(), (f"unshifted, vs v{args.versions[0]}", r["unshifted_vs_first"])]:
-        cells = " ".join(f"{row[name]['mean_iou']:.3f} / {row[name]['moved']:.2f}".rjust(14) for name in versions)
-        print(f"{shift_name:28s} {cells}")
+    reference = f"unshifted, vs v{args.versions[0]}"  # the first version against itself: 1.000 by definition
+    for shift_name, row in [*r["shifts"].items(), (reference, r["unshifted_vs_first"])]:
+        cells = [f"{row[name]['mean_iou']:.3f} / {row[name]['moved']:.2f}" for name in versions]
+        if shift_name == reference:
+            cells[0] = "(reference)"
+        print(f"{shift_name:28s} " + " ".join(cell.rjust(14) for cell in cells))
     print(f"written {out}; the {len(shown)} images whose boxes differ most: {report_dir / 'crop_boxes.png'}")
     return 0
 
