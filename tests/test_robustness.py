@@ -10,7 +10,7 @@ import pytest
 from service.preprocessing import crop_and_resize, decode_image
 from service.runtime import Ensemble
 from tests.conftest import MRI_FIXTURES
-from trainer.report import ROBUSTNESS_SECTION, replace_section, robustness_section
+from trainer.report import ROBUSTNESS_SECTION, replace_section, robustness_section, update_robustness_docs
 from trainer.robustness import SHIFTS, mean_shifted_accuracy, measure, plot_robustness, scale_box
 
 FIXTURES = sorted(MRI_FIXTURES.rglob("*.jpg"))
@@ -90,6 +90,13 @@ def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path
     line = f"Mean accuracy over the {len(SHIFTS) - 1} shifts: {100 * mean:.1f} % (`old-1` (preprocessing v1): "
     assert any(x.startswith(line) for x in robustness_section(r, worse))
     plot_robustness(r, docs / "img" / "robustness-compared.png", earlier)
+    # a fresh measurement replaces the section and keeps the crop-stability section that follows it
+    crops = "## Crop stability across preprocessing versions\n\n| shift | v2 | v3 |\n"
+    (docs / "evaluation.md").write_text(text.replace("## Not an MRI?", crops + "\n## Not an MRI?"))
+    update_robustness_docs(r, docs, earlier)
+    updated = (docs / "evaluation.md").read_text()
+    assert crops in updated and updated.count(ROBUSTNESS_SECTION) == 1 and "unshifted box" in updated
+    assert updated.index(ROBUSTNESS_SECTION) < updated.index(crops) < updated.index("## Not an MRI?")
     plot_robustness(r, docs / "img" / "robustness.png")
     assert (docs / "img" / "robustness.png").stat().st_size > 0
 

@@ -214,6 +214,7 @@ def update_non_mri_docs(r: dict[str, Any], docs: Path) -> Path:
 
 
 ROBUSTNESS_SECTION = "## Robustness to acquisition shifts"
+CROP_STABILITY_SECTION = "## Crop stability across preprocessing versions"  # follows the robustness section
 
 
 def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -> list[str]:
@@ -300,7 +301,7 @@ def crop_stability_section(c: dict[str, Any], picture: bool) -> list[str]:
     """The crop-stability section from `python -m trainer crops`' crop_stability.json."""
     versions = list(c["unshifted_vs_first"])
     lines = [
-        "## Crop stability across preprocessing versions",
+        CROP_STABILITY_SECTION,
         "",
         "No model involved: how far each preprocessing version's crop box moves when a shift is applied before it,",
         f"on {c['n']} random Training images (`python -m trainer crops`, seed {c['seed']}). Each cell: mean IoU of",
@@ -343,7 +344,7 @@ def update_robustness_docs(r: dict[str, Any], docs: Path, other: dict[str, Any] 
 
     (docs / "img").mkdir(exist_ok=True)
     plot_robustness(r, docs / "img" / "robustness.png", other)
-    return replace_section(docs, robustness_section(r, other), [NON_MRI_SECTION, NON_MRI_NEXT])
+    return replace_section(docs, robustness_section(r, other), [CROP_STABILITY_SECTION, NON_MRI_SECTION, NON_MRI_NEXT])
 
 
 def measure_non_mri(models_dir: Path, data: Path, work: Path) -> dict[str, Any]:
