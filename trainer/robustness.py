@@ -6,7 +6,7 @@ shared crop (as it would be on an uploaded file), then the service's own code pa
 vote → warnings. Measured on the validation split (the official Testing split carries a shift of its own,
 which would mix with these); nothing is selected or tuned on these numbers.
 
-    python -m trainer robustness --docs docs    # ~5 min on 2 cores; <work>/report/robustness.json + plot
+    python -m trainer robustness --docs docs    # ~15 min on 2 cores (430 images); <work>/report/robustness.json + plot
 
 Research tool, not for clinical use.
 """
