@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,6 +19,7 @@ from service.preprocessing import (
     PREPROCESSING_V1,
     PREPROCESSING_V2,
     PREPROCESSING_V3,
+    PREPROCESSING_V4,
     THRESHOLD,
     THRESHOLD_OFFSET,
     ImageDecodeError,
@@ -161,6 +163,9 @@ def test_preprocessing_versions_are_checked_exactly() -> None:
     assert preprocessing_version(PREPROCESSING_V2) == 2
     assert preprocessing_version(json.loads(json.dumps(PREPROCESSING_V2))) == 2  # as read from a manifest
     assert preprocessing_version(json.loads(json.dumps(PREPROCESSING_V3))) == 3
+    assert preprocessing_version(json.loads(json.dumps(PREPROCESSING_V4))) == 4
+    with pytest.raises(ValueError, match="in: crop"):  # version 4's mask gamma, changed
+        preprocessing_version({**PREPROCESSING_V4, "crop": {**PREPROCESSING_V4["crop"], "mask_gamma": {}}})
     with pytest.raises(ValueError, match="in: crop"):  # version 3's threshold block, changed
         preprocessing_version({**PREPROCESSING_V3, "crop": {**PREPROCESSING_V3["crop"], "threshold": THRESHOLD}})
     with pytest.raises(ValueError, match="version 7 is not implemented"):
@@ -212,3 +217,43 @@ def test_version_3_crop_survives_darker_darks() -> None:
     v3, v3_dark = (crop_and_resize(im, params=PREPROCESSING_V3).box for im in (img, darker))
     assert area(v2_dark) < 0.25 * area(v2)
     assert max(abs(a - b) for a, b in zip(v3, v3_dark, strict=True)) <= 2
+
+
+def test_mask_gamma_puts_the_percentile_on_the_target_within_limits() -> None:
+    from service.preprocessing import GAMMA_LIMITS, GAMMA_PERCENTILE, GAMMA_TARGET, INTENSITY_TARGET, mask_gamma
+
+    def level(gray: np.ndarray) -> int:
+        cumulative = np.bincount(gray.ravel(), minlength=256).cumsum()
+        return int(np.searchsorted(cumulative, GAMMA_PERCENTILE / 100.0 * cumulative[-1]))
+
+    ramp = np.repeat(np.arange(0, 140, dtype=np.uint8)[None, :], 20, axis=0)  # p90 ≈ 125: gamma 1.7 → clipped
+    bright = mask_gamma(ramp)
+    expected = INTENSITY_TARGET * (level(ramp) / INTENSITY_TARGET) ** GAMMA_LIMITS[1]
+    assert abs(level(bright) - expected) <= 1 and level(bright) > GAMMA_TARGET  # the limit holds it back
+    dim = (ramp // 2).astype(np.uint8)  # p90 ≈ 62: gamma 0.57, within the limits
+    assert abs(level(mask_gamma(dim)) - GAMMA_TARGET) <= 2
+    assert mask_gamma(np.zeros((8, 8), np.uint8)) is not None and not mask_gamma(np.zeros((8, 8), np.uint8)).any()
+    flat = np.full((8, 8), 200, np.uint8)  # at or above the pivot: left alone
+    assert mask_gamma(flat) is flat
+
+
+def test_version_4_crop_holds_under_gamma_in_both_directions() -> None:
+    # Slices whose version-3 box moves under brighter darks (gamma 0.6) or darker darks (gamma 1.6) while
+    # version 4's stays; and over every MRI fixture version 4 moves less on average (250 Training images:
+    # `python -m trainer crops --versions 3 4`).
+    from tests.conftest import MRI_FIXTURES
+    from trainer.robustness import box_iou
+
+    def moved(path: Path, g: float, params: dict) -> float:
+        img = decode_image(path.read_bytes())
+        shifted = (255.0 * (np.arange(256) / 255.0) ** g).astype(np.uint8)[img]
+        return box_iou(crop_and_resize(img, params=params).box, crop_and_resize(shifted, params=params).box)
+
+    brighter = MRI_FIXTURES / "Training" / "meningioma_tumor" / "m (10).jpg"
+    darker = MRI_FIXTURES / "Training" / "no_tumor" / "image(103).jpg"
+    assert moved(brighter, 0.6, PREPROCESSING_V3) < 0.8 < 0.9 < moved(brighter, 0.6, PREPROCESSING_V4)
+    assert moved(darker, 1.6, PREPROCESSING_V3) < 0.8 < 0.95 < moved(darker, 1.6, PREPROCESSING_V4)
+    fixtures = sorted(MRI_FIXTURES.rglob("*.jpg"))
+    for g in (0.6, 1.6):
+        v3, v4 = (np.mean([moved(p, g, pre) for p in fixtures]) for pre in (PREPROCESSING_V3, PREPROCESSING_V4))
+        assert v4 > v3 + 0.02, (g, v3, v4)

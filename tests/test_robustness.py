@@ -191,3 +191,19 @@ def test_crop_stability_section_renders_every_shift_and_version() -> None:
     assert "| unshifted, against v2's box | (reference) | 0.900 / 10.0 % |" in lines  # not a trivial 1.000
     assert "![crop boxes](img/crop_boxes.png)" in lines
     assert not any("crop_boxes.png" in line for line in crop_stability_section(c, picture=False))
+
+
+def test_limits_and_crop_sentence_follow_the_preprocessing_version() -> None:
+    from service.preprocessing import PREPROCESSING_V2, PREPROCESSING_V3, PREPROCESSING_V4
+    from trainer.report import _shift_limits
+
+    v2, v3, v4 = (" ".join(_shift_limits(p)) for p in (PREPROCESSING_V2, PREPROCESSING_V3, PREPROCESSING_V4))
+    assert "fixed threshold miss the head" in v2 and "candidate crop" in v3 and "gamma-normalised copy" in v4
+    assert len({v2, v3, v4}) == 3 and all("Training on shifted views" in v for v in (v2, v3, v4))
+    shifts = {
+        name: {"accuracy": 0.9, "macro_f1": 0.9, "agreement_with_unshifted": 1.0, "failed_crops": 0.0, "flagged": 0.0}
+        for name, _, _ in SHIFTS
+    }
+    r = {"n": 3, "model_version": "x", "shifts": shifts, "validation_macro_f1": 0.9}
+    text = {v: " ".join(robustness_section({**r, "preprocessing_version": v})) for v in (2, 3, 4)}
+    assert "at 45." in text[2] and "(preprocessing version 3)." in text[3] and "90th percentile at 97" in text[4]

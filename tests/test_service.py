@@ -99,7 +99,7 @@ def test_include_input_returns_the_150px_crop(client: TestClient, mri_jpeg: byte
     np.testing.assert_array_equal(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), expected)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_the_crop_follows_the_manifests_preprocessing_version(tmp_path: Path, version: int) -> None:
     # Models exported under an earlier version keep getting its crops: the manifest, not the code's default,
     # decides. The image (a slice with darker darks) is one on which the three versions crop differently.
@@ -115,7 +115,7 @@ def test_the_crop_follows_the_manifests_preprocessing_version(tmp_path: Path, ve
     assert r.status_code == 200, r.text
     png = base64.b64decode(r.json()["input_png_base64"])
     served = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    expected = {v: preprocess_bytes(dark.tobytes(), params=PREPROCESSING_VERSIONS[v]).image for v in (1, 2, 3)}
+    expected = {v: preprocess_bytes(dark.tobytes(), params=PREPROCESSING_VERSIONS[v]).image for v in (1, 2, 3, 4)}
     for a, b in ((1, 2), (2, 3), (1, 3)):
         assert np.abs(expected[a].astype(int) - expected[b].astype(int)).mean() > 10, (a, b)  # they differ here
     np.testing.assert_array_equal(served, expected[version])

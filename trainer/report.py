@@ -12,8 +12,8 @@ import numpy as np
 from service.confidence import apply_temperature
 from service.manifest import Manifest, load_manifest
 from service.plausibility import FLAT_BACKDROP_SPREAD
+from service.preprocessing import GAMMA_PERCENTILE, GAMMA_TARGET, THRESHOLD_OFFSET, preprocessing_version
 from service.preprocessing import THRESHOLD as CROP_THRESHOLD
-from service.preprocessing import THRESHOLD_OFFSET, preprocessing_version
 from service.runtime import Ensemble
 from trainer import leaderboard
 from trainer.calibration import ECE_BINS, reliability
@@ -271,7 +271,11 @@ def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -
         + (
             f"the crop thresholds grey levels {THRESHOLD_OFFSET} above the image's background (the median of its "
             f"frame), at most {CROP_THRESHOLD} (preprocessing version 3)."
-            if r.get("preprocessing_version", 1) >= 3
+            if r.get("preprocessing_version", 1) == 3
+            else f"the crop thresholds grey levels {THRESHOLD_OFFSET} above the image's background (the median of its "
+            f"frame), at most {CROP_THRESHOLD}, on a copy whose gamma puts its grey {GAMMA_PERCENTILE:.0f}th "
+            f"percentile at {GAMMA_TARGET:.0f} (preprocessing version 4)."
+            if r.get("preprocessing_version", 1) >= 4
             else f"the crop thresholds grey levels at {CROP_THRESHOLD}."
         ),
     ]
@@ -584,11 +588,20 @@ def _shift_limits(preprocessing: dict[str, Any]) -> list[str]:
             "  more accuracy than the Testing split's shift does (see Robustness to acquisition shifts): the models",
             "  have no per-image intensity normalisation and the crop's threshold is fixed.",
         ]
-    if preprocessing.get("version", 1) >= 3:
+    if preprocessing.get("version", 1) >= 4:
+        crop = [
+            "  brightness is normalised (its 99th grey percentile), not the shape of its grey-level curve. The crop",
+            "  follows the image's background on a gamma-normalised copy, so a gamma change moves it little; the",
+            "  models still see the changed curve. The robustness table's 'accuracy, unshifted box' column shows",
+            "  how much of each drop is the crop moving.",
+        ]
+    elif preprocessing.get("version", 1) >= 3:
         crop = [
             "  brightness is normalised (its 99th grey percentile), not the shape of its grey-level curve. The crop",
             "  follows the image's background, so darker darks no longer shrink it; brighter darks (gamma 0.6),",
-            "  strong blur and strong rotation cost the most.",
+            "  strong blur and strong rotation cost the most. The robustness table's 'accuracy, unshifted box'",
+            "  column shows how much of each drop is the crop moving (under gamma 0.6, most of it); preprocessing",
+            "  version 4 (`python -m trainer crops --versions 3 4`) is the candidate crop that holds still there.",
         ]
     else:
         crop = [
