@@ -588,24 +588,28 @@ def _shift_limits(preprocessing: dict[str, Any]) -> list[str]:
             "  more accuracy than the Testing split's shift does (see Robustness to acquisition shifts): the models",
             "  have no per-image intensity normalisation and the crop's threshold is fixed.",
         ]
-    if preprocessing.get("version", 1) >= 4:
+    version = preprocessing.get("version", 1)
+    curve = "  brightness is normalised (its 99th grey percentile), not the shape of its grey-level curve"
+    column = "The robustness table's 'accuracy, unshifted box' column"
+    shows = "  shows how much of each drop is the crop moving"
+    if version >= 4:
         crop = [
-            "  brightness is normalised (its 99th grey percentile), not the shape of its grey-level curve. The crop",
-            "  follows the image's background on a gamma-normalised copy, so a gamma change moves it little; the",
-            "  models still see the changed curve. The robustness table's 'accuracy, unshifted box' column shows",
-            "  how much of each drop is the crop moving.",
+            f"{curve}. The crop follows",
+            "  the image's background on a gamma-normalised copy, so a gamma change moves it little; the models",
+            f"  still see the changed curve. {column}",
+            f"{shows}.",
         ]
-    elif preprocessing.get("version", 1) >= 3:
+    elif version >= 3:
         crop = [
-            "  brightness is normalised (its 99th grey percentile), not the shape of its grey-level curve. The crop",
-            "  follows the image's background, so darker darks no longer shrink it; brighter darks (gamma 0.6),",
-            "  strong blur and strong rotation cost the most. The robustness table's 'accuracy, unshifted box'",
-            "  column shows how much of each drop is the crop moving (under gamma 0.6, most of it); preprocessing",
-            "  version 4 (`python -m trainer crops --versions 3 4`) is the candidate crop that holds still there.",
+            f"{curve}. The crop follows",
+            "  the image's background, so darker darks no longer shrink it; brighter darks (gamma 0.6), strong",
+            f"  blur and strong rotation cost the most. {column}",
+            f"{shows} (under gamma 0.6, most of it); preprocessing version 4",
+            "  (`python -m trainer crops --versions 3 4`) is the candidate crop that holds still there.",
         ]
     else:
         crop = [
-            "  brightness is normalised (its 99th grey percentile), not the shape of its grey-level curve, and",
+            f"{curve}, and",
             "  darker darks (gamma 1.6) make the crop's fixed threshold miss the head on about one image in eight.",
         ]
     return [
