@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from service.preprocessing import PREPROCESSING_PARAMS, PREPROCESSING_V1, PREPROCESSING_V2, preprocess_bytes
 from tests.conftest import MRI_FIXTURES
@@ -73,6 +74,26 @@ def test_a_work_dir_remembers_its_preprocessing(tmp_path: Path) -> None:
     assert work_preprocessing(tmp_path) == PREPROCESSING_V1  # runs from before versioning: version 1
     (tmp_path / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING_V2))
     assert work_preprocessing(tmp_path) == PREPROCESSING_V2  # recorded by its first `train`
+
+
+def test_train_chooses_a_preprocessing_version_only_for_a_fresh_work_dir(tmp_path: Path) -> None:
+    from service.preprocessing import PREPROCESSING_V4
+    from trainer.cli import chosen_preprocessing, main
+
+    assert chosen_preprocessing(tmp_path, None) == PREPROCESSING_PARAMS
+    assert chosen_preprocessing(tmp_path, 4) == PREPROCESSING_V4  # fresh: any implemented version
+    with pytest.raises(ValueError, match="version 9 is not implemented"):
+        chosen_preprocessing(tmp_path, 9)
+    (tmp_path / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING_V2))
+    assert chosen_preprocessing(tmp_path, 2) == PREPROCESSING_V2  # its own version, named: fine
+    with pytest.raises(ValueError, match="already trains with preprocessing version 2"):
+        chosen_preprocessing(tmp_path, 4)
+    legacy = tmp_path / "legacy"
+    (legacy / "runs" / "cnn-old").mkdir(parents=True)
+    with pytest.raises(ValueError, match="already trains with preprocessing version 1"):
+        chosen_preprocessing(legacy, 3)
+    grid = "trainer/grids/smoke.toml"  # refused before any data is read or model built
+    assert main(["train", "--grid", grid, "--work", str(tmp_path), "--preprocessing-version", "4"]) == 2
 
 
 def test_phash_robust_to_reencoding() -> None:

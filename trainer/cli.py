@@ -51,6 +51,29 @@ def work_preprocessing(work: Path) -> dict:
     return dict(PREPROCESSING_V1 if legacy else PREPROCESSING_PARAMS)
 
 
+def chosen_preprocessing(work: Path, version: int | None) -> dict:
+    """The preprocessing `train` uses: the work dir's (work_preprocessing), or version `version` for a fresh work
+    dir (no preprocessing.json, no runs). ValueError for an unknown version or for a work dir that already
+    trains with another one (its runs would mix crops)."""
+    from service.preprocessing import PREPROCESSING_VERSIONS
+
+    current = work_preprocessing(work)
+    if version is None:
+        return current
+    if version not in PREPROCESSING_VERSIONS:
+        raise ValueError(
+            f"preprocessing version {version} is not implemented (known: {sorted(PREPROCESSING_VERSIONS)})"
+        )
+    runs = work / "runs"
+    established = (work / PREPROCESSING_FILE).exists() or (runs.is_dir() and any(runs.iterdir()))
+    if established and current != PREPROCESSING_VERSIONS[version]:
+        raise ValueError(
+            f"{work} already trains with preprocessing version {current.get('version', 1)}; "
+            f"use a fresh work dir for version {version}"
+        )
+    return dict(PREPROCESSING_VERSIONS[version])
+
+
 def _prepare(  # type: ignore[no-untyped-def]
     args: argparse.Namespace, preprocessing: dict | None = None, brightness: bool = False
 ):
@@ -77,6 +100,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    try:  # before TensorFlow is imported: a refusal is instant
+        preprocessing = chosen_preprocessing(args.work, args.preprocessing_version)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     from trainer.grid import load_grid
     from trainer.train import train_grid
 
@@ -91,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not entries:
             print(f"no grid entry matches {args.only}", file=sys.stderr)
             return 2
-    p = _prepare(args)
+    p = _prepare(args, preprocessing)
     recorded = args.work / PREPROCESSING_FILE
     if not recorded.exists():  # the work dir's models are trained with this preprocessing from now on
         recorded.write_text(json.dumps(p.preprocessing, indent=1) + "\n")
@@ -366,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the grid's epochs")
     p.add_argument("--only", nargs="*", help="train only entries whose name contains one of these")
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras progress output")
+    p.add_argument(
+        "--preprocessing-version",
+        type=int,
+        default=None,
+        help="a fresh work dir's preprocessing version (default: the current one); a work dir keeps its own",
+    )
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="score all runs; write the leaderboard and plots")
     _common(p)
