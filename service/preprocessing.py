@@ -294,8 +294,7 @@ def background_threshold(gray: np.ndarray) -> float:
 def mask_gamma(gray: np.ndarray) -> np.ndarray:
     """Version 4: the grey image under the gamma (pivot INTENSITY_TARGET, within GAMMA_LIMITS) that puts its
     GAMMA_PERCENTILE-th percentile on GAMMA_TARGET; unchanged when that percentile is 0 or ≥ the pivot."""
-    cumulative = np.bincount(gray.ravel(), minlength=256).cumsum()
-    level = int(np.searchsorted(cumulative, GAMMA_PERCENTILE / 100.0 * cumulative[-1]))
+    level = _grey_level(gray, GAMMA_PERCENTILE)
     if level <= 0 or level >= INTENSITY_TARGET:
         return gray
     g = float(np.clip(np.log(GAMMA_TARGET / INTENSITY_TARGET) / np.log(level / INTENSITY_TARGET), *GAMMA_LIMITS))
@@ -333,11 +332,15 @@ def find_brain_box(
     return (x0, y0, x1, y1), False
 
 
-def grey_percentile(rgb: np.ndarray, percentile: float) -> int:
-    """The grey level below which `percentile` % of the image's pixels lie (exact, from the histogram)."""
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+def _grey_level(grey: np.ndarray, percentile: float) -> int:
+    """The grey level below which `percentile` % of a uint8 grey image's pixels lie (exact, from the histogram)."""
     cumulative = np.bincount(grey.ravel(), minlength=256).cumsum()
     return int(np.searchsorted(cumulative, percentile / 100.0 * cumulative[-1]))
+
+
+def grey_percentile(rgb: np.ndarray, percentile: float) -> int:
+    """The grey level below which `percentile` % of the image's pixels lie (exact, from the histogram)."""
+    return _grey_level(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), percentile)
 
 
 def normalise_intensity(rgb: np.ndarray) -> np.ndarray:

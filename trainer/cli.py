@@ -46,9 +46,12 @@ def work_preprocessing(work: Path) -> dict:
     recorded = work / PREPROCESSING_FILE
     if recorded.exists():
         return dict(json.loads(recorded.read_text()))
+    return dict(PREPROCESSING_V1 if _has_runs(work) else PREPROCESSING_PARAMS)
+
+
+def _has_runs(work: Path) -> bool:
     runs = work / "runs"
-    legacy = runs.is_dir() and any(runs.iterdir())
-    return dict(PREPROCESSING_V1 if legacy else PREPROCESSING_PARAMS)
+    return runs.is_dir() and any(runs.iterdir())
 
 
 def chosen_preprocessing(work: Path, version: int | None) -> dict:
@@ -64,8 +67,7 @@ def chosen_preprocessing(work: Path, version: int | None) -> dict:
         raise ValueError(
             f"preprocessing version {version} is not implemented (known: {sorted(PREPROCESSING_VERSIONS)})"
         )
-    runs = work / "runs"
-    established = (work / PREPROCESSING_FILE).exists() or (runs.is_dir() and any(runs.iterdir()))
+    established = (work / PREPROCESSING_FILE).exists() or _has_runs(work)
     if established and current != PREPROCESSING_VERSIONS[version]:
         raise ValueError(
             f"{work} already trains with preprocessing version {current.get('version', 1)}; "

@@ -267,17 +267,7 @@ def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -
         f"Mean accuracy over the {len(shifts) - 1} shifts: {_pct(mean_shifted_accuracy(r))}"
         + (f" ({ensemble_label(other, '`')}: {_pct(mean_shifted_accuracy(other))})." if other else "."),
         f"Most failed crops: {crops}, {_pct(shifts[crops]['failed_crops'])} of the images (unshifted "
-        f"{_pct(base['failed_crops'])}); "
-        + (
-            f"the crop thresholds grey levels {THRESHOLD_OFFSET} above the image's background (the median of its "
-            f"frame), at most {CROP_THRESHOLD} (preprocessing version 3)."
-            if r.get("preprocessing_version", 1) == 3
-            else f"the crop thresholds grey levels {THRESHOLD_OFFSET} above the image's background (the median of its "
-            f"frame), at most {CROP_THRESHOLD}, on a copy whose gamma puts its grey {GAMMA_PERCENTILE:.0f}th "
-            f"percentile at {GAMMA_TARGET:.0f} (preprocessing version 4)."
-            if r.get("preprocessing_version", 1) >= 4
-            else f"the crop thresholds grey levels at {CROP_THRESHOLD}."
-        ),
+        f"{_pct(base['failed_crops'])}); " + _crop_sentence(r.get("preprocessing_version", 1)),
     ]
     if r.get("preprocessing_version", 1) >= 2:
         lines += [
@@ -299,6 +289,22 @@ def robustness_section(r: dict[str, Any], other: dict[str, Any] | None = None) -
         )
     lines += ["", "![robustness to acquisition shifts](img/robustness.png)", ""]
     return lines
+
+
+def _crop_sentence(version: int) -> str:
+    """How the crop of a preprocessing version thresholds, for the robustness section."""
+    if version < 3:
+        return f"the crop thresholds grey levels at {CROP_THRESHOLD}."
+    relative = (
+        f"the crop thresholds grey levels {THRESHOLD_OFFSET} above the image's background (the median of its "
+        f"frame), at most {CROP_THRESHOLD}"
+    )
+    if version == 3:
+        return f"{relative} (preprocessing version 3)."
+    return (
+        f"{relative}, on a copy whose gamma puts its grey {GAMMA_PERCENTILE:.0f}th percentile at "
+        f"{GAMMA_TARGET:.0f} (preprocessing version {version})."
+    )
 
 
 def crop_stability_section(c: dict[str, Any], picture: bool) -> list[str]:
