@@ -96,6 +96,28 @@ def test_train_chooses_a_preprocessing_version_only_for_a_fresh_work_dir(tmp_pat
     assert main(["train", "--grid", grid, "--work", str(tmp_path), "--preprocessing-version", "4"]) == 2
 
 
+def test_a_grid_that_declares_a_preprocessing_version_trains_on_it(tmp_path: Path) -> None:
+    from trainer.cli import main
+    from trainer.grid import grid_preprocessing_version, train_version
+
+    v4, plain = Path("trainer/grids/crop-v4.toml"), Path("trainer/grids/smoke.toml")
+    assert grid_preprocessing_version(v4) == 4 and grid_preprocessing_version(plain) is None
+    assert train_version(v4, None) == 4 and train_version(v4, 4) == 4
+    assert train_version(plain, None) is None and train_version(plain, 2) == 2
+    with pytest.raises(ValueError, match="declares preprocessing version 4; --preprocessing-version 3"):
+        train_version(v4, 3)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('preprocessing_version = "4"\n[[ann]]\ndense_layers = 0\nunits = 8\n')
+    with pytest.raises(ValueError, match="must be an integer"):
+        grid_preprocessing_version(bad)
+    # a work dir on version 2 refuses the version-4 grid, and the contradiction is refused, both before TF loads
+    (tmp_path / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING_V2))
+    assert main(["train", "--grid", str(v4), "--work", str(tmp_path)]) == 2
+    fresh = tmp_path / "fresh"
+    assert main(["train", "--grid", str(v4), "--work", str(fresh), "--preprocessing-version", "3"]) == 2
+    assert not fresh.exists()
+
+
 def test_phash_robust_to_reencoding() -> None:
     data = (MRI_FIXTURES / "Training" / "no_tumor" / "1.jpg").read_bytes()
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -193,6 +193,7 @@ def test_grid_files_expand() -> None:
         ("seeds-v2.toml", "seeds-v2-pooled.toml"),
         ("shift-v2.toml", "shift-v2-pooled.toml"),
         ("crop-v3.toml", "crop-v3-pooled.toml"),
+        ("crop-v4.toml", "crop-v4-pooled.toml"),
         ("finetune2-v2.toml", "finetune2-v2-pooled.toml"),  # last: `official` is used below
     ):
         official = load_grid(ROOT / "trainer" / "grids" / official_file)
@@ -252,9 +253,26 @@ def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
 
 
 def test_pooled_reproduce_command_names_the_grid_that_trains_those_runs() -> None:
-    from trainer.report import pooled_grid
+    from service.manifest import load_manifest
+    from trainer.report import pooled_commands, pooled_grid
 
-    for grid in ("pooled.toml", "pooled-v2.toml", "seeds-v2-pooled.toml", "finetune2-v2-pooled.toml"):
+    for grid, version in (
+        ("pooled.toml", 1),
+        ("pooled-v2.toml", 2),
+        ("seeds-v2-pooled.toml", 2),
+        ("finetune2-v2-pooled.toml", 2),
+        # one recipe, three versions' crops: the same run names, told apart by the version each grid declares
+        ("shift-v2-pooled.toml", 2),
+        ("crop-v3-pooled.toml", 3),
+        ("crop-v4-pooled.toml", 4),
+    ):
         names = {e["name"] for e in load_grid(ROOT / "trainer" / "grids" / grid)}
-        assert pooled_grid(names) == f"trainer/grids/{grid}"
+        assert pooled_grid(names, version) == f"trainer/grids/{grid}"
     assert pooled_grid({"ann-d0-u32-pooled"}) == "<the grid file that trained them>"
+    # the train command names the version only when the grid does not declare it (shipped models: version 3)
+    shipped = load_manifest(ROOT / "models")
+    crop_v3 = {e["name"] for e in load_grid(ROOT / "trainer" / "grids" / "crop-v3-pooled.toml")}
+    train = pooled_commands(Path("out/p"), shipped, crop_v3)[1]
+    assert train == "python -m trainer train --grid trainer/grids/crop-v3-pooled.toml --work out/p --cache out/cache"
+    train = pooled_commands(Path("out/p"), shipped, {"ann-d0-u32-pooled"})[1]
+    assert train.endswith("--cache out/cache --preprocessing-version 3")

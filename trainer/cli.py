@@ -102,12 +102,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.grid import load_grid, train_version
+
     try:  # before TensorFlow is imported: a refusal is instant
-        preprocessing = chosen_preprocessing(args.work, args.preprocessing_version)
+        preprocessing = chosen_preprocessing(args.work, train_version(args.grid, args.preprocessing_version))
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
-    from trainer.grid import load_grid
     from trainer.train import train_grid
 
     overrides: dict[str, object] = {}

@@ -104,9 +104,11 @@ def entry_name(cfg: dict[str, Any]) -> str:
 def expand(grid: dict[str, Any], overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every grid entry as a config; `overrides` (e.g. from the command line) win over the file and
     are part of the entry's name."""
-    unknown = set(grid) - set(FAMILIES) - {"defaults"}
+    unknown = set(grid) - set(FAMILIES) - {"defaults", "preprocessing_version"}
     if unknown:
-        raise ValueError(f"unknown grid sections {sorted(unknown)}; allowed: defaults, {', '.join(FAMILIES)}")
+        raise ValueError(
+            f"unknown grid sections {sorted(unknown)}; allowed: preprocessing_version, defaults, {', '.join(FAMILIES)}"
+        )
     defaults = {**RECIPE_DEFAULTS, **grid.get("defaults", {})}
     entries: list[dict[str, Any]] = []
     for family in FAMILIES:
@@ -137,3 +139,25 @@ def expand(grid: dict[str, Any], overrides: dict[str, Any] | None = None) -> lis
 def load_grid(path: Path, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     with path.open("rb") as f:
         return expand(tomllib.load(f), overrides)
+
+
+def grid_preprocessing_version(path: Path) -> int | None:
+    """The preprocessing version a grid file declares (top-level `preprocessing_version = N`), or None. The grids
+    that reproduce a recipe on one version's crops declare it: their run names do not say it, and a fresh work
+    dir would otherwise train on the newest default version."""
+    with path.open("rb") as f:
+        version = tomllib.load(f).get("preprocessing_version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise ValueError(f"{path}: preprocessing_version must be an integer, got {version!r}")
+    return version
+
+
+def train_version(grid: Path, requested: int | None) -> int | None:
+    """The preprocessing version `train` asks for: --preprocessing-version, else the grid's declared one (None:
+    the work dir's or the default). ValueError when the two disagree."""
+    declared = grid_preprocessing_version(grid)
+    if requested is not None and declared is not None and requested != declared:
+        raise ValueError(
+            f"{grid} declares preprocessing version {declared}; --preprocessing-version {requested} contradicts it"
+        )
+    return declared if requested is None else requested

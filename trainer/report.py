@@ -19,7 +19,7 @@ from trainer import leaderboard
 from trainer.calibration import ECE_BINS, reliability
 from trainer.data import Prepared, class_rows
 from trainer.export import raw_probabilities
-from trainer.grid import load_grid
+from trainer.grid import grid_preprocessing_version, load_grid
 from trainer.plots import plot_confusion, plot_leaderboard, plot_reliability
 from trainer.robustness import ensemble_label, mean_shifted_accuracy
 
@@ -404,25 +404,32 @@ def ensembles_tried_section(work: Path, top: int = 15) -> list[str]:
 GRIDS = Path(__file__).parent / "grids"
 
 
-def pooled_grid(run_names: set[str]) -> str:
-    """The grid file (trainer/grids/*.toml) that trains exactly these pooled-protocol runs (a placeholder when
-    none does)."""
-    for path in sorted(GRIDS.glob("*.toml")):
-        if {e["name"] for e in load_grid(path)} == run_names:
-            return f"trainer/grids/{path.name}"
+def pooled_grid(run_names: set[str], version: int | None = None) -> str:
+    """The grid file (trainer/grids/*.toml) that trains exactly these pooled-protocol runs on preprocessing
+    `version`: one that declares that version, else one that declares none (a placeholder when none does). One
+    recipe on several versions' crops has the same run names in several grids (shift-v2, crop-v3, crop-v4)."""
+    same = [path for path in sorted(GRIDS.glob("*.toml")) if {e["name"] for e in load_grid(path)} == run_names]
+    for wanted in (version, None):
+        for path in same:
+            if grid_preprocessing_version(path) == wanted:
+                return f"trainer/grids/{path.name}"
     return "<the grid file that trained them>"  # runs from a grid outside trainer/grids (tests, one-off grids)
 
 
 def pooled_commands(pooled: Path, manifest: Manifest, run_names: set[str]) -> list[str]:
     """The commands that reproduce the pooled protocol's numbers (its export's `manifest`) into the work dir
-    `pooled`: the grid that trains its runs, the weights dtype it was exported with."""
-    grid = pooled_grid(run_names)
+    `pooled`: the grid that trains its runs on its preprocessing version (named on the command line when the
+    grid does not declare it), the weights dtype it was exported with."""
+    version = preprocessing_version(manifest.preprocessing)
+    grid = pooled_grid(run_names, version)
+    declared = grid_preprocessing_version(GRIDS / Path(grid).name) if grid.startswith("trainer/") else None
+    named = "" if declared is not None else f" --preprocessing-version {version}"
     w = f"--work {pooled} --cache out/cache"
     dtypes = {m.weights_dtype for m in manifest.models}
     dtype = f" --weights-dtype {dtypes.pop()}" if dtypes != {"float32"} and len(dtypes) == 1 else ""
     return [
         "```bash",
-        f"python -m trainer train --grid {grid} {w}",
+        f"python -m trainer train --grid {grid} {w}{named}",
         f"python -m trainer evaluate {w}",
         f"python -m trainer export {w} --models-dir {pooled}/models{dtype}",
         f"python -m trainer evaluate {w} --models-dir {pooled}/models",
