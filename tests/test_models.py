@@ -254,7 +254,10 @@ def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
 
 def test_pooled_reproduce_command_names_the_grid_that_trains_those_runs() -> None:
     from service.manifest import load_manifest
+    from service.preprocessing import PREPROCESSING_VERSIONS
     from trainer.report import pooled_commands, pooled_grid
+
+    v3 = PREPROCESSING_VERSIONS[3]
 
     for grid, version in (
         ("pooled.toml", 1),
@@ -269,8 +272,8 @@ def test_pooled_reproduce_command_names_the_grid_that_trains_those_runs() -> Non
         names = {e["name"] for e in load_grid(ROOT / "trainer" / "grids" / grid)}
         assert pooled_grid(names, version) == f"trainer/grids/{grid}"
     assert pooled_grid({"ann-d0-u32-pooled"}) == "<the grid file that trained them>"
-    # the train command names the version only when the grid does not declare it (shipped models: version 3)
-    shipped = load_manifest(ROOT / "models")
+    # the train command names the version only when the grid does not declare it (a version-3 manifest)
+    shipped = load_manifest(ROOT / "models").model_copy(update={"preprocessing": v3})
     crop_v3 = {e["name"] for e in load_grid(ROOT / "trainer" / "grids" / "crop-v3-pooled.toml")}
     train = pooled_commands(Path("out/p"), shipped, crop_v3)[1]
     assert train == "python -m trainer train --grid trainer/grids/crop-v3-pooled.toml --work out/p --cache out/cache"

@@ -141,6 +141,7 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     text = (docs / "evaluation.md").read_text()
     test_acc = manifest.ensemble.metrics["official_test"].accuracy
     assert f"**{100 * test_acc:.1f} %**" in text and "not for clinical use" in text
+    assert "pooled protocol (Training ∪ Testing" in text and "not measured for this ensemble's recipes yet" in text
     assert (docs / "img" / "ensemble_official_test.png").stat().st_size > 0
     # calibration: a temperature per model and the uncertainty split, fitted at export, shown in the report
     assert all(0.05 <= m.temperature <= 20 and "official_test" in m.calibration for m in manifest.models)

@@ -682,6 +682,13 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
             f"| {label}, **leak-free pooled protocol** (held-out 20 %) | {pt['n']} | "
             f"**{_pct(pt['accuracy'])}** | **{pt['macro_f1']:.3f}** | {pt['per_class'][classes[0]]['recall']:.3f} |"
         )
+    if pooled is None:
+        lines += [
+            "",
+            "The leak-free pooled protocol (Training ∪ Testing, duplicate groups kept whole, stratified 80/20) is not "
+            "measured for this ensemble's recipes yet: this report adds it once `<work>/pooled/models` holds their "
+            "pooled export (README → Training).",
+        ]
     lines += [
         "",
         PUBLISHED,
