@@ -116,6 +116,7 @@ def test_a_grid_that_declares_a_preprocessing_version_trains_on_it(tmp_path: Pat
     fresh = tmp_path / "fresh"
     assert main(["train", "--grid", str(v4), "--work", str(fresh), "--preprocessing-version", "3"]) == 2
     assert not fresh.exists()
+    assert main(["train", "--grid", str(tmp_path / "missing.toml"), "--work", str(fresh)]) == 2
 
 
 def test_phash_robust_to_reencoding() -> None:

@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:  # before TensorFlow is imported: a refusal is instant
         preprocessing = chosen_preprocessing(args.work, train_version(args.grid, args.preprocessing_version))
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # a contradicting version, an unreadable or malformed grid file
         print(e, file=sys.stderr)
         return 2
     from trainer.train import train_grid
