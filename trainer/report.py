@@ -404,16 +404,28 @@ def ensembles_tried_section(work: Path, top: int = 15) -> list[str]:
 GRIDS = Path(__file__).parent / "grids"
 
 
-def pooled_grid(run_names: set[str], version: int | None = None) -> str:
-    """The grid file (trainer/grids/*.toml) that trains exactly these pooled-protocol runs on preprocessing
-    `version`: one that declares that version, else one that declares none (a placeholder when none does). One
+def _pooled_grid_file(run_names: set[str], version: int | None) -> tuple[Path | None, int | None]:
+    """The grid file that trains exactly these pooled-protocol runs on preprocessing `version`, and the version
+    it declares: one that declares `version`, else one that declares none ((None, None) when none does). One
     recipe on several versions' crops has the same run names in several grids (shift-v2, crop-v3, crop-v4)."""
     same = [path for path in sorted(GRIDS.glob("*.toml")) if {e["name"] for e in load_grid(path)} == run_names]
+    declared = {path: grid_preprocessing_version(path) for path in same}
     for wanted in (version, None):
         for path in same:
-            if grid_preprocessing_version(path) == wanted:
-                return f"trainer/grids/{path.name}"
-    return "<the grid file that trained them>"  # runs from a grid outside trainer/grids (tests, one-off grids)
+            if declared[path] == wanted:
+                return path, wanted
+    return None, None
+
+
+def _grid_name(path: Path | None) -> str:
+    # no file: runs from a grid outside trainer/grids (tests, one-off grids)
+    return "<the grid file that trained them>" if path is None else f"trainer/grids/{path.name}"
+
+
+def pooled_grid(run_names: set[str], version: int | None = None) -> str:
+    """The grid file (trainer/grids/*.toml) that trains exactly these pooled-protocol runs on preprocessing
+    `version` (a placeholder when none does)."""
+    return _grid_name(_pooled_grid_file(run_names, version)[0])
 
 
 def pooled_commands(pooled: Path, manifest: Manifest, run_names: set[str]) -> list[str]:
@@ -421,8 +433,8 @@ def pooled_commands(pooled: Path, manifest: Manifest, run_names: set[str]) -> li
     `pooled`: the grid that trains its runs on its preprocessing version (named on the command line when the
     grid does not declare it), the weights dtype it was exported with."""
     version = preprocessing_version(manifest.preprocessing)
-    grid = pooled_grid(run_names, version)
-    declared = grid_preprocessing_version(GRIDS / Path(grid).name) if grid.startswith("trainer/") else None
+    path, declared = _pooled_grid_file(run_names, version)
+    grid = _grid_name(path)
     named = "" if declared is not None else f" --preprocessing-version {version}"
     w = f"--work {pooled} --cache out/cache"
     dtypes = {m.weights_dtype for m in manifest.models}
