@@ -324,6 +324,46 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
     assert pooled_label(other, manifest) == "earlier recipes retrained (not the shipped ones)"
     warned = "\n".join(_pooled_section(work, summary, tmp_path, len(p.y), other))
     assert f"**These runs use other recipes than the shipped ensemble `{other.model_version}`**" in warned
+    # `trainer pooled` brings this work dir into an existing report (whose official run's artefacts are gone):
+    # the headline gains the pooled row, the section lands before the ensembles tried, nothing else moves
+    from service.manifest import write_manifest
+    from trainer.report import ENSEMBLES_TRIED_SECTION, PUBLISHED, headline_section
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    metrics = {**manifest.ensemble.metrics, "official_test": manifest.ensemble.metrics["pooled_test"]}
+    write_manifest(
+        official.model_copy(update={"ensemble": official.ensemble.model_copy(update={"metrics": metrics})}), shipped
+    )
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    head = ["# Evaluation", "", *headline_section(load_manifest(shipped), None), "", PUBLISHED, "", "## The ensemble"]
+    tail = [ENSEMBLES_TRIED_SECTION, "", "kept as it was", ""]
+    (docs / "evaluation.md").write_text("\n".join([*head, "", *tail]))
+    before = (docs / "evaluation.md").read_text()
+    assert "not measured for this ensemble's recipes yet" in before
+    texts = []
+    for _ in range(2):  # a second run replaces its own sections: the same text
+        out = run("pooled", *common, "--models-dir", str(shipped), "--docs", str(docs), cwd=ROOT)
+        text = (docs / "evaluation.md").read_text()
+        assert f"accuracy {acc:.4f}" in out
+        row = f"| same recipes retrained, **leak-free pooled protocol** (held-out 20 %) | {len(te)} | "
+        row += f"**{100 * acc:.1f} %**"
+        assert row in text and "not measured for this ensemble's recipes yet" not in text
+        assert text.index("## Leak-free pooled protocol") < text.index(ENSEMBLES_TRIED_SECTION)
+        assert text.index("## The ensemble") < text.index("## Leak-free pooled protocol")
+        assert text.startswith("# Evaluation") and text.endswith("\n".join(tail))
+        assert PUBLISHED in text and (docs / "img" / "pooled_test.png").stat().st_size > 0
+        texts.append(text)
+    assert texts[0] == texts[1]
+    empty = tmp_path / "empty"
+    failed = subprocess.run(
+        [sys.executable, "-m", "trainer", "pooled", "--work", str(empty), "--docs", str(docs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 2 and "export the pooled runs first" in failed.stderr
 
 
 def test_report_states_how_much_of_the_original_grid_was_trained() -> None:

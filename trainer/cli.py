@@ -1,4 +1,4 @@
-"""`python -m trainer {prepare,train,evaluate,export,merge,calibrate,tta,report,leaderboard,vgg16-weights}`."""
+"""`python -m trainer {prepare,train,evaluate,export,merge,calibrate,tta,report,pooled,leaderboard,...}`."""
 
 from __future__ import annotations
 
@@ -294,6 +294,24 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pooled(args: argparse.Namespace) -> int:
+    """The pooled protocol's headline row and section of <docs>/evaluation.md, from a pooled work dir alone."""
+    from trainer.report import pooled_summary, update_pooled_docs
+
+    summary = pooled_summary(args.work)
+    if summary is None:
+        print(f"{args.work / 'models' / 'manifest.json'} does not exist: export the pooled runs first", file=sys.stderr)
+        return 2
+    pooled = summary["manifest"]
+    if args.limit_per_class is None:
+        args.limit_per_class = pooled.limit_per_class
+    n_images = len(_prepare(args, pooled.preprocessing).y)
+    t = summary["metrics"]["pooled_test"]
+    print(f"pooled held-out: n={t['n']} accuracy {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f}")
+    print(f"updated {update_pooled_docs(args.work, args.models_dir, args.docs, n_images)}")
+    return 0
+
+
 def cmd_nonmri(args: argparse.Namespace) -> int:
     from trainer.report import measure_non_mri, update_non_mri_docs
 
@@ -473,6 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, default=Path(DEFAULT_WORK), help="work dir: cache/, runs/, report/")
     p.add_argument("--docs", type=Path, default=Path("docs"))
     p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser(
+        "pooled",
+        help="put a pooled-protocol work dir's export (<work>/models) into the headline and pooled section of "
+        "<docs>/evaluation.md, without the official run's artefacts",
+    )
+    _common(p)
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="the shipped ensemble (labels the row)")
+    p.add_argument("--docs", type=Path, default=Path("docs"))
+    p.set_defaults(func=cmd_pooled)
     p = sub.add_parser(
         "nonmri", help="measure the not-an-MRI warnings (Testing false flags, non-MRI catches) of an exported ensemble"
     )

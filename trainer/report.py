@@ -387,7 +387,7 @@ def ensembles_tried_section(work: Path, top: int = 15) -> list[str]:
             f"official Testing split was not consulted. The best {min(top, len(tried))}:",
         ]
     lines = [
-        "## Ensembles tried",
+        ENSEMBLES_TRIED_SECTION,
         "",
         *scored,
         "",
@@ -572,6 +572,56 @@ def _pooled_section(
     return [*lines, "", reproduce, "", *pooled_commands(pooled, m, {r["name"] for r in board})]
 
 
+HEADLINE_SECTION = "## Headline"
+ENSEMBLES_TRIED_SECTION = "## Ensembles tried"  # follows the pooled section
+
+
+def headline_section(manifest: Manifest, pooled: dict[str, Any] | None) -> list[str]:
+    """The headline table: the shipped ensemble on validation and the official Testing split, and the pooled
+    protocol's row (pooled_summary) or a sentence saying it is not measured yet."""
+    classes = manifest.classes
+    ens = {k: v.model_dump() for k, v in manifest.ensemble.metrics.items()}
+    t, v = ens["official_test"], ens["validation"]
+    lines = [
+        HEADLINE_SECTION,
+        "",
+        "| | n | accuracy | macro-F1 | glioma recall |",
+        "|---|---|---|---|---|",
+        f"| ensemble, validation (selection) | {v['n']} | {_pct(v['accuracy'])} | {v['macro_f1']:.3f} | "
+        f"{v['per_class'][classes[0]]['recall']:.3f} |",
+        f"| ensemble, **official Testing split** | {t['n']} | **{_pct(t['accuracy'])}** | **{t['macro_f1']:.3f}** | "
+        f"{t['per_class'][classes[0]]['recall']:.3f} |",
+    ]
+    if pooled is not None:
+        pt, label = pooled["metrics"]["pooled_test"], pooled_label(manifest, pooled["manifest"])
+        lines.append(
+            f"| {label}, **leak-free pooled protocol** (held-out 20 %) | {pt['n']} | "
+            f"**{_pct(pt['accuracy'])}** | **{pt['macro_f1']:.3f}** | {pt['per_class'][classes[0]]['recall']:.3f} |"
+        )
+    else:
+        lines += [
+            "",
+            "The leak-free pooled protocol (Training ∪ Testing, duplicate groups kept whole, stratified 80/20) is not "
+            "measured for this ensemble's recipes yet: this report adds it once `<work>/pooled/models` holds their "
+            "pooled export (README → Training).",
+        ]
+    return lines
+
+
+def update_pooled_docs(pooled: Path, models_dir: Path, docs: Path, n_images: int) -> Path:
+    """Bring the pooled protocol into docs/evaluation.md without the rest of the run's artefacts: its headline
+    row and its section (replaced, or inserted before the ensembles tried), from <pooled>/models (a pooled
+    export) and <pooled>/report/leaderboard.json; the shipped ensemble (models_dir) labels the row."""
+    summary = pooled_summary(pooled)
+    if summary is None:
+        raise ValueError(f"{pooled / 'models' / 'manifest.json'} does not exist: export the pooled runs first")
+    shipped = load_manifest(models_dir)
+    replace_section(docs, [*headline_section(shipped, summary), ""], [PUBLISHED])
+    (docs / "img").mkdir(parents=True, exist_ok=True)
+    section = _pooled_section(pooled, summary, docs / "img", n_images, shipped)
+    return replace_section(docs, [*section, ""], [ENSEMBLES_TRIED_SECTION])
+
+
 def _tta_section(r: dict[str, Any]) -> list[str]:
     rows = ["| | " + " | ".join(f"{k} acc | {k} macro-F1" for k in r["plain"]) + " |", "|---|---|---|---|---|"]
     for name in ("plain", "hflip_tta"):
@@ -663,7 +713,6 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         if src.exists():
             shutil.copy(src, img / f"curves_{m.name}.png")
 
-    t, v = ens["official_test"], ens["validation"]
     pooled = pooled_summary(work / "pooled")
     lines = [
         "# Evaluation",
@@ -679,28 +728,8 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         ".venv/bin/python -m trainer evaluate --models-dir models",
         "```",
         "",
-        "## Headline",
-        "",
-        "| | n | accuracy | macro-F1 | glioma recall |",
-        "|---|---|---|---|---|",
-        f"| ensemble, validation (selection) | {v['n']} | {_pct(v['accuracy'])} | {v['macro_f1']:.3f} | "
-        f"{v['per_class'][classes[0]]['recall']:.3f} |",
-        f"| ensemble, **official Testing split** | {t['n']} | **{_pct(t['accuracy'])}** | **{t['macro_f1']:.3f}** | "
-        f"{t['per_class'][classes[0]]['recall']:.3f} |",
+        *headline_section(manifest, pooled),
     ]
-    if pooled is not None:
-        pt, label = pooled["metrics"]["pooled_test"], pooled_label(manifest, pooled["manifest"])
-        lines.append(
-            f"| {label}, **leak-free pooled protocol** (held-out 20 %) | {pt['n']} | "
-            f"**{_pct(pt['accuracy'])}** | **{pt['macro_f1']:.3f}** | {pt['per_class'][classes[0]]['recall']:.3f} |"
-        )
-    if pooled is None:
-        lines += [
-            "",
-            "The leak-free pooled protocol (Training ∪ Testing, duplicate groups kept whole, stratified 80/20) is not "
-            "measured for this ensemble's recipes yet: this report adds it once `<work>/pooled/models` holds their "
-            "pooled export (README → Training).",
-        ]
     lines += [
         "",
         PUBLISHED,
@@ -745,11 +774,11 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
     for key, title in (("official_test", "official Testing split"), ("validation", "validation")):
         lines += ["", f"### Ensemble on the {title}", "", *_per_class_table(ens[key], classes)]
         lines += ["", f"![confusion matrix, {title}](img/ensemble_{key}.png)"]
-    if pooled is not None:
-        lines += ["", *_pooled_section(work / "pooled", pooled, img, len(p.y), manifest)]
     tta = work / "report" / "tta.json"
     if tta.exists():
         lines += ["", *_tta_section(json.loads(tta.read_text()))]
+    if pooled is not None:
+        lines += ["", *_pooled_section(work / "pooled", pooled, img, len(p.y), manifest)]
     lines += ["", *ensembles_tried_section(work)]
     lines += ["", *_calibration_section(manifest, models_dir, p, img)]
     robustness = load_robustness(work)
