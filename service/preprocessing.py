@@ -126,7 +126,7 @@ PREPROCESSING_VERSIONS: dict[int, dict[str, Any]] = {
     3: PREPROCESSING_V3,
     4: PREPROCESSING_V4,
 }
-PREPROCESSING_PARAMS = PREPROCESSING_V3  # what new training runs use
+PREPROCESSING_PARAMS = PREPROCESSING_V4  # what new training runs use (the shipped ensemble's)
 
 
 def preprocessing_version(params: Mapping[str, Any]) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.preprocessing import crop_and_resize, decode_image
+from service.preprocessing import PREPROCESSING_PARAMS, crop_and_resize, decode_image
 from service.runtime import Ensemble
 from tests.conftest import MRI_FIXTURES
 from trainer.report import ROBUSTNESS_SECTION, replace_section, robustness_section, update_robustness_docs
@@ -67,7 +67,8 @@ def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path
     replace_section(docs, lines, ["## Not an MRI? (warnings)"])
     text = (docs / "evaluation.md").read_text()
     assert text.count(ROBUSTNESS_SECTION) == 1 and text.index(ROBUSTNESS_SECTION) < text.index("## Not an MRI?")
-    assert r["preprocessing_version"] == 3 and r["model_version"] == ensemble.manifest.model_version  # tiny: current
+    assert r["preprocessing_version"] == PREPROCESSING_PARAMS["version"]  # the tiny models': the current one
+    assert r["model_version"] == ensemble.manifest.model_version
     earlier = {**r, "model_version": "old-1", "preprocessing_version": 1}
     compared = robustness_section(r, earlier)
     rows = [line for line in compared if line.startswith("| ")]
