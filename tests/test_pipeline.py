@@ -364,6 +364,20 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
         text=True,
     )
     assert failed.returncode == 2 and "export the pooled runs first" in failed.stderr
+    official_models = tmp_path / "official" / "models"  # an export without pooled_test metrics: refused too
+    official_models.mkdir(parents=True)
+    kept = {k: metrics[k] for k in ("validation", "official_test")}
+    write_manifest(
+        official.model_copy(update={"ensemble": official.ensemble.model_copy(update={"metrics": kept})}),
+        official_models,
+    )
+    failed = subprocess.run(
+        [sys.executable, "-m", "trainer", "pooled", "--work", str(official_models.parent), "--docs", str(docs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 2 and "not a pooled-protocol export" in failed.stderr, failed.stderr[-2000:]
 
 
 def test_report_states_how_much_of_the_original_grid_was_trained() -> None:

@@ -298,7 +298,11 @@ def cmd_pooled(args: argparse.Namespace) -> int:
     """The pooled protocol's headline row and section of <docs>/evaluation.md, from a pooled work dir alone."""
     from trainer.report import pooled_summary, update_pooled_docs
 
-    summary = pooled_summary(args.work)
+    try:
+        summary = pooled_summary(args.work)
+    except ValueError as e:  # an export of another protocol
+        print(e, file=sys.stderr)
+        return 2
     if summary is None:
         print(f"{args.work / 'models' / 'manifest.json'} does not exist: export the pooled runs first", file=sys.stderr)
         return 2
