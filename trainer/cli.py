@@ -312,7 +312,7 @@ def cmd_pooled(args: argparse.Namespace) -> int:
     n_images = len(_prepare(args, pooled.preprocessing).y)
     t = summary["metrics"]["pooled_test"]
     print(f"pooled held-out: n={t['n']} accuracy {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f}")
-    print(f"updated {update_pooled_docs(args.work, args.models_dir, args.docs, n_images)}")
+    print(f"updated {update_pooled_docs(args.work, summary, args.models_dir, args.docs, n_images)}")
     return 0
 
 

@@ -611,13 +611,10 @@ def headline_section(manifest: Manifest, pooled: dict[str, Any] | None) -> list[
     return lines
 
 
-def update_pooled_docs(pooled: Path, models_dir: Path, docs: Path, n_images: int) -> Path:
+def update_pooled_docs(pooled: Path, summary: dict[str, Any], models_dir: Path, docs: Path, n_images: int) -> Path:
     """Bring the pooled protocol into docs/evaluation.md without the rest of the run's artefacts: its headline
-    row and its section (replaced, or inserted before the ensembles tried), from <pooled>/models (a pooled
-    export) and <pooled>/report/leaderboard.json; the shipped ensemble (models_dir) labels the row."""
-    summary = pooled_summary(pooled)
-    if summary is None:
-        raise ValueError(f"{pooled / 'models' / 'manifest.json'} does not exist: export the pooled runs first")
+    row and its section (replaced, or inserted before the ensembles tried), from `summary` (pooled_summary of
+    <pooled>) and <pooled>/report/leaderboard.json; the shipped ensemble (models_dir) labels the row."""
     shipped = load_manifest(models_dir)
     replace_section(docs, [*headline_section(shipped, summary), ""], [PUBLISHED])
     (docs / "img").mkdir(parents=True, exist_ok=True)
