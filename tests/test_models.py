@@ -19,6 +19,7 @@ from trainer.models import (  # noqa: E402
     describe_weights,
     fine_tune_cut_of,
     fine_tune_prefixes,
+    is_multiscale,
     split_at_cut,
     unfreeze_top,
 )
@@ -250,6 +251,64 @@ def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
     assert parity(wrapped, path, x.astype(np.uint8)) < 1e-4
     names = {o.name for o in ort.InferenceSession(str(path)).get_outputs()}
     assert names == {"class_map", "ood_score", "probabilities"}
+
+
+@pytest.mark.slow
+def test_multiscale_head_pools_three_blocks_and_exports_a_class_map(tmp_path: Path) -> None:
+    """The multi-scale backbone's map is block3_pool (average-pooled 2x2), block4_pool and block5_conv3 on one
+    grid; its global average is the concatenation of each tap's global average; the export's class map is the
+    head applied per cell of that map."""
+    from trainer.export import parity, to_onnx
+    from trainer.extras import fit_mahalanobis, pooled_feature_model, with_extras
+    from trainer.models import backbone_of, build_backbone
+
+    m = build_transfer((48, 48, 3), 4, "vgg16", weights="none", dense_layers=1, units=8, multiscale=True)
+    base = backbone_of(m)
+    assert is_multiscale(base) and base.output_shape == (None, 3, 3, 256 + 512 + 512)
+    assert not is_multiscale(backbone_of(build_transfer((48, 48, 3), 4, "vgg16", weights="none")))
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 255, (24, 48, 48, 3)).astype(np.float32)
+    vgg = build_backbone("vgg16", (48, 48, 3), "none")
+    vgg.set_weights([np.asarray(w) for w in base.weights])  # the same conv weights, in the same order
+    taps = keras.Model(vgg.inputs, [vgg.get_layer(n).output for n in ("block3_pool", "block4_pool", "block5_conv3")])
+    expected = np.concatenate([np.asarray(t).mean(axis=(1, 2)) for t in taps(CaffePreprocess()(x))], axis=1)
+    feats = np.asarray(pooled_feature_model(m)(x))
+    np.testing.assert_allclose(feats, expected, rtol=1e-4, atol=1e-3)
+    means, chol = fit_mahalanobis(feats, np.arange(24) % 4, 4)
+    wrapped = with_extras(m, "vgg16", means, chol)
+    out = wrapped(x)
+    np.testing.assert_allclose(np.asarray(out["probabilities"]), np.asarray(m(x)), atol=1e-6)
+    assert tuple(out["class_map"].shape) == (24, 3, 3, 4)
+    path = tmp_path / "ms.onnx"
+    assert sorted(to_onnx(wrapped, path)) == ["class_map", "ood_score", "probabilities"]
+    assert parity(wrapped, path, x.astype(np.uint8)) < 1e-4
+    with pytest.raises(ValueError, match="no multi-scale head"):
+        build_transfer((64, 64, 3), 4, "mobilenetv2", weights="none", multiscale=True)
+
+
+def test_multiscale_grid_entries() -> None:
+    ms = load_grid(ROOT / "trainer" / "grids" / "multiscale-v4.toml")
+    assert [e["name"] for e in ms] == [
+        "transfer-vgg16-d1-hed-ms-sh4",
+        "transfer-vgg16-d1-hed-ms-sh4-s7",
+        "transfer-vgg16-d1-hed-ms-sh4-s11",
+    ]
+    pooled = load_grid(ROOT / "trainer" / "grids" / "multiscale-v4-pooled.toml")
+    assert [e["name"] for e in pooled] == [e["name"] + "-pooled" for e in ms]
+    for a, b in zip(ms, pooled, strict=True):
+        assert {k: v for k, v in a.items() if k not in ("name", "protocol")} == {
+            k: v for k, v in b.items() if k not in ("name", "protocol")
+        }
+    base = {"backbone": "vgg16", "cache_features": True, "multiscale": True}
+    for bad_entry, why in (
+        ({"multiscale": "yes"}, "true or false"),
+        ({"cache_features": False}, "cache_features"),
+        ({"fine_tune_epochs": 2}, "no fine_tune_epochs"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            expand({"transfer": [{**base, **bad_entry}]})
+    with pytest.raises(ValueError, match="true or false"):
+        expand({"cnn": [{"conv_layers": 1, "filters": 8, "dense_layers": 0, "multiscale": 1}]})
 
 
 def test_pooled_reproduce_command_names_the_grid_that_trains_those_runs() -> None:

@@ -507,6 +507,40 @@ def test_shift_views_fine_tune_caches_shifted_views_beside_the_clean_ones(tmp_pa
         assert not np.array_equal(z["features"][0], c["features"][0])
 
 
+def test_multiscale_head_trains_on_cached_clean_and_shifted_features(tmp_path: Path) -> None:
+    """`multiscale = true, shift_views = 2`: the frozen backbone's three taps are pooled once per view (identity,
+    mirror, 2 shifted) into cache files keyed by the taps; the head trains on them, and the saved full model
+    computes from pixels what the head computes from the cache."""
+    import keras
+
+    from trainer.data import prepare
+    from trainer.grid import expand
+    from trainer.train import head_model, multiscale_features, train_entry, train_val_indices
+
+    p = prepare(MRI_FIXTURES, tmp_path / "cache")
+    recipe = {"epochs": 2, "batch_size": 8, "val_fraction": 0.25, "patience": 2}
+    entry = {"backbone": "vgg16", "weights": "none", "cache_features": True, "multiscale": True, "shift_views": 2}
+    (cfg,) = expand({"defaults": recipe, "transfer": [entry]})
+    assert cfg["name"] == "transfer-vgg16-d0-scratch-ms-sh2"
+    run_dir = tmp_path / "runs" / cfg["name"]
+    result = train_entry(cfg, p, run_dir, verbose=0, cache_dir=tmp_path / "cache")
+    assert result["epochs_run"] >= 1
+    cached = sorted(f.name.rsplit("-", 1)[0] for f in (tmp_path / "cache").glob("*-vgg16-*.npz"))
+    assert cached == ["ms-shift2-seed2020-vgg16", "ms-views-vgg16"]
+    model = keras.models.load_model(run_dir / "model.keras")
+    clean, shifted = multiscale_features(model, cfg, p, tmp_path / "cache")  # from the cache now
+    assert clean.shape == (2, len(p.y), 256 + 512 + 512) and shifted.shape == (2, len(p.y), 1280)
+    assert not np.array_equal(clean[0], clean[1]) and not np.array_equal(clean[0], shifted[0])
+    via_head = np.asarray(head_model(model).predict(clean[0][:4].astype(np.float32), verbose=0))
+    via_model = np.asarray(model.predict(p.x[:4].astype(np.float32), verbose=0))
+    np.testing.assert_allclose(via_head, via_model, atol=2e-3)  # the cache holds float16
+    _, va = train_val_indices(p, cfg["val_fraction"], cfg["seed"])
+    probs = np.asarray(model.predict(p.x[va].astype(np.float32), verbose=0))
+    val_loss = float(-np.log(np.clip(probs[np.arange(len(va)), p.y[va]], 1e-7, 1)).mean())
+    history = json.loads((run_dir / "history.json").read_text())
+    assert val_loss == pytest.approx(min(history["val_loss"]), abs=2e-2)
+
+
 def test_not_an_mri_thresholds_flag_no_image_of_the_training_pool(tmp_path: Path) -> None:
     """Export calibrates each model's ood_score threshold, like the background threshold, to the largest value
     among the training pool (training + validation): recomputed through the service runtime, no pool image is

@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from trainer.models import BACKBONES, INPUT_NAME, OUTPUT_NAME, backbone_of
+from trainer.models import BACKBONES, INPUT_NAME, OUTPUT_NAME, backbone_of, is_multiscale
 
 CLASS_MAP = "class_map"
 OOD_SCORE = "ood_score"
@@ -88,7 +88,8 @@ def fit_mahalanobis(features: np.ndarray, y: np.ndarray, n_classes: int) -> tupl
 def with_extras(model: keras.Model, backbone: str, means: np.ndarray, chol: np.ndarray) -> keras.Model:
     """The model with outputs {probabilities, class_map, ood_score} (see the module docstring)."""
     base = backbone_of(model)
-    cam_layer = BACKBONES[backbone].cam_layer
+    # a multi-scale backbone's output is already the map on a grid (the concatenated taps)
+    cam_layer = None if is_multiscale(base) else BACKBONES[backbone].cam_layer
     cam_out = base.get_layer(cam_layer).output if cam_layer else base.output
     two = keras.Model(base.inputs, [cam_out, base.output], name=f"{base.name}_cam")
     inputs = keras.Input(shape=model.inputs[0].shape[1:], name=INPUT_NAME)

@@ -61,16 +61,32 @@ def fine_tune_blocks_of(cfg: dict[str, Any]) -> int:
     return blocks
 
 
+def multiscale_of(cfg: dict[str, Any]) -> bool:
+    """Whether a transfer entry pools several of its backbone's blocks (models.multiscale_backbone). Such a
+    head trains on cached frozen features of the identity and mirror views (plus `shift_views` shifted ones);
+    the backbone is not fine-tuned (the cached fine-tuning cuts the backbone below a tap)."""
+    on = cfg.get("multiscale", False)
+    if not isinstance(on, bool):
+        raise ValueError(f"multiscale must be true or false, got {on!r}")
+    if on and (cfg["family"] != "transfer" or not cfg.get("cache_features") or cfg.get("fine_tune_epochs", 0)):
+        raise ValueError("multiscale needs a transfer entry with cache_features and no fine_tune_epochs")
+    return on
+
+
 def shift_views_of(cfg: dict[str, Any]) -> int:
-    """How many randomly shifted views (trainer.robustness.random_shift) of every image phase 2 caches next
-    to the identity and mirror views (0: none, the recipe before session 11). With K > 0, each fine-tuning
-    epoch shows every training image twice, as before: once clean (identity or mirror, drawn per epoch) and
-    once as one of its K shifted views (drawn per epoch)."""
+    """How many randomly shifted views (trainer.robustness.random_shift) of every image are cached next to the
+    identity and mirror views (0: none, the recipe before session 11): for phase 2 (fine-tuning on the cache),
+    or for a multi-scale head's frozen features. With K > 0, each epoch shows every training image twice, as
+    before: once clean (identity or mirror, drawn per epoch) and once as one of its K shifted views (drawn per
+    epoch)."""
     k = cfg.get("shift_views", 0)
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"shift_views must be an integer ≥ 0, got {k!r}")
-    if k and (fine_tune_on_of(cfg) != "cache" or not cfg.get("cache_features") or not cfg.get("fine_tune_epochs")):
-        raise ValueError("shift_views needs fine-tuning on the cache (cache_features, fine_tune_epochs > 0)")
+    on_cache = fine_tune_on_of(cfg) == "cache" and cfg.get("cache_features") and cfg.get("fine_tune_epochs")
+    if k and not (on_cache or multiscale_of(cfg)):
+        raise ValueError(
+            "shift_views needs fine-tuning on the cache (cache_features, fine_tune_epochs > 0) or a multiscale head"
+        )
     return k
 
 
@@ -87,6 +103,8 @@ def entry_name(cfg: dict[str, Any]) -> str:
         w = str(cfg.get("weights", "imagenet"))
         local = Path(w).name.split(".")[0].replace(f"{cfg['backbone']}_", "").replace("_notop", "")
         parts.append("imagenet" if w == "imagenet" else "scratch" if w == "none" else local)
+        if multiscale_of(cfg):
+            parts.append("ms" + (f"-sh{shift_views_of(cfg)}" if shift_views_of(cfg) else ""))
         if cfg.get("fine_tune_epochs", 0):
             blocks = fine_tune_blocks_of(cfg)
             parts.append(("ftimg" if fine_tune_on_of(cfg) == "images" else "ft") + (str(blocks) if blocks > 1 else ""))
@@ -124,6 +142,7 @@ def expand(grid: dict[str, Any], overrides: dict[str, Any] | None = None) -> lis
                     **(overrides or {}),
                 }
                 fine_tune_blocks_of(cfg)  # bad values are refused here, before any training
+                multiscale_of(cfg)
                 shift_views_of(cfg)
                 cfg["name"] = entry_name(cfg)
                 entries.append(cfg)

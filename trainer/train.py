@@ -24,6 +24,7 @@ from trainer.grid import (
     fine_tune_blocks_of,
     fine_tune_on_of,
     init_seed_of,
+    multiscale_of,
     protocol_of,
     shift_views_of,
 )
@@ -102,6 +103,8 @@ def _feature_cache_path(cfg: dict[str, Any], p: Prepared, cache_dir: Path, kind:
     parts = [cfg["backbone"], cfg["weights"], _weights_digest(cfg["weights"]), p.data_hash]
     if kind != "features":
         parts.append(kind)
+    if multiscale_of(cfg):
+        parts.append(list(BACKBONES[cfg["backbone"]].multiscale_taps or ()))
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
     return cache_dir / f"{kind}-{cfg['backbone']}-{key}.npz"
 
@@ -147,35 +150,57 @@ def _cached_views(
     return feats
 
 
-def cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> np.ndarray:
-    """The frozen bottom's output for every image in each of CUT_VIEWS, shape (views, N, h, w, c), float16,
-    computed once and cached: fine-tuning the top block(s) then costs a fraction of a full forward pass."""
-    cut = fine_tune_cut_of(cfg["backbone"], fine_tune_blocks_of(cfg))
+def _clean_views(bottom: keras.Model, p: Prepared, path: Path, log: str) -> np.ndarray:
     views = [
         (f"view {view}", (lambda: p.x) if view == "identity" else (lambda: p.x[:, :, ::-1, :])) for view in CUT_VIEWS
     ]
-    log = f"[{cfg['name']}] computing frozen {cfg['backbone']} → {cut} for {len(p.x)} images"
-    return _cached_views(_feature_cache_path(cfg, p, cache_dir, f"cut-{cut}"), bottom, views, log)
+    return _cached_views(path, bottom, views, log)
 
 
 SHIFT_SEED = 2020  # draws the shifted views; fixed, so runs with other init seeds share one cache file
 
 
-def shifted_cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> np.ndarray:
-    """The frozen bottom's output for `shift_views` randomly shifted copies of every image (robustness.
-    random_shift, seeded per view and image), shape (K, N, h, w, c), float16, computed once and cached."""
+def _shifted_views(bottom: keras.Model, p: Prepared, k: int, path: Path, log: str) -> np.ndarray:
     from trainer.robustness import random_shift
 
     def shifted(v: int) -> np.ndarray:
         rngs = np.random.default_rng([SHIFT_SEED, v]).spawn(len(p.x))
         return np.stack([random_shift(img, rng) for img, rng in zip(p.x, rngs, strict=True)])
 
+    views = [(f"shift {v + 1}/{k}", partial(shifted, v)) for v in range(k)]
+    return _cached_views(path, bottom, views, log)
+
+
+def cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> np.ndarray:
+    """The frozen bottom's output for every image in each of CUT_VIEWS, shape (views, N, h, w, c), float16,
+    computed once and cached: fine-tuning the top block(s) then costs a fraction of a full forward pass."""
+    cut = fine_tune_cut_of(cfg["backbone"], fine_tune_blocks_of(cfg))
+    log = f"[{cfg['name']}] computing frozen {cfg['backbone']} → {cut} for {len(p.x)} images"
+    return _clean_views(bottom, p, _feature_cache_path(cfg, p, cache_dir, f"cut-{cut}"), log)
+
+
+def shifted_cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> np.ndarray:
+    """The frozen bottom's output for `shift_views` randomly shifted copies of every image (robustness.
+    random_shift, seeded per view and image), shape (K, N, h, w, c), float16, computed once and cached."""
     k = shift_views_of(cfg)
     cut = fine_tune_cut_of(cfg["backbone"], fine_tune_blocks_of(cfg))
-    views = [(f"shift {v + 1}/{k}", partial(shifted, v)) for v in range(k)]
     log = f"[{cfg['name']}] computing frozen {cfg['backbone']} → {cut} for {len(p.x)} images"
     path = _feature_cache_path(cfg, p, cache_dir, f"cut-{cut}-shift{k}-seed{SHIFT_SEED}")
-    return _cached_views(path, bottom, views, log)
+    return _shifted_views(bottom, p, k, path, log)
+
+
+def multiscale_features(model: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> tuple[Any, ...]:
+    """A multi-scale head's frozen pooled features, float16, computed once and cached: (clean, shifted) with
+    clean (len(CUT_VIEWS), N, d) for the identity and mirror views and shifted (shift_views, N, d) (None
+    without shifted views)."""
+    extractor = keras.Model(model.inputs, model.get_layer("gap").output)
+    log = f"[{cfg['name']}] computing frozen multi-scale {cfg['backbone']} features for {len(p.x)} images"
+    clean = _clean_views(extractor, p, _feature_cache_path(cfg, p, cache_dir, "ms-views"), log)
+    k = shift_views_of(cfg)
+    if not k:
+        return clean, None
+    path = _feature_cache_path(cfg, p, cache_dir, f"ms-shift{k}-seed{SHIFT_SEED}")
+    return clean, _shifted_views(extractor, p, k, path, log)
 
 
 class ViewSampler(keras.utils.PyDataset):
@@ -272,7 +297,20 @@ def train_entry(
     lr, epochs = float(cfg["learning_rate"]), int(cfg["epochs"])
     cache_dir = cache_dir or run_dir.parent.parent / "cache"
     cached = cfg["family"] == "transfer" and bool(cfg.get("cache_features", False))
-    if cached:
+    if cached and multiscale_of(cfg):
+        # Frozen multi-scale backbone: the head trains on cached pooled features of the identity and mirror
+        # views, plus shifted views when the entry asks for them (one clean and one shifted per image and epoch).
+        clean, shifted = multiscale_features(model, cfg, p, cache_dir)
+        val_f = (clean[0][va], p.y[va])
+        if shifted is not None:
+            sampler = ViewSampler(clean, shifted, tr, p.y, bs, seed)
+            train_on: tuple[Any, ...] = (sampler,)
+            kw: dict[str, Any] = {"validation_batch_size": bs}
+        else:
+            train_on = (np.concatenate([view[tr] for view in clean]), np.concatenate([p.y[tr]] * len(clean)))
+            kw = {"batch_size": bs, "shuffle": True}
+        history = _merge({}, fit(head_model(model), lr, epochs, "train", train_on, val_f, **kw))
+    elif cached:
         # Frozen backbone: train the head on cached pooled features (no augmentation in this phase).
         feats = frozen_features(model, cfg, p, cache_dir)
         train_f, val_f = (feats[tr], p.y[tr]), (feats[va], p.y[va])
