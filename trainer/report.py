@@ -846,6 +846,13 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         "  passed (validation 0.927 against 0.923, 14 against 15 discordant images, p 1.00; shifts 89.6 % against",
         "  89.3 %; gamma 0.6 87.7 % against 82.1 %) and was shipped, although brightness ×1.4 and noise fell by",
         "  1–2 points; official Testing 77.4 % / 0.750 against 77.2 % / 0.746 (12 against 11 discordant images).",
+        "  Session 18 trained a multi-scale head on the frozen backbone (block3_pool, block4_pool, block5_conv3;",
+        "  multiscale-v4.toml) under a rule written before training (validation macro-F1 above D's and D not",
+        "  significantly better, mean shifted accuracy at least D's minus 1 point, at most 5 % more compute).",
+        "  Candidate E scored validation 0.939 against 0.927 (20 against 14 discordant images, p 0.39),",
+        "  robustness not yet measured (the run was stopped for time);",
+        "  not shipped in that session (float32 export, report and pooled ensemble pending); official Testing",
+        "  78.2 % / 0.759 against 77.4 % / 0.750 (14 against 11 discordant images).",
         "",
     ]
     out = docs / "evaluation.md"
