@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import CLASSES, Prepared, protocol_split, split_train_val
+from trainer.extras import pooled_feature_model
 from trainer.grid import (
     FAMILY_DEFAULTS,
     fine_tune_blocks_of,
@@ -120,7 +121,7 @@ def frozen_features(model: keras.Model, cfg: dict[str, Any], p: Prepared, cache_
     if path.exists():
         with np.load(path) as z:
             return np.asarray(z["features"])
-    extractor = keras.Model(model.inputs, model.get_layer("gap").output)
+    extractor = pooled_feature_model(model)
     print(f"[{cfg['name']}] computing frozen {cfg['backbone']} features for {len(p.x)} images (cached after)")
     feats = np.asarray(extractor.predict(p.x.astype(np.float32), batch_size=32, verbose=2))
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,7 @@ def multiscale_features(model: keras.Model, cfg: dict[str, Any], p: Prepared, ca
     """A multi-scale head's frozen pooled features, float16, computed once and cached: (clean, shifted) with
     clean (len(CUT_VIEWS), N, d) for the identity and mirror views and shifted (shift_views, N, d) (None
     without shifted views)."""
-    extractor = keras.Model(model.inputs, model.get_layer("gap").output)
+    extractor = pooled_feature_model(model)
     log = f"[{cfg['name']}] computing frozen multi-scale {cfg['backbone']} features for {len(p.x)} images"
     clean = _clean_views(extractor, p, _feature_cache_path(cfg, p, cache_dir, "ms-views"), log)
     k = shift_views_of(cfg)
@@ -234,6 +235,18 @@ class ViewSampler(keras.utils.PyDataset):
         rows = self.samples[i * self.batch_size : (i + 1) * self.batch_size]
         x = np.stack([(self.shifted if s else self.clean)[v, j] for s, v, j in rows])
         return x, self.y[rows[:, 2]]
+
+
+def view_batches(
+    clean: np.ndarray, shifted: np.ndarray | None, index: np.ndarray, y: np.ndarray, batch_size: int, seed: int
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """What `fit` trains on from cached views of the images in `index`: with shifted views a ViewSampler (one clean
+    and one shifted view per image and epoch), else every clean view of every image, shuffled by Keras.
+    Returns (fit's positional training data, its keyword arguments)."""
+    if shifted is not None:
+        return (ViewSampler(clean, shifted, index, y, batch_size, seed),), {"validation_batch_size": batch_size}
+    x = np.concatenate([view[index] for view in clean])
+    return (x, np.concatenate([y[index]] * len(clean))), {"batch_size": batch_size, "shuffle": True}
 
 
 def head_model(model: keras.Model) -> keras.Model:
@@ -301,15 +314,8 @@ def train_entry(
         # Frozen multi-scale backbone: the head trains on cached pooled features of the identity and mirror
         # views, plus shifted views when the entry asks for them (one clean and one shifted per image and epoch).
         clean, shifted = multiscale_features(model, cfg, p, cache_dir)
-        val_f = (clean[0][va], p.y[va])
-        if shifted is not None:
-            sampler = ViewSampler(clean, shifted, tr, p.y, bs, seed)
-            train_on: tuple[Any, ...] = (sampler,)
-            kw: dict[str, Any] = {"validation_batch_size": bs}
-        else:
-            train_on = (np.concatenate([view[tr] for view in clean]), np.concatenate([p.y[tr]] * len(clean)))
-            kw = {"batch_size": bs, "shuffle": True}
-        history = _merge({}, fit(head_model(model), lr, epochs, "train", train_on, val_f, **kw))
+        train_on, kw = view_batches(clean, shifted, tr, p.y, bs, seed)
+        history = _merge({}, fit(head_model(model), lr, epochs, "train", train_on, (clean[0][va], p.y[va]), **kw))
     elif cached:
         # Frozen backbone: train the head on cached pooled features (no augmentation in this phase).
         feats = frozen_features(model, cfg, p, cache_dir)
@@ -329,13 +335,10 @@ def train_entry(
             bottom, top = split_at_cut(model, cfg["backbone"], blocks)
             cut = cut_features(bottom, cfg, p, cache_dir)
             val_cut = (cut[0][va], p.y[va])
-            if shift_views_of(cfg):  # plus randomly shifted views: one clean and one shifted per image and epoch
-                sampler = ViewSampler(cut, shifted_cut_features(bottom, cfg, p, cache_dir), tr, p.y, bs, seed)
-                ft = fit(top, ft_lr, ft_epochs, "fine_tune", (sampler,), val_cut, validation_batch_size=bs)
-            else:
-                x_tr = np.concatenate([view[tr] for view in cut])
-                y_tr = np.concatenate([p.y[tr]] * len(cut))
-                ft = fit(top, ft_lr, ft_epochs, "fine_tune", (x_tr, y_tr), val_cut, batch_size=bs, shuffle=True)
+            # plus randomly shifted views: one clean and one shifted per image and epoch
+            shifted = shifted_cut_features(bottom, cfg, p, cache_dir) if shift_views_of(cfg) else None
+            train_on, kw = view_batches(cut, shifted, tr, p.y, bs, seed)
+            ft = fit(top, ft_lr, ft_epochs, "fine_tune", train_on, val_cut, **kw)
         else:  # end to end on images, with the training augmentation
             ft = fit(model, ft_lr, ft_epochs, "fine_tune", *image_datasets())
         history = _merge(history, ft)
