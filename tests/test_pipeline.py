@@ -247,13 +247,41 @@ def test_choose_models_respects_rank_size_and_backbone_diversity() -> None:
     assert [r["name"] for r in choose_models(board, 3, max_mb=1000, max_per_backbone=2)] == ["vgg-a", "vgg-b", "huge"]
     with pytest.raises(ValueError, match="only 1 of the 3"):  # vgg-b: same backbone; huge: over budget
         choose_models(board[:3], 3)
-    # three 15M-parameter voters: 180 MB as float32, over a 120 MB budget; 90 MB stored as float16
+    # three 15M-parameter voters in separate files: 180 MB as float32, over a 120 MB budget; 90 MB as float16
     three = [row(f"vgg-{i}", 0.9 - i / 100, 15_000_000, "vgg16") for i in range(3)]
     with pytest.raises(ValueError, match="only 2 of the 3"):
-        choose_models(three, 3, max_per_backbone=3)
-    assert len(choose_models(three, 3, max_per_backbone=3, weights_dtype="float16")) == 3
+        choose_models(three, 3, max_per_backbone=3, merge=False)
+    assert len(choose_models(three, 3, max_per_backbone=3, weights_dtype="float16", merge=False)) == 3
     with pytest.raises(ValueError, match="weights_dtype"):
         choose_models(three, 3, weights_dtype="int4")
+
+
+def test_ensemble_size_counts_shared_frozen_backbone_once() -> None:
+    """A merged file stores a frozen backbone shared by several voters once (same backbone and weights file);
+    fine-tuned top blocks and heads are per voter; separate files store everything."""
+    from trainer.export import choose_models, ensemble_bytes, frozen_backbone_params
+
+    vgg16 = 14_714_688  # keras.applications.VGG16(include_top=False) parameters; block5: 3 x 2,359,808
+    frozen = {"family": "transfer", "backbone": "vgg16", "weights": "w.h5", "fine_tune_epochs": 0}
+    tuned = {**frozen, "fine_tune_epochs": 12}
+    assert sum(frozen_backbone_params(frozen).values()) == vgg16
+    assert sum(frozen_backbone_params(tuned).values()) == vgg16 - 3 * 2_359_808
+    assert frozen_backbone_params({"family": "cnn"}) == {}
+
+    def row(name: str, cfg: dict, head: int = 330_000) -> dict:
+        return {"name": name, "val_macro_f1": 0.9, "val_loss": 1.0, "params": vgg16 + head, "config": cfg}
+
+    three = [row(f"ms-{i}", frozen) for i in range(3)]
+    assert ensemble_bytes(three, "float32", merge=False) == 4 * 3 * (vgg16 + 330_000)
+    assert ensemble_bytes(three, "float32") == 4 * (vgg16 + 3 * 330_000)
+    other_weights = [*three[:2], row("ms-imagenet", {**frozen, "weights": "imagenet"})]
+    assert ensemble_bytes(other_weights) == 4 * (2 * vgg16 + 3 * 330_000)
+    mixed = [row("ft", tuned), *three[:2]]  # blocks 1-4 shared by all three, block5 of the fine-tuned one its own
+    assert ensemble_bytes(mixed) == 4 * (vgg16 + 3 * 2_359_808 + 3 * 330_000)
+    # three frozen VGG16 voters: 180 MB as separate float32 files, 60 MB merged
+    assert len(choose_models(three, 3, max_per_backbone=3)) == 3
+    with pytest.raises(ValueError, match="only 2 of the 3"):
+        choose_models(three, 3, max_per_backbone=3, merge=False)
 
 
 def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:

@@ -440,7 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3)
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--notes", default="", help="free text stored in the manifest")
-    p.add_argument("--max-mb", type=float, default=120.0, help="size budget of the ensemble's weights (MB)")
+    p.add_argument(
+        "--max-mb",
+        type=float,
+        default=120.0,
+        help="size budget of the ensemble's ONNX files (MB); frozen backbone layers the merged file shares count once",
+    )
     p.add_argument(
         "--weights-dtype",
         choices=["float32", "float16"],

@@ -28,10 +28,10 @@ from trainer.calibration import calibration_report, choose_rule, ece, fit_temper
 from trainer.data import CLASSES, Prepared, protocol_split
 from trainer.evaluate import split_names
 from trainer.extras import CLASS_MAP, OOD_SCORE, fit_mahalanobis, has_pooling_head, pooled_feature_model, with_extras
-from trainer.grid import protocol_of
+from trainer.grid import fine_tune_blocks_of, protocol_of
 from trainer.merge import halve_weights, merge_models_dir
 from trainer.metrics import compute_metrics
-from trainer.models import INPUT_NAME, OUTPUT_NAME
+from trainer.models import INPUT_NAME, OUTPUT_NAME, build_backbone, fine_tune_prefixes
 from trainer.train import evaluation_indices, train_val_indices
 
 OPSET = 17
@@ -192,6 +192,46 @@ def _bytes_per_param(weights_dtype: str) -> int:
     return BYTES_PER_PARAM[weights_dtype]
 
 
+def _backbone_layer_params(backbone: str) -> dict[str, int]:
+    """Parameters per layer of a headless keras.applications backbone (built without weights; cached)."""
+    if backbone not in _LAYER_PARAMS:
+        base = build_backbone(backbone, (160, 160, 3), weights="none")
+        _LAYER_PARAMS[backbone] = {layer.name: int(layer.count_params()) for layer in base.layers}
+    return _LAYER_PARAMS[backbone]
+
+
+_LAYER_PARAMS: dict[str, dict[str, int]] = {}
+
+
+def frozen_backbone_params(cfg: dict[str, Any]) -> dict[str, int]:
+    """The backbone layers (name -> parameters) that training leaves at the loaded weights: every layer of a
+    frozen backbone, all but the fine-tuned top blocks of a fine-tuned one. Models with the same backbone and
+    weights file hold identical copies of these, which the merged ensemble file stores once."""
+    if cfg.get("family") != "transfer" or not cfg.get("backbone"):
+        return {}
+    layers = _backbone_layer_params(cfg["backbone"])
+    if not cfg.get("fine_tune_epochs"):
+        return layers
+    tuned = fine_tune_prefixes(cfg["backbone"], fine_tune_blocks_of(cfg))
+    return {name: n for name, n in layers.items() if not name.startswith(tuned)}
+
+
+def ensemble_bytes(rows: list[dict[str, Any]], weights_dtype: str = "float32", merge: bool = True) -> int:
+    """Estimated size of the exported ensemble: every model's parameters, less the frozen backbone layers a
+    merged file stores once (same backbone, same weights). `export_top` checks the written files against it."""
+    params = sum(r["params"] for r in rows)
+    if merge:
+        seen: set[tuple[str, str, str]] = set()
+        for r in rows:
+            cfg = r["config"]
+            for layer, n in frozen_backbone_params(cfg).items():
+                key = (cfg["backbone"], str(cfg.get("weights", "imagenet")), layer)
+                if key in seen:
+                    params -= n
+                seen.add(key)
+    return _bytes_per_param(weights_dtype) * params
+
+
 def _ranked(leaderboard: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Best validation macro-F1 first (then lower validation loss, then name)."""
     return sorted(leaderboard, key=lambda r: (-r["val_macro_f1"], r["val_loss"] or 0.0, r["name"]))
@@ -203,22 +243,22 @@ def choose_models(
     max_mb: float = 120.0,
     max_per_backbone: int = 1,
     weights_dtype: str = "float32",
+    merge: bool = True,
 ) -> list[dict[str, Any]]:
     """The `top` best by validation macro-F1, going down the ranking past a model that would push the
-    ensemble over `max_mb` (weights stored as `weights_dtype`) or add another voter on an already used frozen
-    backbone."""
+    ensemble over `max_mb` (weights stored as `weights_dtype`; with `merge`, shared frozen backbone layers
+    count once, see `ensemble_bytes`) or add another voter on an already used frozen backbone."""
     ranked = _ranked(leaderboard)
     chosen: list[dict[str, Any]] = []
     budget = max_mb * 1024 * 1024
     for row in ranked:
-        size = _bytes_per_param(weights_dtype) * row["params"]
+        over = ensemble_bytes([*chosen, row], weights_dtype, merge) > budget
         backbone = row["config"].get("backbone")
         same = sum(1 for c in chosen if backbone and c["config"].get("backbone") == backbone)
-        if size > budget or same >= max_per_backbone:
-            print(f"[export] skipping {row['name']}: " + ("size budget" if size > budget else f"another {backbone}"))
+        if over or same >= max_per_backbone:
+            print(f"[export] skipping {row['name']}: " + ("size budget" if over else f"another {backbone}"))
             continue
         chosen.append(row)
-        budget -= size
         if len(chosen) == top:
             return chosen
     raise ValueError(f"only {len(chosen)} of the {len(leaderboard)} models fit --top {top} under the constraints")
@@ -232,24 +272,25 @@ def choose_ensemble(
     max_mb: float = 120.0,
     candidates: int = 8,
     weights_dtype: str = "float32",
+    merge: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The `top` models whose majority vote has the best validation macro-F1, among every combination of
-    the `candidates` best single models that fits the size budget (weights stored as `weights_dtype`). Validation only:
-    the official Testing split plays no part. Returns (chosen rows, every combination tried, best first)."""
+    the `candidates` best single models that fits the size budget (weights stored as `weights_dtype`; with
+    `merge`, shared frozen backbone layers count once). Validation only: the official Testing split plays no
+    part. Returns (chosen rows, every combination tried, best first)."""
     from itertools import combinations
 
     from trainer.evaluate import validation_probabilities
 
     ranked = _ranked(leaderboard)
-    per_param = _bytes_per_param(weights_dtype)
-    pool = [r for r in ranked if per_param * r["params"] <= max_mb * 1024 * 1024][:candidates]
+    pool = [r for r in ranked if ensemble_bytes([r], weights_dtype) <= max_mb * 1024 * 1024][:candidates]
     if len(pool) < top:
         raise ValueError(f"only {len(pool)} models fit the {max_mb} MB budget; need {top}")
     va, _ = evaluation_indices(p, pool[0]["config"])
     probs = {r["name"]: validation_probabilities(r, p, report_dir) for r in pool}
     tried = []
     for combo in combinations(pool, top):
-        size_mb = sum(per_param * r["params"] for r in combo) / 1024 / 1024
+        size_mb = ensemble_bytes(list(combo), weights_dtype, merge) / 1024 / 1024
         if size_mb > max_mb:
             continue
         m = vote_metrics(np.stack([probs[r["name"]] for r in combo]), p.y[va], split_names(pool[0]["config"])[0][1])
@@ -292,10 +333,12 @@ def export_top(
     if select == "ensemble":
         if report_dir is None:
             raise ValueError("select='ensemble' needs the report dir with the validation probabilities")
-        chosen, tried = choose_ensemble(leaderboard, p, report_dir, top, max_mb, weights_dtype=weights_dtype)
+        chosen, tried = choose_ensemble(
+            leaderboard, p, report_dir, top, max_mb, weights_dtype=weights_dtype, merge=merge
+        )
         (report_dir / "ensembles_tried.json").write_text(json.dumps(tried, indent=1) + "\n")
     elif select == "top":
-        chosen = choose_models(leaderboard, top, max_mb, max_per_backbone, weights_dtype)
+        chosen = choose_models(leaderboard, top, max_mb, max_per_backbone, weights_dtype, merge)
     else:
         raise ValueError(f"select must be 'ensemble' or 'top', got {select!r}")
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -364,6 +407,13 @@ def export_top(
     write_manifest(draft, models_dir)
     if merge:
         merge_models_dir(models_dir, p.x[va[:parity_images]])
+    written = sum(f.stat().st_size for f in models_dir.glob("*.onnx"))
+    print(
+        f"[export] ONNX files {written / 2**20:.1f} MB "
+        f"(estimated {ensemble_bytes(chosen, weights_dtype, merge) / 2**20:.1f} MB, budget {max_mb} MB)"
+    )
+    if written > max_mb * 1024 * 1024:
+        raise ValueError(f"{models_dir}: the ONNX files take {written / 2**20:.1f} MB, over the {max_mb} MB budget")
     return finalize(models_dir, p)
 
 
