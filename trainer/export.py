@@ -4,6 +4,7 @@ majority vote with onnxruntime, and write models/ with manifest.json."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -192,15 +193,11 @@ def _bytes_per_param(weights_dtype: str) -> int:
     return BYTES_PER_PARAM[weights_dtype]
 
 
+@functools.cache
 def _backbone_layer_params(backbone: str) -> dict[str, int]:
     """Parameters per layer of a headless keras.applications backbone (built without weights; cached)."""
-    if backbone not in _LAYER_PARAMS:
-        base = build_backbone(backbone, (160, 160, 3), weights="none")
-        _LAYER_PARAMS[backbone] = {layer.name: int(layer.count_params()) for layer in base.layers}
-    return _LAYER_PARAMS[backbone]
-
-
-_LAYER_PARAMS: dict[str, dict[str, int]] = {}
+    base = build_backbone(backbone, (160, 160, 3), weights="none")
+    return {layer.name: int(layer.count_params()) for layer in base.layers}
 
 
 def frozen_backbone_params(cfg: dict[str, Any]) -> dict[str, int]:
