@@ -15,6 +15,7 @@ from trainer.models import (  # noqa: E402
     build_ann,
     build_cnn,
     build_from_config,
+    build_resnet,
     build_transfer,
     describe_weights,
     fine_tune_cut_of,
@@ -54,6 +55,33 @@ def test_cnn_shapes_and_params() -> None:
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_resnet_shapes_and_params() -> None:
+    def expected_params(stages: int, width: int) -> int:
+        bn = 4  # gamma, beta, moving mean, moving variance per channel
+        total = 3 * 3 * 3 * width + bn * width  # stem (no conv bias: BatchNorm follows)
+        c_in = width
+        for i in range(stages):
+            w = width * 2**i
+            total += 9 * c_in * w + bn * w + 9 * w * w + bn * w
+            if i > 0 or c_in != w:  # 1×1 projection of the shortcut where the grid halves
+                total += c_in * w + bn * w
+            c_in = w
+        return total + c_in * 4 + 4
+
+    m = build_resnet(SHAPE, 4)
+    assert m.count_params() == expected_params(4, 32) == 1_230_308
+    # 150 →stem stride 2→ 75 →max-pool→ 38 →stages 2–4 halve→ 19, 10, 5
+    assert m.get_layer("stage1_out").output.shape[1:] == (38, 38, 32)
+    assert m.get_layer("stage4_out").output.shape[1:] == (5, 5, 256)
+    small = build_resnet(SHAPE, 4, stages=2, width=8)
+    assert small.count_params() == expected_params(2, 8)
+    out = small.predict(np.zeros((2, *SHAPE), np.float32), verbose=0)
+    assert out.shape == (2, 4)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    cfg = {"family": "resnet", "stages": 2, "width": 8}
+    assert build_from_config(cfg, SHAPE, 4).count_params() == small.count_params()
+
+
 def test_builders_reject_bad_arguments() -> None:
     with pytest.raises(ValueError):
         build_cnn(SHAPE, 4, conv_layers=0)
@@ -61,6 +89,9 @@ def test_builders_reject_bad_arguments() -> None:
         build_ann(SHAPE, 1)
     with pytest.raises(ValueError):
         build_from_config({"family": "svm"}, SHAPE, 4)
+    for bad in ({"stages": 0}, {"width": 0}, {"stages": -1}):
+        with pytest.raises(ValueError):
+            build_resnet(SHAPE, 4, **bad)
 
 
 def test_caffe_preprocess_matches_keras_applications() -> None:
@@ -204,6 +235,15 @@ def test_grid_files_expand() -> None:
             assert {k: v for k, v in a.items() if k not in ("name", "protocol")} == {
                 k: v for k, v in b.items() if k not in ("name", "protocol")
             }
+    # the residual CNN from scratch: named by stages and width; its pooled grid is the same recipe
+    (resnet,) = load_grid(ROOT / "trainer" / "grids" / "resnet.toml")
+    (resnet_pooled,) = load_grid(ROOT / "trainer" / "grids" / "resnet-pooled.toml")
+    assert resnet["name"] == "resnet-st4-w32" and resnet_pooled["name"] == "resnet-st4-w32-pooled"
+    assert {**resnet_pooled, "name": resnet["name"], "protocol": "official"} == {**resnet, "protocol": "official"}
+    assert resnet["reduce_lr_patience"] == 3
+    for bad_value in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="reduce_lr_patience"):
+            expand({"resnet": [{"reduce_lr_patience": bad_value}]})
     with pytest.raises(ValueError, match="protocol must be one of"):
         expand({"defaults": {"protocol": "leaky"}, "ann": [{"dense_layers": 0, "units": 8}]})
     # the seed ensemble: the best recipe again with other initialisation seeds, on the same validation split

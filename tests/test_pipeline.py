@@ -21,7 +21,7 @@ from service.manifest import Manifest, load_manifest
 from service.runtime import Ensemble
 from tests.conftest import MRI_FIXTURES, ROOT
 from trainer.export import eval_splits, parity, to_onnx
-from trainer.models import build_ann, build_cnn
+from trainer.models import build_ann, build_cnn, build_resnet
 from trainer.tta import mcnemar_p
 
 pytestmark = pytest.mark.slow
@@ -44,6 +44,42 @@ def test_onnx_export_parity_and_dynamic_batch(tmp_path: Path) -> None:
     # the parity check can fail: a different model's ONNX file differs by far more than the tolerance
     other = build_ann((150, 150, 3), 4, 1, 8)
     assert parity(other, path, images) > 1e-4
+
+
+def test_resnet_batchnorm_exports_with_parity(tmp_path: Path) -> None:
+    """The residual CNN's BatchNorm layers export in inference mode: after a few training steps (moving
+    statistics away from 0 / 1) the ONNX file still matches Keras."""
+    rng = np.random.default_rng(0)
+    model = build_resnet((150, 150, 3), 4, stages=2, width=8)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = rng.integers(0, 256, (16, 150, 150, 3)).astype(np.float32)
+    model.fit(x, rng.integers(0, 4, 16), batch_size=8, epochs=3, verbose=0)
+    moving_mean = model.get_layer("stem_bn").moving_mean.numpy()
+    assert np.abs(moving_mean).max() > 1e-3  # the check below covers trained statistics, not the initial ones
+    path = tmp_path / "resnet.onnx"
+    to_onnx(model, path)
+    assert parity(model, path, x[:5].astype(np.uint8)) <= 1e-4
+
+
+def test_reduce_lr_on_plateau_divides_the_learning_rate(tmp_path: Path) -> None:
+    """`reduce_lr_patience` in a grid: the learning rate drops by 3 after that many epochs without a lower
+    val_loss (here a learning rate so small that val_loss cannot move), and the run's history records it."""
+    from trainer.data import prepare
+    from trainer.grid import expand
+    from trainer.train import train_entry
+
+    p = prepare(MRI_FIXTURES, tmp_path / "cache", None)
+    (cfg,) = expand(
+        {
+            "defaults": {"epochs": 4, "batch_size": 8, "val_fraction": 0.25, "patience": 10, "learning_rate": 1e-9},
+            "ann": [{"dense_layers": 0, "units": 8, "reduce_lr_patience": 1}],
+        }
+    )
+    train_entry(cfg, p, tmp_path / "run", verbose=0, cache_dir=tmp_path / "cache")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    rates = history["learning_rate"]
+    assert len(rates) == 4 and rates[0] == pytest.approx(1e-9)
+    assert rates[-1] == pytest.approx(1e-9 / 9, rel=1e-3)  # divided twice: after epochs 2 and 3
 
 
 def run(*args: str, cwd: Path) -> str:

@@ -1,4 +1,4 @@
-"""Grid files (TOML): each [[ann]] / [[cnn]] / [[transfer]] table expands as the Cartesian product of
+"""Grid files (TOML): each [[ann]] / [[cnn]] / [[resnet]] / [[transfer]] table expands as the Cartesian product of
 its list-valued keys; [defaults] holds the training recipe shared by every entry."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from trainer.data import PROTOCOLS
 
-FAMILIES = ("ann", "cnn", "transfer")
+FAMILIES = ("ann", "cnn", "resnet", "transfer")
 RECIPE_DEFAULTS: dict[str, Any] = {
     "epochs": 20,
     "batch_size": 32,
@@ -25,11 +25,13 @@ RECIPE_DEFAULTS: dict[str, Any] = {
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "ann": {"dropout": 0.25},
     "cnn": {"dropout": 0.25},
+    "resnet": {"stages": 4, "width": 32, "dropout": 0.3},
     "transfer": {"weights": "imagenet", "dense_layers": 0, "units": 128, "dropout": 0.3},
 }
 _NAME_KEYS = {
     "ann": ("dense_layers", "d", "units", "u"),
     "cnn": ("conv_layers", "c", "filters", "f", "dense_layers", "d"),
+    "resnet": ("stages", "st", "width", "w"),
     "transfer": ("backbone", "", "dense_layers", "d"),
 }
 
@@ -90,6 +92,15 @@ def shift_views_of(cfg: dict[str, Any]) -> int:
     return k
 
 
+def reduce_lr_patience_of(cfg: dict[str, Any]) -> int:
+    """Epochs without a lower val_loss after which training divides the learning rate by 3 (0, the default:
+    a constant learning rate, as every recipe before session 20; early stopping's `patience` still applies)."""
+    n = cfg.get("reduce_lr_patience", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"reduce_lr_patience must be an integer ≥ 0, got {n!r}")
+    return n
+
+
 def init_seed_of(cfg: dict[str, Any]) -> int:
     """The seed of weight initialisation, shuffling and augmentation: `init_seed` where a grid sets it (to
     train the same recipe again on the same validation split), else `seed`, which also draws that split."""
@@ -144,6 +155,7 @@ def expand(grid: dict[str, Any], overrides: dict[str, Any] | None = None) -> lis
                 fine_tune_blocks_of(cfg)  # bad values are refused here, before any training
                 multiscale_of(cfg)
                 shift_views_of(cfg)
+                reduce_lr_patience_of(cfg)
                 cfg["name"] = entry_name(cfg)
                 entries.append(cfg)
     names = [e["name"] for e in entries]

@@ -159,6 +159,47 @@ def build_cnn(
     return keras.Model(inputs, outputs, name=f"cnn_c{conv_layers}_f{filters}_d{dense_layers}")
 
 
+def _residual_block(x: Any, width: int, stride: int, name: str) -> Any:
+    """Two 3×3 Conv–BatchNorm layers with a shortcut (1×1 projection where the shape changes), ReLU after the sum."""
+    shortcut = x
+    y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if stride != 1 or shortcut.shape[-1] != width:
+        shortcut = layers.Conv2D(width, 1, strides=stride, use_bias=False, name=f"{name}_proj")(shortcut)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
+
+
+def build_resnet(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    stages: int = 4,
+    width: int = 32,
+    dropout: float = 0.3,
+) -> keras.Model:
+    """A small residual CNN trained from scratch (not in the 2020 grid): a stride-2 3×3 stem with 3×3 max-pooling
+    (150 → 38 px), then `stages` residual blocks of width·2^i channels, each after the first halving the grid,
+    global average pooling → Dropout → Dense(num_classes, softmax). BatchNorm throughout."""
+    _check(num_classes, stages=stages, width=width)
+    if stages < 1 or width < 1:
+        raise ValueError(f"a residual CNN needs stages ≥ 1 and width ≥ 1, got stages={stages}, width={width}")
+    inputs = _input(input_shape)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for i in range(stages):
+        x = _residual_block(x, width * 2**i, 1 if i == 0 else 2, f"stage{i + 1}")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name=OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name=f"resnet_st{stages}_w{width}")
+
+
 def describe_weights(weights: str) -> str:
     """A plain statement of where a backbone's weights came from, for the manifest and README."""
     if weights == "imagenet":
@@ -327,7 +368,9 @@ def build_from_config(cfg: dict[str, Any], input_shape: tuple[int, int, int], nu
             cfg.get("dropout", 0.3),
             bool(cfg.get("multiscale", False)),
         )
-    raise ValueError(f"unknown model family {family!r} (ann, cnn, transfer)")
+    if family == "resnet":
+        return build_resnet(input_shape, num_classes, cfg["stages"], cfg["width"], cfg.get("dropout", 0.3))
+    raise ValueError(f"unknown model family {family!r} (ann, cnn, resnet, transfer)")
 
 
 def weights_origin(cfg: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from trainer.grid import (
     init_seed_of,
     multiscale_of,
     protocol_of,
+    reduce_lr_patience_of,
     shift_views_of,
 )
 from trainer.models import (
@@ -296,6 +297,12 @@ def train_entry(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(cfg["patience"]), restore_best_weights=True),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / phase)),
         ]
+        if reduce_lr_patience_of(cfg):  # divide the learning rate by 3 when val_loss stalls (recipes from scratch)
+            callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=1 / 3, patience=reduce_lr_patience_of(cfg), min_lr=lr / 100, verbose=1
+                )
+            )
         out = target.fit(
             *train, validation_data=val, epochs=epochs, class_weight=weights, callbacks=callbacks, verbose=verbose, **kw
         )
