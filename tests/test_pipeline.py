@@ -394,7 +394,7 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
     from trainer.report import ENSEMBLES_TRIED_SECTION, PUBLISHED, headline_section
 
     shipped = tmp_path / "shipped"
-    shipped.mkdir()
+    shutil.copytree(models, shipped)  # the same ONNX files, declared an official-protocol export
     metrics = {**manifest.ensemble.metrics, "official_test": manifest.ensemble.metrics["pooled_test"]}
     write_manifest(
         official.model_copy(update={"ensemble": official.ensemble.model_copy(update={"metrics": metrics})}), shipped
@@ -418,8 +418,31 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
         assert text.index("## The ensemble") < text.index("## Leak-free pooled protocol")
         assert text.startswith("# Evaluation") and text.endswith("\n".join(tail))
         assert PUBLISHED in text and (docs / "img" / "pooled_test.png").stat().st_size > 0
+        assert "By the folder each image comes from" in text
         texts.append(text)
     assert texts[0] == texts[1]
+    # ... and splits the held-out scores by the folder each image comes from (origins.json): the folders' counts
+    # add up to the split, their accuracies to the manifest's
+    origins = json.loads((work / "report" / "origins.json").read_text())
+    assert origins["pooled"] == manifest.model_version
+    for key, idx in (("validation", va), ("pooled_test", te)):
+        folders = origins["by_origin"][key]
+        assert sum(f["n"] for f in folders.values()) == len(idx)
+        right = sum(f["n"] * f["accuracy"] for f in folders.values())
+        assert right == pytest.approx(manifest.ensemble.metrics[key].accuracy * len(idx), abs=1e-2)  # 4 decimals
+    # against the "shipped" ensemble on the held-out images whose duplicate group has no image in its training
+    # part; here both are the same ONNX files, so they are right on the same images
+    official_train, _ = train_val_indices(p, 0.25, 42, "official")
+    unseen = te[~np.isin(p.group[te], p.group[official_train])]
+    both = origins["unseen_by_both"]
+    assert sum(row["n"] for row in both.values()) == len(unseen) > 0
+    for row in both.values():
+        assert row["pooled"] == row["shipped"] and (row["only_pooled_right"], row["only_shipped_right"]) == (0, 0)
+    from service.runtime import Ensemble as Loaded
+    from trainer.origins import unseen_by_both
+
+    with pytest.raises(ValueError, match="pooled-protocol export with an official-protocol one"):
+        unseen_by_both(Loaded.load(shipped), Loaded.load(models), p)
     empty = tmp_path / "empty"
     failed = subprocess.run(
         [sys.executable, "-m", "trainer", "pooled", "--work", str(empty), "--docs", str(docs)],

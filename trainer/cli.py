@@ -296,6 +296,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_pooled(args: argparse.Namespace) -> int:
     """The pooled protocol's headline row and section of <docs>/evaluation.md, from a pooled work dir alone."""
+    from trainer.origins import measure_origins
     from trainer.report import pooled_summary, update_pooled_docs
 
     try:
@@ -309,9 +310,20 @@ def cmd_pooled(args: argparse.Namespace) -> int:
     pooled = summary["manifest"]
     if args.limit_per_class is None:
         args.limit_per_class = pooled.limit_per_class
-    n_images = len(_prepare(args, pooled.preprocessing).y)
+    prepared = _prepare(args, pooled.preprocessing)
     t = summary["metrics"]["pooled_test"]
     print(f"pooled held-out: n={t['n']} accuracy {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f}")
+    # where the held-out accuracy is lost: by origin folder, and against the shipped ensemble on unseen images
+    r = measure_origins(args.work / "models", args.models_dir, prepared, args.work / "report")
+    for key, folders in r["by_origin"].items():
+        for folder, m in folders.items():
+            print(f"  {key:<12} {folder} folder: n={m['n']} accuracy {m['accuracy']:.4f}")
+    for folder, row in r.get("unseen_by_both", {}).items():
+        print(
+            f"  unseen by both, {folder} folder: n={row['n']} pooled {row['pooled']['accuracy']:.4f}, "
+            f"shipped {row['shipped']['accuracy']:.4f} (McNemar p {row['mcnemar_p']:.3f})"
+        )
+    n_images = len(prepared.y)
     print(f"updated {update_pooled_docs(args.work, summary, args.models_dir, args.docs, n_images)}")
     return 0
 

@@ -20,6 +20,7 @@ from trainer.calibration import ECE_BINS, reliability
 from trainer.data import Prepared, class_rows
 from trainer.export import raw_probabilities
 from trainer.grid import grid_preprocessing_version, load_grid
+from trainer.origins import load_origins, origins_lines
 from trainer.plots import plot_confusion, plot_leaderboard, plot_reliability
 from trainer.robustness import ensemble_label, mean_shifted_accuracy
 
@@ -529,6 +530,7 @@ def _pooled_section(
     title = "Ensemble — pooled protocol, held-out 20 %"
     plot_confusion(t["confusion_matrix"], m.classes, title, img / "pooled_test.png")
     board = json.loads((pooled / "report" / "leaderboard.json").read_text())
+    origins = load_origins(pooled, m.model_version)
     lines = [
         "## Leak-free pooled protocol",
         "",
@@ -564,6 +566,7 @@ def _pooled_section(
         "",
         "![confusion matrix, pooled protocol](img/pooled_test.png)",
         "",
+        *([*origins_lines(origins), ""] if origins else []),
         "Every model trained under this protocol:",
         "",
         "| # | model | epochs | train s | val acc | val F1 | pooled-test acc | pooled-test F1 |",
