@@ -294,6 +294,48 @@ def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_resnet_extras_class_map_and_ood_score(tmp_path: Path) -> None:
+    """The residual CNN (no nested backbone) gets the same extra outputs: its head applied to the feature map
+    that "gap" pools (BatchNorm statistics trained away from 0 / 1), and the Mahalanobis distance."""
+    from trainer.export import parity, to_onnx
+    from trainer.extras import (
+        fit_mahalanobis,
+        has_own_pooling_head,
+        has_pooling_head,
+        pooled_feature_model,
+        with_own_extras,
+    )
+
+    m = build_resnet((64, 64, 3), 4, stages=2, width=8)
+    assert has_own_pooling_head(m) and not has_pooling_head(m)
+    transfer = build_transfer((48, 48, 3), 4, "vgg16", weights="none")
+    assert has_pooling_head(transfer) and not has_own_pooling_head(transfer)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (24, 64, 64, 3)).astype(np.float32)
+    y = np.arange(24) % 4
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    m.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    feats = np.asarray(pooled_feature_model(m)(x))
+    means, chol = fit_mahalanobis(feats, y, 4)
+    wrapped = with_own_extras(m, means, chol)
+    out = wrapped(x)
+    np.testing.assert_allclose(np.asarray(out["probabilities"]), np.asarray(m(x)), atol=1e-6)
+    fmap = np.asarray(keras.Model(m.inputs, m.get_layer("gap").input)(x))  # 64 → 32 → 16 → 16 → 8
+    assert tuple(out["class_map"].shape) == (24, 8, 8, 4) == (*fmap.shape[:3], 4)
+    # per cell, the dense head of the model on that cell's features; averaged, the logits of the pooled features
+    kernel, bias = (np.asarray(w) for w in m.get_layer("probabilities").get_weights())
+    logits = fmap @ kernel + bias
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(np.asarray(out["class_map"]), expected / expected.sum(-1, keepdims=True), atol=1e-5)
+    precision = chol @ chol.T
+    d = [min(float((f - mu) @ precision @ (f - mu)) for mu in means) ** 0.5 for f in feats.astype(np.float64)]
+    np.testing.assert_allclose(np.asarray(out["ood_score"]), d, rtol=1e-3)
+    path = tmp_path / "resnet.onnx"
+    assert sorted(to_onnx(wrapped, path)) == ["class_map", "ood_score", "probabilities"]
+    assert parity(wrapped, path, x.astype(np.uint8)) < 1e-4
+
+
+@pytest.mark.slow
 def test_multiscale_head_pools_three_blocks_and_exports_a_class_map(tmp_path: Path) -> None:
     """The multi-scale backbone's map is block3_pool (average-pooled 2x2), block4_pool and block5_conv3 on one
     grid; its global average is the concatenation of each tap's global average; the export's class map is the

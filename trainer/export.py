@@ -28,7 +28,16 @@ from service.runtime import Ensemble
 from trainer.calibration import calibration_report, choose_rule, ece, fit_temperature
 from trainer.data import CLASSES, Prepared, protocol_split
 from trainer.evaluate import split_names
-from trainer.extras import CLASS_MAP, OOD_SCORE, fit_mahalanobis, has_pooling_head, pooled_feature_model, with_extras
+from trainer.extras import (
+    CLASS_MAP,
+    OOD_SCORE,
+    fit_mahalanobis,
+    has_own_pooling_head,
+    has_pooling_head,
+    pooled_feature_model,
+    with_extras,
+    with_own_extras,
+)
 from trainer.grid import fine_tune_blocks_of, protocol_of
 from trainer.merge import halve_weights, merge_models_dir
 from trainer.metrics import compute_metrics
@@ -86,6 +95,8 @@ def add_extras(model: keras.Model, cfg: dict[str, Any], p: Prepared, max_images:
     feats = np.asarray(pooled_feature_model(model).predict(to_model_input(p.x[idx]), batch_size=32, verbose=0))
     means, chol = fit_mahalanobis(feats, p.y[idx], len(CLASSES))
     print(f"[export] {cfg['name']}: class_map + ood_score outputs (Mahalanobis on {len(idx)} training images)")
+    if has_own_pooling_head(model):
+        return with_own_extras(model, means, chol)
     return with_extras(model, cfg["backbone"], means, chol)
 
 
@@ -353,7 +364,7 @@ def export_top(
         ):
             raise ValueError("the chosen models were validated on different splits; use one seed/val_fraction/protocol")
         model = keras.models.load_model(Path(row["run_dir"]) / "model.keras")
-        if cfg["family"] == "transfer" and has_pooling_head(model):
+        if (cfg["family"] == "transfer" and has_pooling_head(model)) or has_own_pooling_head(model):
             model = add_extras(model, cfg, p)
         path = models_dir / f"{row['name']}.onnx"
         outputs = to_onnx(model, path)

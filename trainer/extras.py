@@ -1,4 +1,4 @@
-"""Extra ONNX outputs for models with a global-pooling head (the transfer models):
+"""Extra ONNX outputs for models with a global-pooling head (the transfer models and the residual CNN):
 
 - `class_map` (N, h, w, classes): the model's own head applied at every location of the last
   convolutional feature map — a class activation map that needs no gradients and no TensorFlow in the
@@ -53,8 +53,15 @@ class Mahalanobis(keras.layers.Layer):
 
 
 def has_pooling_head(model: keras.Model) -> bool:
+    """A transfer model: a nested backbone followed by the global-pooling layer "gap"."""
     names = {layer.name for layer in model.layers}
     return "gap" in names and any(isinstance(layer, keras.Model) for layer in model.layers)
+
+
+def has_own_pooling_head(model: keras.Model) -> bool:
+    """A model that pools its own last feature map ("gap") without a nested backbone (trainer.models.build_resnet)."""
+    names = {layer.name for layer in model.layers}
+    return "gap" in names and not any(isinstance(layer, keras.Model) for layer in model.layers)
 
 
 def _as_affine(bn: keras.layers.BatchNormalization) -> FrozenAffine:
@@ -111,3 +118,18 @@ def with_extras(model: keras.Model, backbone: str, means: np.ndarray, chol: np.n
         OOD_SCORE: ood,
     }
     return keras.Model(inputs, outputs, name=f"{model.name}_extras")
+
+
+def with_own_extras(model: keras.Model, means: np.ndarray, chol: np.ndarray) -> keras.Model:
+    """with_extras for a model without a nested backbone: the class map is the head applied to the feature map
+    that "gap" pools, the OOD score the Mahalanobis distance of the pooled features."""
+    gap = model.get_layer("gap")
+    cmap = gap.input
+    for layer in _head_layers(model):
+        cmap = layer(cmap)
+    outputs = {
+        OUTPUT_NAME: model.outputs[0],
+        CLASS_MAP: keras.layers.Identity(name=CLASS_MAP)(cmap),
+        OOD_SCORE: Mahalanobis(means, chol, name=OOD_SCORE)(gap.output),
+    }
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_extras")
