@@ -869,6 +869,16 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         "  against D's 85.1 % (25 against 38 discordant images, p 0.13), so across both protocols the two are a",
         "  tie and the cheaper one ships. Its weights are float32: stored as float16 they moved the outputs by",
         "  0.016, over the export's parity limit of 0.01.",
+        "  Session 20 trained a small residual CNN from scratch (resnet.toml: BatchNorm, global pooling, 1.2 M",
+        "  parameters, 32 epochs, 39 min) under a rule written before training (validation macro-F1 at least E's",
+        "  weakest voter's 0.916; the ensemble of E's two best voters and it above E's 0.939 on validation; mean",
+        "  shifted accuracy at least E's minus 1 point). Alone it scored validation macro-F1 0.917 and official",
+        "  Testing 77.7 % / 0.763 (glioma recall 0.39), more than any of E's voters alone (74.6–77.4 %); the",
+        "  ensemble with it scored validation macro-F1 0.938 against E's 0.939 (9 against 8 discordant images,",
+        "  p 1.00), so it failed the rule and was not shipped (official Testing 77.4 % against 78.2 %, 3 against 6",
+        "  discordant images). Under the pooled protocol (resnet-pooled.toml) it scored 84.2 % / 0.842 on the",
+        "  held-out 20 % alone, above each of the shipped recipe's pooled voters (81.6–82.8 %). The pooled section",
+        "  above now splits the held-out scores by folder: the Testing-folder images are the hard part.",
         "",
     ]
     out = docs / "evaluation.md"
