@@ -264,11 +264,24 @@ def test_grid_files_expand() -> None:
         }
 
 
+def check_ood_score_and_onnx(
+    wrapped: keras.Model, x: np.ndarray, feats: np.ndarray, means: np.ndarray, chol: np.ndarray, path: Path
+) -> None:
+    """The wrapped model's ood_score is the Mahalanobis distance of the pooled features to the nearest class mean,
+    and it converts to ONNX with its three outputs, matching Keras."""
+    from trainer.export import parity, to_onnx
+
+    precision = chol @ chol.T
+    d = [min(float((f - mu) @ precision @ (f - mu)) for mu in means) ** 0.5 for f in feats.astype(np.float64)]
+    np.testing.assert_allclose(np.asarray(wrapped(x)["ood_score"]), d, rtol=1e-3)
+    assert sorted(to_onnx(wrapped, path)) == ["class_map", "ood_score", "probabilities"]
+    assert parity(wrapped, path, x.astype(np.uint8)) < 1e-4
+
+
 @pytest.mark.slow
 def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from trainer.export import parity, to_onnx
     from trainer.extras import fit_mahalanobis, pooled_feature_model, with_extras
 
     m = build_transfer((48, 48, 3), 4, "vgg16", weights="none", dense_layers=1, units=8)
@@ -282,13 +295,8 @@ def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.asarray(out["probabilities"]), np.asarray(m(x)), atol=1e-6)
     assert tuple(out["class_map"].shape) == (24, 3, 3, 4)  # block5_conv3 of a 48 px input
     np.testing.assert_allclose(np.asarray(out["class_map"]).sum(axis=-1), 1.0, atol=1e-5)
-    # the OOD score is the Mahalanobis distance to the nearest class mean
-    precision = chol @ chol.T
-    d = [min(float((f - mu) @ precision @ (f - mu)) for mu in means) ** 0.5 for f in feats.astype(np.float64)]
-    np.testing.assert_allclose(np.asarray(out["ood_score"]), d, rtol=1e-3)
     path = tmp_path / "m.onnx"
-    assert sorted(to_onnx(wrapped, path)) == ["class_map", "ood_score", "probabilities"]
-    assert parity(wrapped, path, x.astype(np.uint8)) < 1e-4
+    check_ood_score_and_onnx(wrapped, x, feats, means, chol, path)
     names = {o.name for o in ort.InferenceSession(str(path)).get_outputs()}
     assert names == {"class_map", "ood_score", "probabilities"}
 
@@ -297,7 +305,6 @@ def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
 def test_resnet_extras_class_map_and_ood_score(tmp_path: Path) -> None:
     """The residual CNN (no nested backbone) gets the same extra outputs: its head applied to the feature map
     that "gap" pools (BatchNorm statistics trained away from 0 / 1), and the Mahalanobis distance."""
-    from trainer.export import parity, to_onnx
     from trainer.extras import (
         fit_mahalanobis,
         has_own_pooling_head,
@@ -327,12 +334,7 @@ def test_resnet_extras_class_map_and_ood_score(tmp_path: Path) -> None:
     logits = fmap @ kernel + bias
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(np.asarray(out["class_map"]), expected / expected.sum(-1, keepdims=True), atol=1e-5)
-    precision = chol @ chol.T
-    d = [min(float((f - mu) @ precision @ (f - mu)) for mu in means) ** 0.5 for f in feats.astype(np.float64)]
-    np.testing.assert_allclose(np.asarray(out["ood_score"]), d, rtol=1e-3)
-    path = tmp_path / "resnet.onnx"
-    assert sorted(to_onnx(wrapped, path)) == ["class_map", "ood_score", "probabilities"]
-    assert parity(wrapped, path, x.astype(np.uint8)) < 1e-4
+    check_ood_score_and_onnx(wrapped, x, feats, means, chol, tmp_path / "resnet.onnx")
 
 
 @pytest.mark.slow
