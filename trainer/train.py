@@ -288,6 +288,7 @@ def train_entry(
     model = build_from_config(cfg, input_shape, n_classes)  # type: ignore[arg-type]
     bs = int(cfg["batch_size"])
     weights = class_weights(p.y[tr], n_classes)
+    lr_patience = reduce_lr_patience_of(cfg)
 
     def fit(target: keras.Model, lr: float, epochs: int, phase: str, train: Any, val: Any, **kw: Any) -> dict:
         target.compile(
@@ -297,10 +298,10 @@ def train_entry(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(cfg["patience"]), restore_best_weights=True),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / phase)),
         ]
-        if reduce_lr_patience_of(cfg):  # divide the learning rate by 3 when val_loss stalls (recipes from scratch)
+        if lr_patience:  # divide the learning rate by 3 when val_loss stalls (recipes from scratch)
             callbacks.append(
                 keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=1 / 3, patience=reduce_lr_patience_of(cfg), min_lr=lr / 100, verbose=1
+                    monitor="val_loss", factor=1 / 3, patience=lr_patience, min_lr=lr / 100, verbose=1
                 )
             )
         out = target.fit(
