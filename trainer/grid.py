@@ -85,11 +85,26 @@ def shift_views_of(cfg: dict[str, Any]) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"shift_views must be an integer ≥ 0, got {k!r}")
     on_cache = fine_tune_on_of(cfg) == "cache" and cfg.get("cache_features") and cfg.get("fine_tune_epochs")
-    if k and not (on_cache or multiscale_of(cfg)):
+    frozen_head = cfg.get("family") == "transfer" and cfg.get("cache_features") and not cfg.get("fine_tune_epochs")
+    if k and not (on_cache or frozen_head or multiscale_of(cfg)):
         raise ValueError(
-            "shift_views needs fine-tuning on the cache (cache_features, fine_tune_epochs > 0) or a multiscale head"
+            "shift_views needs cache_features: a frozen head (no fine_tune_epochs), a multiscale head, or "
+            "fine-tuning on the cache"
         )
     return k
+
+
+def backbone_input_of(cfg: dict[str, Any]) -> int | None:
+    """The square size a transfer model resizes to inside its graph before the backbone (None: the backbone sees
+    the crop as it comes, 150 px). The service contract is unchanged: every model still takes the 150 px crop."""
+    n = cfg.get("backbone_input")
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 32:
+        raise ValueError(f"backbone_input must be an integer ≥ 32, got {n!r}")
+    if cfg.get("family") != "transfer":
+        raise ValueError("backbone_input applies to transfer entries only")
+    return n
 
 
 def reduce_lr_patience_of(cfg: dict[str, Any]) -> int:
@@ -114,8 +129,12 @@ def entry_name(cfg: dict[str, Any]) -> str:
         w = str(cfg.get("weights", "imagenet"))
         local = Path(w).name.split(".")[0].replace(f"{cfg['backbone']}_", "").replace("_notop", "")
         parts.append("imagenet" if w == "imagenet" else "scratch" if w == "none" else local)
+        if backbone_input_of(cfg):
+            parts.append(f"r{backbone_input_of(cfg)}")
         if multiscale_of(cfg):
             parts.append("ms" + (f"-sh{shift_views_of(cfg)}" if shift_views_of(cfg) else ""))
+        elif shift_views_of(cfg) and not cfg.get("fine_tune_epochs", 0):
+            parts.append(f"sh{shift_views_of(cfg)}")
         if cfg.get("fine_tune_epochs", 0):
             blocks = fine_tune_blocks_of(cfg)
             parts.append(("ftimg" if fine_tune_on_of(cfg) == "images" else "ft") + (str(blocks) if blocks > 1 else ""))
@@ -155,6 +174,7 @@ def expand(grid: dict[str, Any], overrides: dict[str, Any] | None = None) -> lis
                 fine_tune_blocks_of(cfg)  # bad values are refused here, before any training
                 multiscale_of(cfg)
                 shift_views_of(cfg)
+                backbone_input_of(cfg)
                 reduce_lr_patience_of(cfg)
                 cfg["name"] = entry_name(cfg)
                 entries.append(cfg)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import keras
 from keras import layers
+
+from trainer.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -27,11 +30,23 @@ class CaffePreprocess(layers.Layer):
         return bgr - keras.ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=inputs.dtype)
 
 
+@keras.saving.register_keras_serializable(package="trainer")
+class ImageNetNormalise(layers.Layer):
+    """RGB 0–255 → (x / 255 − mean) / std with ImageNet statistics: the input of the EfficientNet-Lite checkpoints
+    (PyTorch's "torch" mode), as a layer."""
+
+    def call(self, inputs: Any) -> Any:
+        mean = keras.ops.convert_to_tensor([255.0 * m for m in IMAGENET_MEAN], dtype=inputs.dtype)
+        scale = keras.ops.convert_to_tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], dtype=inputs.dtype)
+        return (inputs - mean) * scale
+
+
 @dataclass(frozen=True)
 class Backbone:
     factory: Any
-    preprocess: str  # "caffe" or "tf" (scale to -1..1)
-    fine_tune_prefix: str | None  # layer-name prefix of the top block unfrozen in phase 2
+    preprocess: str  # "caffe" (BGR minus mean), "tf" (scale to -1..1) or "torch" (ImageNet mean/std)
+    # layer-name prefix(es) of the top block unfrozen in phase 2
+    fine_tune_prefix: str | tuple[str, ...] | None
     # output of the last frozen layer when fine-tuning: sequential backbones can cache it and train
     # only the top block on the cached tensors (None: fine-tune end to end on images)
     fine_tune_cut: str | None = None
@@ -67,6 +82,22 @@ BACKBONES: dict[str, Backbone] = {
     "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_"),
     "mobilenetv2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_"),
     "inceptionv3": Backbone(keras.applications.InceptionV3, "tf", "mixed10"),
+    "xception": Backbone(keras.applications.Xception, "tf", "block14_"),
+    # EfficientNet-Lite: the top stage and the head conv fine-tune; the graph has residual adds, so fine-tuning
+    # runs end to end on images (no cut). The multi-scale taps are the ends of stages 4–6 and the head, the
+    # stride-16 ones average-pooled onto the stride-32 grid.
+    "efficientnet_lite0": Backbone(
+        partial(EfficientNetLite, "efficientnet_lite0"),
+        "torch",
+        ("block7", "top_"),
+        multiscale_taps=("block4c_add", "block5c_add", "block6d_add", "top_relu"),
+    ),
+    "efficientnet_lite2": Backbone(
+        partial(EfficientNetLite, "efficientnet_lite2"),
+        "torch",
+        ("block7", "top_"),
+        multiscale_taps=("block4d_add", "block5d_add", "block6e_add", "top_relu"),
+    ),
 }
 
 
@@ -85,6 +116,8 @@ def fine_tune_prefixes(backbone: str, blocks: int = 1) -> tuple[str, ...]:
     """Layer-name prefixes of the top `blocks` blocks, the ones phase 2 unfreezes."""
     spec = _checked_spec(backbone, blocks)
     if blocks == 1 or spec.blocks is None:  # _checked_spec allows blocks > 1 only for block-named backbones
+        if isinstance(spec.fine_tune_prefix, tuple):
+            return spec.fine_tune_prefix
         return (spec.fine_tune_prefix,) if spec.fine_tune_prefix else ()
     return tuple(f"block{i}_" for i in range(spec.blocks - blocks + 1, spec.blocks + 1))
 
@@ -217,7 +250,7 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str = 
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
     factory = BACKBONES[name].factory
-    if weights == "imagenet":
+    if weights == "imagenet":  # a download from the Keras hub (EfficientNet-Lite has none: a clear error)
         return factory(include_top=False, weights="imagenet", input_shape=input_shape)
     base = factory(include_top=False, weights=None, input_shape=input_shape)
     if weights != "none":
@@ -273,20 +306,34 @@ def build_transfer(
     units: int = 128,
     dropout: float = 0.3,
     multiscale: bool = False,
+    backbone_input: int | None = None,
 ) -> keras.Model:
     """Frozen backbone (its own preprocessing inside) → GlobalAveragePooling → BatchNorm → new softmax head.
 
-    multiscale: pool the backbone's `multiscale_taps` (`multiscale_backbone`) instead of its last output."""
+    Args:
+        multiscale: pool the backbone's `multiscale_taps` (`multiscale_backbone`) instead of its last output.
+        backbone_input: resize (bilinear) to this square size inside the model before the backbone, so that a
+            backbone sees the resolution it was trained at while the model still takes `input_shape`.
+    """
     _check(num_classes, dense_layers=dense_layers, units=units)
-    base = build_backbone(backbone, input_shape, weights)
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+    inner_shape = (backbone_input, backbone_input, input_shape[2]) if backbone_input else input_shape
+    base = build_backbone(backbone, inner_shape, weights)
     if multiscale:
         base = multiscale_backbone(base, backbone)
     base.trainable = False
     inputs = _input(input_shape)
-    if BACKBONES[backbone].preprocess == "caffe":
-        x = CaffePreprocess(name="caffe_preprocess")(inputs)
+    x = inputs
+    if backbone_input:
+        x = layers.Resizing(backbone_input, backbone_input, interpolation="bilinear", name="backbone_resize")(x)
+    preprocess = BACKBONES[backbone].preprocess
+    if preprocess == "caffe":
+        x = CaffePreprocess(name="caffe_preprocess")(x)
+    elif preprocess == "torch":
+        x = ImageNetNormalise(name="imagenet_normalise")(x)
     else:
-        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="tf_preprocess")(inputs)
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="tf_preprocess")(x)
     x = base(x, training=False)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     # Pooled features of a frozen backbone span orders of magnitude; standardising them lets the head fit
@@ -367,6 +414,7 @@ def build_from_config(cfg: dict[str, Any], input_shape: tuple[int, int, int], nu
             cfg.get("units", 128),
             cfg.get("dropout", 0.3),
             bool(cfg.get("multiscale", False)),
+            cfg.get("backbone_input"),
         )
     if family == "resnet":
         return build_resnet(input_shape, num_classes, cfg["stages"], cfg["width"], cfg.get("dropout", 0.3))

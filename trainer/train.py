@@ -22,6 +22,7 @@ from trainer.data import CLASSES, Prepared, protocol_split, split_train_val
 from trainer.extras import pooled_feature_model
 from trainer.grid import (
     FAMILY_DEFAULTS,
+    backbone_input_of,
     fine_tune_blocks_of,
     fine_tune_on_of,
     init_seed_of,
@@ -103,6 +104,8 @@ def evaluation_indices(p: Prepared, cfg: dict[str, Any]) -> tuple[np.ndarray, np
 
 def _feature_cache_path(cfg: dict[str, Any], p: Prepared, cache_dir: Path, kind: str = "features") -> Path:
     parts = [cfg["backbone"], cfg["weights"], _weights_digest(cfg["weights"]), p.data_hash]
+    if backbone_input_of(cfg):
+        parts.append(f"input{backbone_input_of(cfg)}")
     if kind != "features":
         parts.append(kind)
     if multiscale_of(cfg):
@@ -191,17 +194,18 @@ def shifted_cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, 
     return _shifted_views(bottom, p, k, path, log)
 
 
-def multiscale_features(model: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> tuple[Any, ...]:
-    """A multi-scale head's frozen pooled features, float16, computed once and cached: (clean, shifted) with
-    clean (len(CUT_VIEWS), N, d) for the identity and mirror views and shifted (shift_views, N, d) (None
-    without shifted views)."""
+def view_features(model: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> tuple[Any, ...]:
+    """A frozen head's pooled features (multi-scale or of the backbone's output), float16, computed once and
+    cached: (clean, shifted) with clean (len(CUT_VIEWS), N, d) for the identity and mirror views and shifted
+    (shift_views, N, d) (None without shifted views)."""
     extractor = pooled_feature_model(model)
-    log = f"[{cfg['name']}] computing frozen multi-scale {cfg['backbone']} features for {len(p.x)} images"
-    clean = _clean_views(extractor, p, _feature_cache_path(cfg, p, cache_dir, "ms-views"), log)
+    prefix = "ms" if multiscale_of(cfg) else "pooled"
+    log = f"[{cfg['name']}] computing frozen {prefix} {cfg['backbone']} features for {len(p.x)} images"
+    clean = _clean_views(extractor, p, _feature_cache_path(cfg, p, cache_dir, f"{prefix}-views"), log)
     k = shift_views_of(cfg)
     if not k:
         return clean, None
-    path = _feature_cache_path(cfg, p, cache_dir, f"ms-shift{k}-seed{SHIFT_SEED}")
+    path = _feature_cache_path(cfg, p, cache_dir, f"{prefix}-shift{k}-seed{SHIFT_SEED}")
     return clean, _shifted_views(extractor, p, k, path, log)
 
 
@@ -318,10 +322,11 @@ def train_entry(
     lr, epochs = float(cfg["learning_rate"]), int(cfg["epochs"])
     cache_dir = cache_dir or run_dir.parent.parent / "cache"
     cached = cfg["family"] == "transfer" and bool(cfg.get("cache_features", False))
-    if cached and multiscale_of(cfg):
-        # Frozen multi-scale backbone: the head trains on cached pooled features of the identity and mirror
+    frozen = cached and not int(cfg.get("fine_tune_epochs", 0))
+    if cached and (multiscale_of(cfg) or (frozen and shift_views_of(cfg))):
+        # Frozen backbone, multi-scale or not: the head trains on cached pooled features of the identity and mirror
         # views, plus shifted views when the entry asks for them (one clean and one shifted per image and epoch).
-        clean, shifted = multiscale_features(model, cfg, p, cache_dir)
+        clean, shifted = view_features(model, cfg, p, cache_dir)
         train_on, kw = view_batches(clean, shifted, tr, p.y, bs, seed)
         history = _merge({}, fit(head_model(model), lr, epochs, "train", train_on, (clean[0][va], p.y[va]), **kw))
     elif cached:
