@@ -602,7 +602,7 @@ def test_multiscale_head_trains_on_cached_clean_and_shifted_features(tmp_path: P
 
     from trainer.data import prepare
     from trainer.grid import expand
-    from trainer.train import head_model, view_features, train_entry, train_val_indices
+    from trainer.train import head_model, train_entry, train_val_indices, view_features
 
     p = prepare(MRI_FIXTURES, tmp_path / "cache")
     recipe = {"epochs": 2, "batch_size": 8, "val_fraction": 0.25, "patience": 2}

@@ -89,7 +89,7 @@ def _mbconv(x: Any, kernel: int, stride: int, expand: int, cin: int, cout: int, 
     return x
 
 
-def EfficientNetLite(  # noqa: N802 - named like the keras.applications constructors it stands beside
+def EfficientNetLite(
     variant: str = "efficientnet_lite0",
     include_top: bool = False,
     weights: str | None = None,

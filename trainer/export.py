@@ -316,7 +316,9 @@ def choose_ensemble(
             }
         )
     if not tried:
-        raise ValueError(f"no combination of {top} models fits {max_mb} MB" + (f" and {max_gmac} GMAC" if max_gmac else ""))
+        raise ValueError(
+            f"no combination of {top} models fits {max_mb} MB" + (f" and {max_gmac} GMAC" if max_gmac else "")
+        )
     tried.sort(key=lambda t: (-t["val_macro_f1"], -t["val_accuracy"], t["size_mb"]))
     for t in tried[:10]:
         print(

@@ -97,11 +97,15 @@ def _materialise(obj: Any) -> Any:
 
 
 def _load_legacy(f: IO[bytes]) -> Any:
-    if pickle.load(f) != LEGACY_MAGIC:  # noqa: S301 - a plain int; the payload goes through _Unpickler
-        raise ValueError("not a PyTorch file (wrong magic number)")
-    pickle.load(f)  # protocol version  # noqa: S301
-    pickle.load(f)  # sys info (endianness, type sizes)  # noqa: S301
     storages: dict[str, _Storage] = {}
+    try:
+        magic = _Unpickler(f, storages).load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise ValueError(f"not a PyTorch file: {e}") from e
+    if magic != LEGACY_MAGIC:
+        raise ValueError("not a PyTorch file (wrong magic number)")
+    _Unpickler(f, storages).load()  # protocol version
+    _Unpickler(f, storages).load()  # sys info (endianness, type sizes)
     result = _Unpickler(f, storages).load()
     keys = _Unpickler(f, storages).load()
     for key in keys:
