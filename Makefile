@@ -82,8 +82,10 @@ loadtest: $(VENV)/.dev
 	$(BIN)/python -m bench.loadtest --clients 32 --requests 2000
 
 # Speed (docs/performance.md): prints overhead, speedup and efficiency against their targets.
+# BASELINE: the ensemble the service's p50 is compared with in the same run (E, the last HED-VGG16 ensemble)
+BASELINE ?= git:dc93c9d
 bench: $(VENV)/.dev
-	$(BIN)/python -m bench.bench
+	$(BIN)/python -m bench.bench --baseline $(BASELINE)
 
 docker-smoke:
 	bash docker/smoke.sh

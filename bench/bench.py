@@ -9,6 +9,8 @@ a shared machine):
 4. load       16 concurrent clients, fixed request count                         efficiency = rps /
                                                                                  (cores × 1000 / floor_1thread)
 5. cold start to ready, resident memory after 1000 requests, service image size (if a Docker engine runs)
+6. baseline   with --baseline: another ensemble (a models dir, or `git:<rev>` for the models/ of a commit) served
+              the same way in the same run                                       vs_baseline = its p50/service p50
 
 Writes bench/results/bench-<time>.json and prints one line per figure. Research tool, not for clinical use.
 """
@@ -39,7 +41,25 @@ from service.preprocessing import preprocess_bytes, to_model_input
 from service.runtime import Ensemble
 
 FIXTURES = ROOT / "tests" / "fixtures" / "mri"
-TARGETS = {"overhead": ("≤", 1.2), "speedup": ("≥", 5.0), "efficiency": ("≥", 0.9)}
+TARGETS = {"overhead": ("≤", 1.2), "speedup": ("≥", 5.0), "efficiency": ("≥", 0.9), "vs_baseline": ("≥", 2.0)}
+
+
+def baseline_dir(spec: str) -> Path:
+    """A models dir to compare against: a path, or `git:<rev>` for the models/ folder of a commit (written to a
+    temporary dir; the service verifies every file against its manifest as usual)."""
+    import tempfile
+
+    if not spec.startswith("git:"):
+        return Path(spec)
+    rev = spec.removeprefix("git:")
+    listing = subprocess.run(
+        ["git", "ls-tree", "--name-only", rev, "models/"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    out = Path(tempfile.mkdtemp(prefix="mri-baseline-"))
+    for name in listing.stdout.split():
+        blob = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=ROOT, capture_output=True, check=True).stdout
+        (out / Path(name).name).write_bytes(blob)
+    return out
 
 
 def bench_images() -> list[bytes]:
@@ -280,6 +300,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
     rows = [("compute floor", r["floor"]), ("floor, 1 thread", r["floor_1thread"]), ("service (HTTP)", r["service"])]
     if "keras" in r:
         rows.append(("Keras predict (original)", r["keras"]))
+    if "baseline" in r:
+        rows.append((f"baseline {r['baseline']['model_version']} (HTTP)", r["baseline"]["service"]))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
     names = [n for n, _ in rows]
     p50 = [v["p50_ms"] for _, v in rows]
@@ -316,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", default="mri-classifier-service:latest", help="Docker image to report the size of")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--skip-keras", action="store_true")
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="also serve this ensemble (a models dir, or git:<rev> for a commit's models/) and compare p50s",
+    )
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     images = bench_images()
@@ -383,6 +410,21 @@ def main(argv: list[str] | None = None) -> int:
         "overhead": round(r["service"]["p50_ms"] / floor_p50, 3),
         "efficiency": round(r["load"]["rps"] / r["hardware_bound_rps"], 3),
     }
+    if args.baseline:
+        base = baseline_dir(args.baseline)
+        proc, _ = start_server(base, args.port + 1, env_extra)
+        try:
+            r["baseline"] = {
+                "models": args.baseline,
+                "model_version": httpx.get(f"http://127.0.0.1:{args.port + 1}/v1/models").json()["model_version"],
+                "service": measure_service(f"http://127.0.0.1:{args.port + 1}", images, args.n),
+            }
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        b = r["baseline"]["service"]
+        print(f"baseline         p50 {b['p50_ms']:8.1f} ms  p99 {b['p99_ms']:8.1f} ms  ({args.baseline})", flush=True)
+        r["ratios"]["vs_baseline"] = round(b["p50_ms"] / r["service"]["p50_ms"], 3)
     if not args.skip_keras:
         r["keras"] = measure_keras(args.models_dir, images, args.keras_n, args.runs)
         k = r["keras"]

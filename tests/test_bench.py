@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from bench.bench import bench_images, check_response, measure_load, measure_service, predict_request
 from service.manifest import load_manifest
-from tests.conftest import start_server
+from tests.conftest import ROOT, start_server
 
 
 def test_predict_request_is_a_well_formed_multipart_post() -> None:
@@ -117,3 +118,16 @@ def test_transform_dir_rewrites_each_distinct_file_once_and_its_hashes(tiny_mode
         assert m.sha256 == sha256_file(tmp_path / "out" / m.file) != sha256_file(tiny_models / m.file)
         assert m.weights_dtype == "float16"
     assert load_manifest(tiny_models).models[0].sha256 == sha256_file(tiny_models / files[0])  # source untouched
+
+
+def test_baseline_dir_reads_the_models_of_a_commit() -> None:
+    """`--baseline git:<rev>` serves the models/ of that commit: the same bytes git holds, beside a plain path."""
+    from bench.bench import baseline_dir
+
+    out = baseline_dir("git:HEAD")
+    committed = subprocess.run(
+        ["git", "show", "HEAD:models/manifest.json"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    assert (out / "manifest.json").read_bytes() == committed
+    assert {p.name for p in out.iterdir()} >= {"manifest.json", "README.md"}
+    assert baseline_dir(str(ROOT / "models")) == ROOT / "models"

@@ -51,6 +51,11 @@ def _subsets(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[st
     flagged = np.array([bool(r) for r in uncertainty_reasons(votes, mean, labels, rule)])
     correct = labels == y
     out: dict[str, float] = {"n": len(y), "accuracy": round(float(correct.mean()), 4)}
+    # the trust figures: how many of the wrong answers the flag catches, and how many right ones it doubts
+    if (~correct).any():
+        out["wrong_flagged_rate"] = round(float(flagged[~correct].mean()), 4)
+    if correct.any():
+        out["right_flagged_rate"] = round(float(flagged[correct].mean()), 4)
     for key, mask in (("confident", ~flagged), ("uncertain", flagged)):
         out[f"{key}_n"] = int(mask.sum())
         if mask.any():
