@@ -46,16 +46,27 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     return float((r["count"][filled] / len(y) * gaps).sum())
 
 
-def _subsets(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[str, float]:
+def _flagged(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged uncertain, voted label is right) per image of probs (models, N, classes)."""
     labels, votes, mean = majority_vote(probs)
-    flagged = np.array([bool(r) for r in uncertainty_reasons(votes, mean, labels, rule)])
-    correct = labels == y
-    out: dict[str, float] = {"n": len(y), "accuracy": round(float(correct.mean()), 4)}
-    # the trust figures: how many of the wrong answers the flag catches, and how many right ones it doubts
+    return np.array([bool(r) for r in uncertainty_reasons(votes, mean, labels, rule)]), labels == y
+
+
+def flag_rates(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[str, float]:
+    """The trust figures: the share of wrong answers the `uncertain` flag catches, and of right ones it doubts."""
+    flagged, correct = _flagged(probs, y, rule)
+    out = {}
     if (~correct).any():
         out["wrong_flagged_rate"] = round(float(flagged[~correct].mean()), 4)
     if correct.any():
         out["right_flagged_rate"] = round(float(flagged[correct].mean()), 4)
+    return out
+
+
+def _subsets(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[str, float]:
+    flagged, correct = _flagged(probs, y, rule)
+    out: dict[str, float] = {"n": len(y), "accuracy": round(float(correct.mean()), 4)}
+    out.update(flag_rates(probs, y, rule))
     for key, mask in (("confident", ~flagged), ("uncertain", flagged)):
         out[f"{key}_n"] = int(mask.sum())
         if mask.any():

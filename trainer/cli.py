@@ -170,16 +170,22 @@ def _shipped_validation(args: argparse.Namespace):  # type: ignore[no-untyped-de
 
 
 def _evaluate_shipped(args: argparse.Namespace) -> int:
-    """Recompute the ensemble metrics of an exported models/ dir and compare them with its manifest."""
-    from trainer.export import evaluate_ensemble
+    """Recompute the headline numbers of an exported models/ dir (vote metrics, how many wrong and right answers
+    are flagged uncertain, compute per upload) and compare them with its manifest."""
+    from service.runtime import Ensemble
+    from trainer.calibration import flag_rates
+    from trainer.compute import onnx_macs
+    from trainer.export import eval_splits, vote_metrics
 
     loaded = _prepare_for_shipped(args)
     if loaded is None:
         return 2
     manifest, p = loaded
-    metrics = evaluate_ensemble(args.models_dir, p)
+    ensemble = Ensemble.load(args.models_dir)
     status = 0
-    for key, m in metrics.items():
+    for key, (split, idx) in eval_splits(ensemble, p).items():
+        probs = ensemble.predict_images(p.x[idx])
+        m = vote_metrics(probs, p.y[idx], split)
         shipped = manifest.ensemble.metrics.get(key)
         same = shipped is not None and shipped.model_dump() == m
         status |= 0 if same else 1
@@ -188,6 +194,22 @@ def _evaluate_shipped(args: argparse.Namespace) -> int:
             f"glioma recall {m['per_class'][manifest.classes[0]]['recall']:.3f} "
             f"({'matches' if same else 'DIFFERS from'} the manifest)"
         )
+        rates = flag_rates(probs, p.y[idx], manifest.ensemble.uncertainty)
+        recorded = manifest.ensemble.calibration.get(key, {})
+        if "wrong_flagged_rate" in recorded:
+            same = all(recorded.get(k) == v for k, v in rates.items())
+            status |= 0 if same else 1
+            print(
+                f"{key}: flagged uncertain: {rates.get('wrong_flagged_rate', 0):.1%} of the wrong answers, "
+                f"{rates.get('right_flagged_rate', 0):.1%} of the right ones "
+                f"({'matches' if same else 'DIFFERS from'} the manifest)"
+            )
+    if manifest.ensemble.compute_gmac is not None:
+        files = sorted({args.models_dir / e.file for e in manifest.models})
+        gmac = round(sum(onnx_macs(f) for f in files) / 1e9, 3)
+        same = gmac == manifest.ensemble.compute_gmac
+        status |= 0 if same else 1
+        print(f"compute: {gmac} GMAC per upload ({'matches' if same else 'DIFFERS from'} the manifest)")
     return status
 
 
