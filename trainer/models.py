@@ -83,19 +83,21 @@ BACKBONES: dict[str, Backbone] = {
     "mobilenetv2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_"),
     "inceptionv3": Backbone(keras.applications.InceptionV3, "tf", "mixed10"),
     "xception": Backbone(keras.applications.Xception, "tf", "block14_"),
-    # EfficientNet-Lite: the top stage and the head conv fine-tune; the graph has residual adds, so fine-tuning
-    # runs end to end on images (no cut). The multi-scale taps are the ends of stages 4–6 and the head, the
-    # stride-16 ones average-pooled onto the stride-32 grid.
+    # EfficientNet-Lite: fine-tuning trains stages 6 and 7 and the head conv (stride 32) on the cached output of
+    # stage 5; the multi-scale taps are the ends of stages 4–6 and the head, the stride-16 ones average-pooled onto
+    # the stride-32 grid.
     "efficientnet_lite0": Backbone(
         partial(EfficientNetLite, "efficientnet_lite0"),
         "torch",
-        ("block7", "top_"),
+        ("block6", "block7", "top_"),
+        "block5c_add",
         multiscale_taps=("block4c_add", "block5c_add", "block6d_add", "top_relu"),
     ),
     "efficientnet_lite2": Backbone(
         partial(EfficientNetLite, "efficientnet_lite2"),
         "torch",
-        ("block7", "top_"),
+        ("block6", "block7", "top_"),
+        "block5d_add",
         multiscale_taps=("block4d_add", "block5d_add", "block6e_add", "top_relu"),
     ),
 }
@@ -379,13 +381,11 @@ def split_at_cut(model: keras.Model, backbone: str, blocks: int = 1) -> tuple[ke
     for layer in model.layers[1 : model.layers.index(base)]:  # the preprocessing layer(s)
         x = layer(x)
     bottom = keras.Model(pixels, base_bottom(x), name=f"{backbone}_bottom")
-    names = [layer.name for layer in base.layers]
+    # the backbone's graph from the cut on (residual adds included), sharing its layers
+    base_top = keras.Model(base.get_layer(cut).output, base.output, name=f"{backbone}_above_cut")
     inputs = keras.Input(shape=base.get_layer(cut).output.shape[1:], name="cut_features")
-    x = inputs
-    for layer in base.layers[names.index(cut) + 1 :]:
-        x = layer(x)
-    after = model.layers[model.layers.index(base) + 1 :]
-    for layer in after:
+    x = base_top(inputs, training=False)  # BatchNorm in inference mode, as in the full model
+    for layer in model.layers[model.layers.index(base) + 1 :]:
         x = layer(x)
     return bottom, keras.Model(inputs, x, name=f"{backbone}_top")
 
