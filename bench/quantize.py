@@ -50,7 +50,7 @@ class QuantConfig:
 
 
 CONFIGS: dict[str, QuantConfig] = {
-    "minmax-all": QuantConfig("MinMax"),  # the first attempt (session 2): every op
+    "minmax-all": QuantConfig("MinMax"),  # every op
     "minmax-conv": QuantConfig("MinMax", ("Conv",)),
     "percentile-conv": QuantConfig("Percentile", ("Conv",), extra={"CalibPercentile": 99.999}),
     "entropy-conv": QuantConfig("Entropy", ("Conv",)),

@@ -43,16 +43,16 @@ INTENSITY_MIN_LEVEL = 16  # darker than this there is nothing to scale (a blank 
 # Crop threshold of version 3: relative to the image's background instead of the fixed THRESHOLD. The
 # background level is the median grey of a frame BORDER_FRACTION of the shorter side wide (the blurred image);
 # the threshold sits THRESHOLD_OFFSET grey levels above it, capped at THRESHOLD (a head touching the frame
-# would otherwise raise it). Measured on 250 Training images (session 12): a fixed threshold of 45 moves the
+# would otherwise raise it). Measured on 250 Training images: a fixed threshold of 45 moves the
 # box under a gamma change (mean IoU with the unshifted box 0.71 at gamma 1.6, 0.94 at contrast ×0.6), this
 # one much less (0.95, 0.99; `python -m trainer crops`); and it keeps the dim edge of the head that 45 cuts
 # off (21 of the 250 Training images get a box with IoU < 0.8 against version 2's, all 21 larger).
 BORDER_FRACTION = 0.02
 THRESHOLD_OFFSET = 20
 
-# Version 4, a candidate no model is trained on yet: version 3's threshold, applied to the blurred grey image
+# Version 4: version 3's threshold, applied to the blurred grey image
 # after a gamma that puts its grey GAMMA_PERCENTILE-th percentile on GAMMA_TARGET (the median over the 2870
-# official Training images after the intensity step; measured in session 14), clipped to GAMMA_LIMITS. Only the
+# official Training images after the intensity step), clipped to GAMMA_LIMITS. Only the
 # mask sees that gamma; the pixels the models get are version 3's. Percentiles follow a gamma change of the
 # upload, so the mask does too. Measured on 250 Training images (`python -m trainer crops --versions 3 4`): the
 # box moved (IoU < 0.8) on 2.0 % of them under gamma 0.6 and 1.6 % under gamma 1.6, against version 3's 10.8 %

@@ -4,7 +4,7 @@ right lean to one side more than chance would. Writes <work>/report/compare.json
 
     python -m trainer compare --models-dir models --candidate out/v4/models
 
-Shipping rules since session 11 ask for this paired test, not only a higher validation macro-F1: 0.005 of
+Shipping rules ask for this paired test, not only a higher validation macro-F1: 0.005 of
 macro-F1 is a handful of the 430 validation images. Research tool, not for clinical use."""
 
 from __future__ import annotations

@@ -77,10 +77,9 @@ def multiscale_of(cfg: dict[str, Any]) -> bool:
 
 def shift_views_of(cfg: dict[str, Any]) -> int:
     """How many randomly shifted views (trainer.robustness.random_shift) of every image are cached next to the
-    identity and mirror views (0: none, the recipe before session 11): for phase 2 (fine-tuning on the cache),
-    or for a multi-scale head's frozen features. With K > 0, each epoch shows every training image twice, as
-    before: once clean (identity or mirror, drawn per epoch) and once as one of its K shifted views (drawn per
-    epoch)."""
+    identity and mirror views (0: none): for phase 2 (fine-tuning on the cache), or for a frozen head's features
+    (multi-scale or not). With K > 0, each epoch shows every training image twice: once clean (identity or mirror,
+    drawn per epoch) and once as one of its K shifted views (drawn per epoch)."""
     k = cfg.get("shift_views", 0)
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"shift_views must be an integer ≥ 0, got {k!r}")
@@ -109,7 +108,7 @@ def backbone_input_of(cfg: dict[str, Any]) -> int | None:
 
 def reduce_lr_patience_of(cfg: dict[str, Any]) -> int:
     """Epochs without a lower val_loss after which training divides the learning rate by 3 (0, the default:
-    a constant learning rate, as every recipe before session 20; early stopping's `patience` still applies)."""
+    a constant learning rate; early stopping's `patience` still applies)."""
     n = cfg.get("reduce_lr_patience", 0)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"reduce_lr_patience must be an integer ≥ 0, got {n!r}")

@@ -277,7 +277,7 @@ def multiscale_backbone(base: keras.Model, backbone: str) -> keras.Model:
     tap's global average (the pooling windows tile the map); the map itself gives class activation maps.
 
     Why: the edge-detection weights' top block alone is a weak descriptor of MRI slices; the middle blocks
-    carry more (measured, session 18: a linear probe on frozen HED-VGG16 features reached validation macro-F1
+    carry more (measured: a linear probe on frozen HED-VGG16 features reached validation macro-F1
     0.82 on block5_conv3, 0.86 on block4_pool, 0.92 on the three taps together).
     """
     taps = BACKBONES[backbone].multiscale_taps if backbone in BACKBONES else None

@@ -4,9 +4,7 @@ official Testing split is reported alongside, as everywhere). Writes <work>/repo
 
 TTA doubles the service's compute per upload, so it pays only when it raises validation macro-F1 *and* the
 vote is right on significantly more validation images than without it: an exact two-sided McNemar test on the
-images where exactly one of the two is right, p < MCNEMAR_ALPHA. (Until session 7 the rule was "raises
-validation macro-F1" alone; the paired test was added after the version-2 ensemble gained 0.002 on validation,
-two images of 430.)"""
+images where exactly one of the two is right, p < MCNEMAR_ALPHA."""
 
 from __future__ import annotations
 
