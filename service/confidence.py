@@ -46,6 +46,11 @@ class UncertaintyRule(BaseModel):
     target_accuracy: float | None = Field(
         None, description="The validation accuracy the thresholds were chosen to give the confident subset."
     )
+    max_right_flagged: float | None = Field(
+        None,
+        description="Instead: the thresholds flag as many of the wrong validation answers as possible while "
+        "flagging at most this share of the right ones.",
+    )
 
 
 def uncertainty_reasons(

@@ -81,3 +81,28 @@ def test_choose_rule_reaches_the_target_on_validation() -> None:
     assert report["confident_accuracy"] >= 0.9
     assert report["uncertain_accuracy"] < report["confident_accuracy"]
     assert report["confident_n"] + report["uncertain_n"] == n
+
+
+def test_trust_rule_catches_wrong_answers_and_doubts_few_right_ones() -> None:
+    """The export's rule: on validation, as many wrong answers flagged as possible with at most 10 % of the right
+    ones flagged; here confidence predicts correctness, so it catches far more wrong than right answers."""
+    from trainer.calibration import choose_trust_rule, flag_rates
+
+    rng = np.random.default_rng(5)
+    n = 800
+    y = rng.integers(0, 4, n)
+    conf = rng.uniform(0.3, 1.0, n)
+    correct = rng.uniform(0, 1, n) < conf
+    label = np.where(correct, y, (y + 1) % 4)
+    mean = np.full((n, 4), 0.0)
+    mean[np.arange(n), label] = conf
+    mean[np.arange(n), (label + 2) % 4] = 1 - conf
+    probs = np.stack([mean, mean, mean])
+    rule = choose_trust_rule(probs, y, max_right_flagged=0.1)
+    rates = flag_rates(probs, y, rule)
+    assert rule.max_right_flagged == 0.1 and rule.target_accuracy is None
+    assert rates["right_flagged_rate"] <= 0.1
+    assert rates["wrong_flagged_rate"] > 2 * rates["right_flagged_rate"]
+    # a looser limit never catches fewer wrong answers
+    looser = flag_rates(probs, y, choose_trust_rule(probs, y, max_right_flagged=0.3))
+    assert looser["wrong_flagged_rate"] >= rates["wrong_flagged_rate"]

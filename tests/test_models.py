@@ -212,7 +212,7 @@ def test_grid_files_expand() -> None:
         ({"shift_views": True}, "integer"),
         ({"shift_views": 2, "fine_tune_on": "images"}, "cache"),
         ({"shift_views": 2, "cache_features": False}, "cache"),
-        ({"shift_views": 2, "fine_tune_epochs": 0}, "cache"),
+        ({"shift_views": 2, "fine_tune_epochs": 0, "cache_features": False}, "cache"),  # a frozen head needs the cache
     ):
         entry = {"backbone": "vgg16", "cache_features": True, "fine_tune_epochs": 1, **bad_entry}
         with pytest.raises(ValueError, match=why):

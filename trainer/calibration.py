@@ -12,6 +12,8 @@ from service.ensemble import majority_vote
 TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 301))
 ECE_BINS = 15
 TARGET_ACCURACY = 0.95
+# the `uncertain` flag should catch most wrong answers while doubting few right ones: at most this share of them
+MAX_RIGHT_FLAGGED = 0.10
 
 
 def nll(probs: np.ndarray, y: np.ndarray) -> float:
@@ -80,25 +82,19 @@ def choose_rule(probs: np.ndarray, y: np.ndarray, target: float = TARGET_ACCURAC
     predictions as possible; if nothing reaches the target, the rule with the best confident accuracy.
     Whether disagreement alone flags a prediction is part of the search (a weak voter that often
     dissents would otherwise flag most predictions)."""
-    labels, votes, mean = majority_vote(probs)
+    labels, _, _ = majority_vote(probs)
     correct = labels == y
-    unanimous = votes[np.arange(len(y)), labels] == votes.sum(axis=1)
-    top = mean[np.arange(len(y)), labels]
-    ent = normalized_entropy(mean)
     best: tuple[int, bool, float, float] | None = None
     fallback: tuple[float, bool, float, float] | None = None
-    for flag in (True, False):
-        for t in np.round(np.arange(0.25, 1.0, 0.025), 3):
-            for h in np.round(np.arange(0.05, 1.0001, 0.05), 3):
-                mask = (top >= t) & (ent <= h) & (unanimous if flag else True)
-                n = int(mask.sum())
-                if n < max(10, len(y) // 20):
-                    continue
-                acc = float(correct[mask].mean())
-                if acc >= target and (best is None or n > best[0]):
-                    best = (n, flag, float(t), float(h))
-                if fallback is None or acc > fallback[0]:
-                    fallback = (acc, flag, float(t), float(h))
+    for flag, t, h, flagged in _candidates(probs, y):
+        n = int((~flagged).sum())
+        if n < max(10, len(y) // 20):
+            continue
+        acc = float(correct[~flagged].mean())
+        if acc >= target and (best is None or n > best[0]):
+            best = (n, flag, t, h)
+        if fallback is None or acc > fallback[0]:
+            fallback = (acc, flag, t, h)
     chosen = best or fallback
     if chosen is None:
         return UncertaintyRule(target_accuracy=target)
@@ -107,6 +103,48 @@ def choose_rule(probs: np.ndarray, y: np.ndarray, target: float = TARGET_ACCURAC
         max_normalized_entropy=chosen[3],
         flag_disagreement=chosen[1],
         target_accuracy=target,
+    )
+
+
+def _candidates(probs: np.ndarray, y: np.ndarray) -> list[tuple[bool, float, float, np.ndarray]]:
+    """Every rule of the search grid as (flag disagreement, min top probability, max entropy, flagged mask)."""
+    labels, votes, mean = majority_vote(probs)
+    unanimous = votes[np.arange(len(y)), labels] == votes.sum(axis=1)
+    top = mean[np.arange(len(y)), labels]
+    ent = normalized_entropy(mean)
+    out = []
+    for flag in (True, False):
+        for t in np.round(np.arange(0.25, 1.0, 0.025), 3):
+            for h in np.round(np.arange(0.05, 1.0001, 0.05), 3):
+                confident = (top >= t) & (ent <= h) & (unanimous if flag else True)
+                out.append((flag, float(t), float(h), ~confident))
+    return out
+
+
+def choose_trust_rule(
+    probs: np.ndarray, y: np.ndarray, max_right_flagged: float = MAX_RIGHT_FLAGGED
+) -> UncertaintyRule:
+    """Thresholds that flag as many of the wrong validation answers as possible while flagging at most
+    `max_right_flagged` of the right ones (ties: fewer right ones flagged). What a user of the flag wants: most
+    errors caught, few right answers doubted."""
+    labels, _, _ = majority_vote(probs)
+    correct = labels == y
+    best: tuple[float, float, bool, float, float] | None = None
+    for flag, t, h, flagged in _candidates(probs, y):
+        right = float(flagged[correct].mean()) if correct.any() else 0.0
+        wrong = float(flagged[~correct].mean()) if (~correct).any() else 0.0
+        if right > max_right_flagged:
+            continue
+        key = (wrong, -right, flag, t, h)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    if best is None:  # unreachable: flagging nothing flags no right answer
+        return UncertaintyRule(flag_disagreement=False, max_right_flagged=max_right_flagged)
+    return UncertaintyRule(
+        min_top_probability=best[3],
+        max_normalized_entropy=best[4],
+        flag_disagreement=best[2],
+        max_right_flagged=max_right_flagged,
     )
 
 

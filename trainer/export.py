@@ -25,7 +25,7 @@ from service.manifest import Manifest, Metrics, sha256_file, write_manifest
 from service.plausibility import background_levels, lack_backdrop
 from service.preprocessing import to_model_input
 from service.runtime import Ensemble
-from trainer.calibration import calibration_report, choose_rule, ece, fit_temperature
+from trainer.calibration import calibration_report, choose_trust_rule, ece, fit_temperature
 from trainer.compute import ensemble_macs, onnx_macs
 from trainer.data import CLASSES, Prepared, protocol_split
 from trainer.evaluate import split_names
@@ -189,7 +189,7 @@ def calibrate(models_dir: Path, p: Prepared) -> Manifest:
             print(f"[export] {entry.name}: ood threshold {entry.ood_threshold} (largest of {len(pool)} images)")
     manifest.ensemble.background_threshold = _ceil4(float(background_levels(p.x[pool]).max()))
     print(f"[export] background threshold {manifest.ensemble.background_threshold} (largest of {len(pool)} images)")
-    rule = choose_rule(calibrated["validation"], y["validation"])
+    rule = choose_trust_rule(calibrated["validation"], y["validation"])
     manifest.ensemble.uncertainty = rule
     manifest.ensemble.calibration = calibration_report(raw, calibrated, y, rule)
     for key, (_, idx) in eval_splits(ensemble, p).items():
