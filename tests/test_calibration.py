@@ -65,31 +65,9 @@ def test_uncertainty_reasons() -> None:
     assert uncertainty_reasons(votes, mean, labels, UncertaintyRule(flag_disagreement=False))[2] == []
 
 
-def test_choose_rule_reaches_the_target_on_validation() -> None:
-    rng = np.random.default_rng(2)
-    n = 600
-    y = rng.integers(0, 4, n)
-    conf = rng.uniform(0.3, 1.0, n)
-    correct = rng.uniform(0, 1, n) < conf  # confidence predicts correctness
-    label = np.where(correct, y, (y + 1) % 4)
-    mean = np.full((n, 4), 0.0)
-    mean[np.arange(n), label] = conf
-    mean[np.arange(n), (label + 2) % 4] = 1 - conf
-    probs = np.stack([mean, mean, mean])
-    rule = choose_rule(probs, y, target=0.9)
-    report = calibration_report({"validation": probs}, {"validation": probs}, {"validation": y}, rule)["validation"]
-    assert report["confident_accuracy"] >= 0.9
-    assert report["uncertain_accuracy"] < report["confident_accuracy"]
-    assert report["confident_n"] + report["uncertain_n"] == n
-
-
-def test_trust_rule_catches_wrong_answers_and_doubts_few_right_ones() -> None:
-    """The export's rule: on validation, as many wrong answers flagged as possible with at most 10 % of the right
-    ones flagged; here confidence predicts correctness, so it catches far more wrong than right answers."""
-    from trainer.calibration import choose_trust_rule, flag_rates
-
-    rng = np.random.default_rng(5)
-    n = 800
+def _confident_when_right(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probs (3 models, n, 4), labels) of three agreeing models whose confidence predicts correctness."""
+    rng = np.random.default_rng(seed)
     y = rng.integers(0, 4, n)
     conf = rng.uniform(0.3, 1.0, n)
     correct = rng.uniform(0, 1, n) < conf
@@ -97,7 +75,24 @@ def test_trust_rule_catches_wrong_answers_and_doubts_few_right_ones() -> None:
     mean = np.full((n, 4), 0.0)
     mean[np.arange(n), label] = conf
     mean[np.arange(n), (label + 2) % 4] = 1 - conf
-    probs = np.stack([mean, mean, mean])
+    return np.stack([mean, mean, mean]), y
+
+
+def test_choose_rule_reaches_the_target_on_validation() -> None:
+    probs, y = _confident_when_right(seed=2, n=600)
+    rule = choose_rule(probs, y, target=0.9)
+    report = calibration_report({"validation": probs}, {"validation": probs}, {"validation": y}, rule)["validation"]
+    assert report["confident_accuracy"] >= 0.9
+    assert report["uncertain_accuracy"] < report["confident_accuracy"]
+    assert report["confident_n"] + report["uncertain_n"] == len(y)
+
+
+def test_trust_rule_catches_wrong_answers_and_doubts_few_right_ones() -> None:
+    """The export's rule: on validation, as many wrong answers flagged as possible with at most 10 % of the right
+    ones flagged; here confidence predicts correctness, so it catches far more wrong than right answers."""
+    from trainer.calibration import choose_trust_rule, flag_rates
+
+    probs, y = _confident_when_right(seed=5, n=800)
     rule = choose_trust_rule(probs, y, max_right_flagged=0.1)
     rates = flag_rates(probs, y, rule)
     assert rule.max_right_flagged == 0.1 and rule.target_accuracy is None

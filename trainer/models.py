@@ -47,8 +47,8 @@ class Backbone:
     preprocess: str  # "caffe" (BGR minus mean), "tf" (scale to -1..1) or "torch" (ImageNet mean/std)
     # layer-name prefix(es) of the top block unfrozen in phase 2
     fine_tune_prefix: str | tuple[str, ...] | None
-    # output of the last frozen layer when fine-tuning: sequential backbones can cache it and train
-    # only the top block on the cached tensors (None: fine-tune end to end on images)
+    # output of the last frozen layer when fine-tuning: its output is cached and only the layers above it
+    # train on the cached tensors (None: fine-tune end to end on images)
     fine_tune_cut: str | None = None
     # the feature map for class activation maps (finer than the final pooled map); None: the backbone output
     cam_layer: str | None = None
@@ -58,6 +58,15 @@ class Backbone:
     # the feature maps a multi-scale head pools, finest first; the last one sets the grid the others are
     # average-pooled to (None: the backbone offers no multi-scale head)
     multiscale_taps: tuple[str, ...] | None = None
+
+
+def _lite_backbone(variant: str, stage5_end: str, stage4_6_ends: tuple[str, str]) -> Backbone:
+    """EfficientNet-Lite: fine-tuning trains stages 6 and 7 and the head conv (stride 32) on the cached output of
+    stage 5; the multi-scale taps are the ends of stages 4–6 and the head, the stride-16 ones average-pooled onto
+    the stride-32 grid."""
+    taps = (stage4_6_ends[0], stage5_end, stage4_6_ends[1], "top_relu")
+    factory = partial(EfficientNetLite, variant)
+    return Backbone(factory, "torch", ("block6", "block7", "top_"), stage5_end, multiscale_taps=taps)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -83,23 +92,8 @@ BACKBONES: dict[str, Backbone] = {
     "mobilenetv2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_"),
     "inceptionv3": Backbone(keras.applications.InceptionV3, "tf", "mixed10"),
     "xception": Backbone(keras.applications.Xception, "tf", "block14_"),
-    # EfficientNet-Lite: fine-tuning trains stages 6 and 7 and the head conv (stride 32) on the cached output of
-    # stage 5; the multi-scale taps are the ends of stages 4–6 and the head, the stride-16 ones average-pooled onto
-    # the stride-32 grid.
-    "efficientnet_lite0": Backbone(
-        partial(EfficientNetLite, "efficientnet_lite0"),
-        "torch",
-        ("block6", "block7", "top_"),
-        "block5c_add",
-        multiscale_taps=("block4c_add", "block5c_add", "block6d_add", "top_relu"),
-    ),
-    "efficientnet_lite2": Backbone(
-        partial(EfficientNetLite, "efficientnet_lite2"),
-        "torch",
-        ("block6", "block7", "top_"),
-        "block5d_add",
-        multiscale_taps=("block4d_add", "block5d_add", "block6e_add", "top_relu"),
-    ),
+    "efficientnet_lite0": _lite_backbone("efficientnet_lite0", "block5c_add", ("block4c_add", "block6d_add")),
+    "efficientnet_lite2": _lite_backbone("efficientnet_lite2", "block5d_add", ("block4d_add", "block6e_add")),
 }
 
 
