@@ -322,22 +322,25 @@ def test_onnx_macs_agrees_with_keras_and_shared_backbones_count_once(tmp_path: P
 
 
 @pytest.mark.slow
-def test_lite_fine_tuning_splits_the_residual_graph_at_stage_5() -> None:
+def test_lite_fine_tuning_splits_the_residual_graph_at_stage_5(lite0_weights: Path) -> None:
     """Fine-tuning a Lite backbone on the cache cuts its graph (residual adds and all) after stage 5: bottom then
     top computes the full model, and training the top moves stages 6-7 of the full model, not stage 5."""
     from trainer.models import split_at_cut, unfreeze_top
 
-    m = build_transfer((96, 96, 3), 4, "efficientnet_lite0", weights="none", dense_layers=1, units=8)
+    keras.utils.set_random_seed(0)
+    m = build_transfer((150, 150, 3), 4, "efficientnet_lite0", str(lite0_weights), dense_layers=1, units=8)
     assert unfreeze_top(m, "efficientnet_lite0") > 0
     bottom, top = split_at_cut(m, "efficientnet_lite0")
-    x = np.random.default_rng(0).uniform(0, 255, (8, 96, 96, 3)).astype(np.float32)
+    with np.load(REFERENCE / "efficientnet_lite0.npz") as z:  # real crops and their mirror images
+        crops = z["crops"].astype(np.float32)
+    x = np.concatenate([crops, crops[:, :, ::-1]])
     cut = np.asarray(bottom(x))
-    assert cut.shape == (8, 6, 6, 112)  # 96 px at stride 16, stage 5's channels
+    assert cut.shape == (8, 10, 10, 112)  # 150 px at stride 16, stage 5's channels
     np.testing.assert_allclose(np.asarray(top(cut)), np.asarray(m(x)), atol=1e-6)
     inner = backbone_of(m)
     before = {n: inner.get_layer(n).kernel.numpy().copy() for n in ("block5c_project_conv", "block6a_project_conv")}
     top.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
-    top.fit(cut, np.arange(8) % 4, epochs=1, verbose=0)
+    top.fit(cut, np.arange(8) % 4, epochs=2, verbose=0)
     np.testing.assert_array_equal(
         inner.get_layer("block5c_project_conv").kernel.numpy(), before["block5c_project_conv"]
     )
