@@ -580,7 +580,7 @@ def headline_section(manifest: Manifest, pooled: dict[str, Any] | None) -> list[
             "",
             "The leak-free pooled protocol (Training ∪ Testing, duplicate groups kept whole, stratified 80/20) is not "
             "measured for this ensemble's recipes yet: this report adds it once `<work>/pooled/models` holds their "
-            "pooled export (README → Training).",
+            "pooled export (docs/training.md → protocols).",
         ]
     return lines
 
