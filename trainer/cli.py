@@ -443,12 +443,14 @@ def cmd_vgg16_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
+    import subprocess
+
     from trainer.weights import NAMES, export_weights
 
     for name in NAMES if "all" in args.names else args.names:
         try:
             export_weights(name, args.out_dir)
-        except (ValueError, FileNotFoundError) as e:  # an unknown name, a changed upload, a failed download
+        except (ValueError, OSError, subprocess.CalledProcessError) as e:  # a changed upload, a failed download
             print(f"{name}: {e}", file=sys.stderr)
             return 2
     return 0
