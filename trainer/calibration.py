@@ -54,21 +54,25 @@ def _flagged(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> tuple[n
     return np.array([bool(r) for r in uncertainty_reasons(votes, mean, labels, rule)]), labels == y
 
 
-def flag_rates(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[str, float]:
-    """The trust figures: the share of wrong answers the `uncertain` flag catches, and of right ones it doubts."""
-    flagged, correct = _flagged(probs, y, rule)
+def _rates(flagged: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """The share of wrong answers flagged and of right ones flagged (a key is missing when there are none)."""
     out = {}
     if (~correct).any():
-        out["wrong_flagged_rate"] = round(float(flagged[~correct].mean()), 4)
+        out["wrong_flagged_rate"] = float(flagged[~correct].mean())
     if correct.any():
-        out["right_flagged_rate"] = round(float(flagged[correct].mean()), 4)
+        out["right_flagged_rate"] = float(flagged[correct].mean())
     return out
+
+
+def flag_rates(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[str, float]:
+    """The trust figures: the share of wrong answers the `uncertain` flag catches, and of right ones it doubts."""
+    return {k: round(v, 4) for k, v in _rates(*_flagged(probs, y, rule)).items()}
 
 
 def _subsets(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[str, float]:
     flagged, correct = _flagged(probs, y, rule)
     out: dict[str, float] = {"n": len(y), "accuracy": round(float(correct.mean()), 4)}
-    out.update(flag_rates(probs, y, rule))
+    out.update({k: round(v, 4) for k, v in _rates(flagged, correct).items()})
     for key, mask in (("confident", ~flagged), ("uncertain", flagged)):
         out[f"{key}_n"] = int(mask.sum())
         if mask.any():
@@ -131,8 +135,8 @@ def choose_trust_rule(
     correct = labels == y
     best: tuple[float, float, bool, float, float] | None = None
     for flag, t, h, flagged in _candidates(probs, y):
-        right = float(flagged[correct].mean()) if correct.any() else 0.0
-        wrong = float(flagged[~correct].mean()) if (~correct).any() else 0.0
+        rates = _rates(flagged, correct)
+        right, wrong = rates.get("right_flagged_rate", 0.0), rates.get("wrong_flagged_rate", 0.0)
         if right > max_right_flagged:
             continue
         key = (wrong, -right, flag, t, h)
