@@ -71,14 +71,15 @@ train: $(VENV)/.dev $(VGG16_HED)
 	$(BIN)/python -m trainer train --grid $(GRID) --data $(DATA) --work $(WORK)
 	$(BIN)/python -m trainer evaluate --data $(DATA) --work $(WORK)
 	$(BIN)/python -m trainer leaderboard --work $(WORK)
-	$(BIN)/python -m trainer export --data $(DATA) --work $(WORK) --top 3 --models-dir $(MODELS) --weights-dtype $(WEIGHTS_DTYPE)
+	$(BIN)/python -m trainer export --data $(DATA) --work $(WORK) --top 3 --models-dir $(MODELS) --weights-dtype $(WEIGHTS_DTYPE) \
+		--previous models
 
 # The whole pipeline on the first 24 images per class and split, 2 epochs: a few minutes on 2 cores.
 train-smoke: $(VENV)/.dev
 	$(BIN)/python -m trainer train --grid trainer/grids/smoke.toml --data $(DATA) --work $(OUT) --limit-per-class 24
 	$(BIN)/python -m trainer evaluate --data $(DATA) --work $(OUT) --limit-per-class 24
 	$(BIN)/python -m trainer export --data $(DATA) --work $(OUT) --limit-per-class 24 --top 3 \
-		--models-dir $(OUT)/models --notes "smoke ensemble: 24 images per class, 2 epochs; not a real classifier"
+		--models-dir $(OUT)/models --changelog "smoke ensemble: 24 images per class, 2 epochs; not a real classifier"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

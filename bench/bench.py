@@ -144,7 +144,7 @@ def measure_keras(models_dir: Path, images: list[bytes], n: int, runs: Path) -> 
     import keras
 
     from service.manifest import load_manifest
-    from trainer.models import build_from_config
+    from trainer.models.builders import build_from_config
 
     manifest = load_manifest(models_dir)
     models, origin = [], []

@@ -31,10 +31,10 @@ import numpy as np
 
 from bench.loadtest import RESULTS, ROOT
 from service.ensemble import majority_vote
-from service.manifest import load_manifest, sha256_file, write_manifest
+from service.manifest import ChangelogEntry, load_manifest, sha256_file, write_manifest
 from service.preprocessing import to_model_input
 from service.runtime import Ensemble
-from trainer.merge import halve_weights
+from trainer.export.merge import halve_weights
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,8 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.data import prepare
-    from trainer.train import evaluation_indices, train_val_indices
+    from trainer.data.dataset import prepare
+    from trainer.training.train import evaluation_indices, train_val_indices
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
@@ -254,15 +254,17 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(qdir, args.save, dirs_exist_ok=True)
                 saved = load_manifest(args.save)
                 how = f"int8 ({name}: {cfg.method} calibration on {len(calib)} training images)" if cfg else FP16
-                saved.notes = (
-                    f"{how} of the float32 "
-                    f"ensemble {saved.model_version}. The metrics in this manifest were measured on the float32 "
+                change = (
+                    f"{how} of the float32 ensemble. The metrics in this manifest were measured on the float32 "
                     f"models; this copy measured (python -m bench.quantize): validation accuracy "
                     f"{res['validation']['accuracy']:.4f} (float32 {ref['validation']['accuracy']:.4f}), official "
                     f"Testing accuracy {res['official_test']['accuracy']:.4f} (float32 "
                     f"{ref['official_test']['accuracy']:.4f}); its vote agrees with float32 on "
-                    f"{res['validation']['agreement_with_fp32']:.1%} of validation images. " + saved.notes
+                    f"{res['validation']['agreement_with_fp32']:.1%} of validation images."
                 )
+                today = time.strftime("%Y-%m-%d", time.gmtime())
+                entry = ChangelogEntry(model_version=saved.model_version, date=today, change=change)
+                saved.changelog = [entry, *saved.changelog]
                 write_manifest(saved, args.save)
         drop = (ref["official_test"]["accuracy"] - res["official_test"]["accuracy"]) * 100
         res["test_accuracy_drop_points"] = round(drop, 2)

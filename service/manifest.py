@@ -7,14 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.confidence import UncertaintyRule
 from service.plausibility import FLAT_BACKDROP_SPREAD
 from service.preprocessing import preprocessing_version
 
 MANIFEST_NAME = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+INTENDED_USE = (
+    "Research and teaching: sorts a 2-D brain MRI slice into glioma, meningioma, pituitary tumour or no tumour. "
+    "Not a medical device and not for clinical use; trained on one public dataset of JPEG slices."
+)
 
 
 class ClassMetrics(BaseModel):
@@ -111,6 +115,21 @@ class EnsembleInfo(BaseModel):
     )
 
 
+class ChangelogEntry(BaseModel):
+    model_version: str
+    date: str = Field(description="ISO date the ensemble was exported.")
+    change: str = Field(description="What changed against the ensemble before it, in one line.")
+
+
+class TrainingInfo(BaseModel):
+    grids: list[str] = Field(
+        default_factory=list, description="Grid files (trainer/grids) whose entries the models were trained from."
+    )
+    protocol: str = Field("official", description="official (Training/Testing folders) or pooled (80/20).")
+    validation: str = Field("", description="The validation split every choice was made on.")
+    selection: str = Field("", description="How the models were chosen, and where the written rule is.")
+
+
 class PublicManifest(BaseModel):
     """What GET /v1/models shows: the manifest without file paths."""
 
@@ -122,7 +141,11 @@ class PublicManifest(BaseModel):
     trainer_version: str
     data_hash: str
     limit_per_class: int | None = Field(None, description="Set when trained on a subset (smoke runs).")
-    notes: str = ""
+    intended_use: str = Field(INTENDED_USE, description="What the models are for, and what not.")
+    training: TrainingInfo = Field(default_factory=TrainingInfo, description="Where the models came from.")
+    changelog: list[ChangelogEntry] = Field(
+        default_factory=list, description="Shipped ensembles, newest first (this one included)."
+    )
     classes: list[str] = Field(min_length=2, description="Class names in output order: the only list of them.")
     input: TensorSpec
     output: TensorSpec
@@ -132,6 +155,18 @@ class PublicManifest(BaseModel):
     )
     models: list[PublicModelEntry] = Field(min_length=1)
     ensemble: EnsembleInfo
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_1(cls, data: Any) -> Any:
+        """Schema 1 kept its provenance in free-text `notes`: it becomes `training.selection`."""
+        if isinstance(data, dict) and "notes" in data:
+            data = dict(data)
+            notes = data.pop("notes")
+            training = dict(data.get("training") or {})
+            training.setdefault("selection", notes)
+            data["training"] = training
+        return data
 
     @field_validator("preprocessing")
     @classmethod

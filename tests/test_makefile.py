@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.utils import ROOT
 
 
 def _export_line(*args: str) -> str:

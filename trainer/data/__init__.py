@@ -1,0 +1,1 @@
+"""Data: scan the dataset, crop/resize with the shared preprocessing, cache, find duplicates, draw the splits."""

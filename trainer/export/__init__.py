@@ -1,0 +1,1 @@
+"""Export: ONNX conversion with parity checks, the ensemble bundle (models/ + manifest), calibration, merging."""

@@ -1,0 +1,341 @@
+"""Export the top-k models (by validation macro-F1) to ONNX, check parity with Keras, evaluate the
+majority vote with onnxruntime, and write models/ with manifest.json."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+
+import trainer
+from service.confidence import apply_temperature
+from service.ensemble import VOTE_RULE
+from service.manifest import Manifest, Metrics, load_manifest, sha256_file, write_manifest
+from service.plausibility import background_levels, lack_backdrop
+from service.runtime import Ensemble
+from trainer.data.dataset import CLASSES, Prepared, protocol_split
+from trainer.evaluation.evaluate import split_names
+from trainer.evaluation.metrics import vote_metrics
+from trainer.export.calibration import calibration_report, choose_trust_rule, ece, fit_temperature
+from trainer.export.convert import PARITY_TOLERANCE, ParityError, add_extras, parity, to_onnx
+from trainer.export.extras import (
+    OOD_SCORE,
+    has_own_pooling_head,
+    has_pooling_head,
+)
+from trainer.export.merge import halve_weights, merge_models_dir
+from trainer.export.selection import (
+    bytes_per_param,
+    choose_ensemble,
+    choose_models,
+    ensemble_bytes,
+    has_sidecar,
+    training_info,
+)
+from trainer.models.builders import INPUT_NAME, OUTPUT_NAME, weights_origin
+from trainer.models.compute import onnx_macs
+from trainer.training.recipe import Recipe
+from trainer.training.train import evaluation_indices
+
+# float16-stored weights (--weights-dtype float16) move outputs by the rounding of the weights: measured on the
+# shipped ensemble, at most 0.0015 in probability, and the vote unchanged on every validation and Testing image
+FP16_PARITY_TOLERANCE = 1e-2
+
+
+def evaluate_ensemble(models_dir: Path, p: Prepared) -> dict[str, dict[str, Any]]:
+    """Majority-vote metrics of the ONNX ensemble in models_dir, run by the service's own runtime, on the
+    validation split its models were selected on and on the official Testing split."""
+    ensemble = Ensemble.load(models_dir)
+    return {
+        key: vote_metrics(ensemble.predict_images(p.x[idx]), p.y[idx], split)
+        for key, (split, idx) in eval_splits(ensemble, p).items()
+    }
+
+
+def eval_splits(ensemble: Ensemble, p: Prepared) -> dict[str, tuple[str, np.ndarray]]:
+    """{metrics key: (description, indices)} of the validation and test splits of the ensemble's protocol."""
+    cfg = ensemble.manifest.models[0].config
+    va, te = evaluation_indices(p, cfg)
+    (val_key, val_split), (test_key, test_split) = split_names(cfg)
+    return {val_key: (val_split, va), test_key: (test_split, te)}
+
+
+def test_key(manifest: Manifest) -> str:
+    """The metrics key of the ensemble's test split: official_test, or pooled_test for the pooled protocol."""
+    return split_names(manifest.models[0].config)[1][0]
+
+
+def raw_probabilities(
+    ensemble: Ensemble, p: Prepared
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[np.ndarray | None]]]:
+    """By split: the models' uncalibrated probabilities (models × N × classes), the labels, and each
+    model's ood_score (None for models without one), from one pass over the images."""
+    raw, y, ood = {}, {}, {}
+    for key, (_, idx) in eval_splits(ensemble, p).items():
+        raw[key], ood[key] = ensemble.run_images_with(p.x[idx], OOD_SCORE)
+        y[key] = p.y[idx]
+    return raw, y, ood
+
+
+def _ceil4(x: float) -> float:
+    """x rounded up to 4 decimals: a threshold stored rounded must not fall below the value it came from."""
+    return math.ceil(x * 1e4) / 1e4
+
+
+def calibrate(models_dir: Path, p: Prepared) -> Manifest:
+    """Fit each model's temperature and the uncertainty thresholds on the validation split (the ONNX
+    outputs, via the service runtime), and record ECE before/after and the confident/uncertain accuracies
+    on validation and the official Testing split in the manifest."""
+    ensemble = Ensemble.load(models_dir)
+    manifest = ensemble.manifest
+    raw, y, ood = raw_probabilities(ensemble, p)
+    for entry, val_probs in zip(manifest.models, raw["validation"], strict=True):
+        entry.temperature = fit_temperature(val_probs, y["validation"])
+        print(f"[export] {entry.name}: temperature {entry.temperature} (fitted on validation)")
+    temps = np.array([e.temperature for e in manifest.models])
+    calibrated = {
+        key: np.stack([apply_temperature(m, float(t)) for m, t in zip(probs, temps, strict=True)])
+        for key, probs in raw.items()
+    }
+    for i, entry in enumerate(manifest.models):
+        entry.calibration = {
+            key: {
+                "ece_before": round(ece(raw[key][i], y[key]), 4),
+                "ece_after": round(ece(calibrated[key][i], y[key]), 4),
+            }
+            for key in raw
+        }
+    # The thresholds of the not-an-MRI warnings are the largest values among the training pool (the images
+    # the models were trained and validated on), so no image of it is flagged: for `ood_score` as for the
+    # background level. Validation alone (≈430 images, a sixth of the pool) sets the threshold at the tail of a
+    # small sample, and the Mahalanobis statistics were fitted on at most 800 of the pool's images.
+    pool, _ = protocol_split(p, Recipe.of(manifest.models[0].config).protocol)
+    if any(s is not None for s in ood["validation"]):
+        _, pool_ood = ensemble.run_images_with(p.x[pool], OOD_SCORE)
+        for i, entry in enumerate(manifest.models):
+            scores_pool = pool_ood[i]
+            if scores_pool is None:
+                continue
+            entry.ood_threshold = _ceil4(float(scores_pool.max()))
+            for key in raw:
+                scores = ood[key][i]
+                if scores is not None:
+                    entry.calibration[key]["ood_flag_rate"] = round(float((scores > entry.ood_threshold).mean()), 4)
+            print(f"[export] {entry.name}: ood threshold {entry.ood_threshold} (largest of {len(pool)} images)")
+    manifest.ensemble.background_threshold = _ceil4(float(background_levels(p.x[pool]).max()))
+    print(f"[export] background threshold {manifest.ensemble.background_threshold} (largest of {len(pool)} images)")
+    rule = choose_trust_rule(calibrated["validation"], y["validation"])
+    manifest.ensemble.uncertainty = rule
+    manifest.ensemble.calibration = calibration_report(raw, calibrated, y, rule)
+    for key, (_, idx) in eval_splits(ensemble, p).items():
+        flagged = lack_backdrop(p.x[idx], manifest.ensemble.background_threshold)
+        manifest.ensemble.calibration[key]["background_flag_rate"] = round(float(flagged.mean()), 4)
+    write_manifest(manifest, models_dir)
+    return manifest
+
+
+def export_top(
+    leaderboard: list[dict[str, Any]],
+    p: Prepared,
+    models_dir: Path,
+    top: int = 3,
+    changelog: str = "",
+    previous: Path | None = None,
+    parity_images: int = 32,
+    limit_per_class: int | None = None,
+    max_mb: float = 120.0,
+    max_per_backbone: int = 1,
+    select: str = "ensemble",
+    report_dir: Path | None = None,
+    merge: bool = True,
+    weights_dtype: str = "float32",
+    max_gmac: float | None = None,
+    candidates: int = 8,
+) -> Manifest:
+    bytes_per_param(weights_dtype)
+    if select == "ensemble":
+        if report_dir is None:
+            raise ValueError("select='ensemble' needs the report dir with the validation probabilities")
+        chosen, tried = choose_ensemble(
+            leaderboard, p, report_dir, top, max_mb, candidates, weights_dtype, merge, max_gmac
+        )
+        (report_dir / "ensembles_tried.json").write_text(json.dumps(tried, indent=1) + "\n")
+    elif select == "top":
+        chosen = choose_models(leaderboard, top, max_mb, max_per_backbone, weights_dtype, merge)
+    else:
+        raise ValueError(f"select must be 'ensemble' or 'top', got {select!r}")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for stale in models_dir.glob("*.onnx"):  # includes a previous merged file
+        stale.unlink()
+    cfg0 = chosen[0]["config"]
+    va, _ = evaluation_indices(p, cfg0)
+    entries = []
+    for row in chosen:
+        cfg = row["config"]
+        if (cfg["val_fraction"], cfg["seed"], Recipe.of(cfg).protocol) != (
+            cfg0["val_fraction"],
+            cfg0["seed"],
+            Recipe.of(cfg0).protocol,
+        ):
+            raise ValueError("the chosen models were validated on different splits; use one seed/val_fraction/protocol")
+        model = keras.models.load_model(Path(row["run_dir"]) / "model.keras")
+        if (cfg["family"] == "transfer" and has_pooling_head(model)) or has_own_pooling_head(model):
+            model = add_extras(model, cfg, p)
+        path = models_dir / f"{row['name']}.onnx"
+        outputs = to_onnx(model, path)
+        diff = parity(model, path, p.x[va[:parity_images]])
+        print(f"[export] {path.name}: parity max |keras - onnx| = {diff:.2e} on {min(parity_images, len(va))} images")
+        if not diff <= PARITY_TOLERANCE:
+            raise ParityError(f"{path.name}: ONNX differs from Keras by {diff:.2e} > {PARITY_TOLERANCE:.0e}")
+        if weights_dtype == "float16":
+            halved = halve_weights(path, path)
+            diff = parity(model, path, p.x[va[:parity_images]])
+            print(f"[export] {path.name}: {halved} weight tensors stored as float16, parity now {diff:.2e}")
+            if not diff <= FP16_PARITY_TOLERANCE:
+                raise ParityError(
+                    f"{path.name}: float16 weights move the outputs by {diff:.2e} > {FP16_PARITY_TOLERANCE:.0e}"
+                )
+        entries.append(
+            {
+                "name": row["name"],
+                "file": path.name,
+                "sha256": sha256_file(path),
+                "family": cfg["family"],
+                # as the weights' provenance sidecar says now, where it is still beside the weights file
+                "weights_origin": weights_origin(cfg) if has_sidecar(cfg) else row["weights_origin"],
+                "params": row["params"],
+                "config": cfg,
+                "parity_max_abs_diff": diff,
+                "weights_dtype": weights_dtype,
+                "metrics": row["metrics"],
+                "outputs": sorted(outputs),
+            }
+        )
+    now = dt.datetime.now(dt.UTC)
+    version = f"{now:%Y%m%d-%H%M%S}-{p.data_hash[:8]}"
+    draft = Manifest.model_validate(
+        {
+            "model_version": version,
+            "created": now.isoformat(timespec="seconds"),
+            "trainer_version": trainer.__version__,
+            "data_hash": p.data_hash,
+            "limit_per_class": limit_per_class,
+            "training": training_info(chosen, select, top, candidates, max_gmac),
+            "changelog": [
+                {"model_version": version, "date": f"{now:%Y-%m-%d}", "change": changelog or "exported"},
+                *previous_changelog(previous),
+            ],
+            "classes": CLASSES,
+            "input": {"name": INPUT_NAME, "shape": [None, *p.x.shape[1:]], "dtype": "float32"},
+            "output": {"name": OUTPUT_NAME, "shape": [None, len(CLASSES)], "dtype": "float32"},
+            "preprocessing": p.preprocessing,
+            "models": entries,
+            "ensemble": {"vote": {k: str(v) for k, v in VOTE_RULE.items()}, "metrics": {}},
+        }
+    )
+    write_manifest(draft, models_dir)
+    if merge:
+        merge_models_dir(models_dir, p.x[va[:parity_images]])
+    written = sum(f.stat().st_size for f in models_dir.glob("*.onnx"))
+    print(
+        f"[export] ONNX files {written / 2**20:.1f} MB "
+        f"(estimated {ensemble_bytes(chosen, weights_dtype, merge) / 2**20:.1f} MB, budget {max_mb} MB)"
+    )
+    if written > max_mb * 1024 * 1024:
+        raise ValueError(f"{models_dir}: the ONNX files take {written / 2**20:.1f} MB, over the {max_mb} MB budget")
+    return finalize(models_dir, p)
+
+
+def finalize(models_dir: Path, p: Prepared) -> Manifest:
+    """Calibrate, then measure the ensemble as the service runs it, and write manifest.json + README.md."""
+    manifest = calibrate(models_dir, p)
+    metrics = evaluate_ensemble(models_dir, p)
+    manifest.ensemble.metrics = {k: Metrics.model_validate(v) for k, v in metrics.items()}
+    files = sorted({models_dir / e.file for e in manifest.models})
+    manifest.ensemble.compute_gmac = round(sum(onnx_macs(f) for f in files) / 1e9, 3)
+    write_manifest(manifest, models_dir)
+    t, v = metrics[test_key(manifest)], metrics["validation"]
+    print(
+        f"[export] ensemble of {len(manifest.models)}: validation acc {v['accuracy']:.3f}, "
+        f"{t['split']} acc {t['accuracy']:.3f} macro-F1 {t['macro_f1']:.3f} (n={t['n']}); "
+        f"{manifest.ensemble.compute_gmac} GMAC per upload"
+    )
+    for split, c in manifest.ensemble.calibration.items():
+        print(
+            f"[export] {split}: ECE {c['ece_before']:.3f} → {c['ece_after']:.3f}; confident {c['confident_n']:.0f} "
+            f"(acc {c.get('confident_accuracy', float('nan')):.3f}), uncertain {c['uncertain_n']:.0f} "
+            f"(acc {c.get('uncertain_accuracy', float('nan')):.3f})"
+        )
+    write_models_readme(models_dir, manifest)
+    return manifest
+
+
+TEST_TITLES = {"official_test": "official Testing", "pooled_test": "pooled held-out 20 %"}
+
+
+def write_models_readme(models_dir: Path, manifest: Manifest | None = None) -> Path:
+    """models/README.md from the manifest (what the ensemble is, where it came from, its scores)."""
+    path = models_dir / "README.md"
+    path.write_text(_models_readme(manifest or load_manifest(models_dir)))
+    return path
+
+
+def _models_readme(m: Manifest) -> str:
+    lines = [
+        "# Bundled ensemble",
+        "",
+        "Written by `python -m trainer export`; do not edit by hand (the service checks every sha256).",
+        "Research tool, not for clinical use.",
+        "",
+        f"- model_version: `{m.model_version}`, data hash `{m.data_hash[:16]}`",
+        f"- intended use: {m.intended_use}",
+        f"- chosen: {m.training.selection or '-'}",
+        f"- grids: {', '.join(f'`{g}`' for g in m.training.grids) or '-'}",
+        "",
+        f"| model | weights origin | val macro-F1 | {TEST_TITLES[test_key(m)]} acc | parity |",
+        "|---|---|---|---|---|",
+    ]
+    for e in m.models:
+        val, test = e.metrics.get("validation"), e.metrics.get(test_key(m))
+        lines.append(
+            f"| {e.name} | {e.weights_origin} | {val.macro_f1 if val else '-'} | "
+            f"{test.accuracy if test else '-'} | {e.parity_max_abs_diff:.1e} |"
+        )
+    if m.ensemble.merge:
+        g = m.ensemble.merge
+        lines += [
+            "",
+            f"The models share one file, `{m.models[0].file}` (outputs `m<i>/…`): identical weights and the layers",
+            f"they compute alike are stored and run once (nodes {g['nodes_before']:.0f} → {g['nodes_after']:.0f},",
+            f"weight tensors {g['initializers_before']:.0f} → {g['initializers_after']:.0f}; outputs identical to the",
+            f"separate models', max difference {g['max_abs_diff']:.1e}).",
+        ]
+    t = m.ensemble.metrics.get(test_key(m))
+    if t:
+        lines += [
+            "",
+            f"Ensemble (majority vote) on the {t.split} (n={t.n}): accuracy {t.accuracy}, macro-F1 {t.macro_f1}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def previous_changelog(previous: Path | None) -> list[dict[str, Any]]:
+    """The changelog of the ensemble this export follows (its models dir), oldest entries kept."""
+    if previous is None or not (previous / "manifest.json").exists():
+        return []
+    return [c.model_dump() for c in load_manifest(previous).changelog]
+
+
+def load_leaderboard(report_dir: Path) -> list[dict[str, Any]]:
+    path = report_dir / "leaderboard.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `python -m trainer evaluate` first")
+    return list(json.loads(path.read_text()))

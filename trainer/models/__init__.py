@@ -1,0 +1,2 @@
+"""Models: Functional builders of every family, the backbone registry, EfficientNet-Lite, weights from packages
+and compute counts."""

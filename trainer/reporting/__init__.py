@@ -1,0 +1,1 @@
+"""Reporting: the leaderboard, plots and docs/evaluation.md rendered from artefacts."""
