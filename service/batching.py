@@ -33,7 +33,7 @@ class MicroBatcher:
             raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
         self.ensemble = ensemble
         self.max_batch = max_batch
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue: queue.Queue[list[_Job] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self.batches = 0
         self.images = 0
@@ -43,9 +43,17 @@ class MicroBatcher:
         """Queue one uint8 RGB image (the model input size); the future resolves to its Prediction."""
         if not self._thread.is_alive():
             raise RuntimeError("the inference thread has stopped")
-        future: Future[Prediction] = Future()
-        self._queue.put(_Job(image, future))
-        return future
+        return self.submit_many([image])[0]
+
+    def submit_many(self, images: list[np.ndarray]) -> list[Future[Prediction]]:
+        """Queue several images at once (one upload's files): they enter the same batch (or consecutive ones,
+        past `max_batch`), never interleaved with another request's."""
+        if not self._thread.is_alive():
+            raise RuntimeError("the inference thread has stopped")
+        jobs = [_Job(image, Future()) for image in images]
+        if jobs:
+            self._queue.put(jobs)
+        return [j.future for j in jobs]
 
     def close(self) -> None:
         self._queue.put(None)
@@ -53,10 +61,10 @@ class MicroBatcher:
 
     def _loop(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            first = self._queue.get()
+            if first is None:
                 return
-            jobs = [job]
+            jobs = list(first)
             while len(jobs) < self.max_batch:
                 try:
                     more = self._queue.get_nowait()
@@ -65,18 +73,21 @@ class MicroBatcher:
                 if more is None:
                     self._queue.put(None)  # finish this batch, then stop
                     break
-                jobs.append(more)
-            live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            try:
-                preds = self.ensemble.predict_batch(np.stack([j.image for j in live]))
-            except Exception as e:  # one bad batch must not kill the thread
-                log.exception("inference failed for a batch of %d", len(live))
-                for j in live:
-                    j.future.set_exception(e)
-                continue
-            self.batches += 1
-            self.images += len(live)
-            for j, p in zip(live, preds, strict=True):
-                j.future.set_result(p)
+                jobs.extend(more)
+            for start in range(0, len(jobs), self.max_batch):
+                self._run([j for j in jobs[start : start + self.max_batch] if j.future.set_running_or_notify_cancel()])
+
+    def _run(self, live: list[_Job]) -> None:
+        if not live:
+            return
+        try:
+            preds = self.ensemble.predict_batch(np.stack([j.image for j in live]))
+        except Exception as e:  # one bad batch must not kill the thread
+            log.exception("inference failed for a batch of %d", len(live))
+            for j in live:
+                j.future.set_exception(e)
+            return
+        self.batches += 1
+        self.images += len(live)
+        for j, p in zip(live, preds, strict=True):
+            j.future.set_result(p)

@@ -17,6 +17,13 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="Bind address for `python -m service` (HOST also works).")
     port: int = Field(8000, description="Port for `python -m service` (PORT also works).")
     max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest request body accepted (413 above).")
+    upload_drain_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Before a 413, read and drop up to this much of the rest of the body, so that clients which "
+        "send everything before reading (urllib, many mobile stacks) get the 413 and not a connection reset.",
+    )
+    upload_drain_s: float = Field(10.0, ge=0, description="Time limit of that drain (seconds).")
     max_image_pixels: int = Field(40_000_000, description="Largest width×height decoded (422 above).")
     request_timeout_s: float = Field(
         30.0, description="Deadline per request, upload included: 408 if the body is late, 504 if the work is; 0 = off."
@@ -24,8 +31,15 @@ class Settings(BaseSettings):
     max_batch: int = Field(
         16, ge=1, description="Most requests run through the models as one batch (1 = one at a time)."
     )
+    max_files: int = Field(
+        32, ge=1, description="Most images in one POST /v1/predict/batch (or /v2 infer) request (413 above)."
+    )
     threads: int = Field(0, description="onnxruntime intra-op threads per model (0 = one per core).")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
-    api_key: SecretStr | None = Field(None, description="If set, /v1/* requires header X-API-Key.")
+    api_key: SecretStr | None = Field(None, description="If set, /v1/* and /v2 models require header X-API-Key.")
+    admin_key: SecretStr | None = Field(
+        None, description="If set, POST /v2/repository/models/{name}/load with header X-Admin-Key reloads models."
+    )
+    model_name: str = Field("mri-classifier", description="The ensemble's name on the /v2 (Open Inference) API.")
     verify_sha256: bool = Field(True, description="Check every model file against the manifest at start-up.")
     log_format: str = Field("json", description="'json' (one object per line) or 'text'.")

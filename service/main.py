@@ -13,14 +13,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from service import DISCLAIMER, __version__
+from service import DISCLAIMER, __version__, repository
 from service.api.deps import AppState
-from service.api.routes import explain, info, predict
-from service.batching import MicroBatcher
+from service.api.routes import explain, info, predict, v2
 from service.config import Settings
 from service.middleware import BodyLimitMiddleware, TimeoutMiddleware
 from service.observability import Metrics, MetricsMiddleware
-from service.runtime import Ensemble
 
 log = logging.getLogger("service")
 
@@ -40,16 +38,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: AppState = app.state.mri
         try:
-            state.not_ready_reason = f"loading models from {settings.models_dir}"
-            ensemble = Ensemble.load(settings.models_dir, settings.threads, settings.verify_sha256)
-            state.not_ready_reason = "warming up"
-            ensemble.warmup()
+            directory = repository.resolve(settings.models_dir)
+            state.not_ready_reason = f"loading models from {directory}"
+            ensemble, batcher = repository.load(state, directory)
         except Exception as e:
             log.error("cannot start: %s", e)
             raise
-        state.ensemble = ensemble
-        state.batcher = MicroBatcher(ensemble, settings.max_batch)
-        state.ready = True
+        repository.serve(state, ensemble, batcher)
         log.info(
             "ready: %d models, version %s, classes %s",
             ensemble.n_models,
@@ -59,8 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         state.ready = False
         state.not_ready_reason = "shutting down"
-        if state.batcher is not None:
-            state.batcher.close()
+        for task in list(state.tasks):
+            task.cancel()
+        for b in {id(b): b for b in [*state.batchers.values(), state.batcher] if b is not None}.values():
+            b.close()
 
     app = FastAPI(
         title="Brain-MRI tumour classifier",
@@ -74,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(explain.router)
     app.include_router(info.router)
+    app.include_router(v2.router)
     app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
 
     @app.get("/docs", include_in_schema=False)
@@ -91,7 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"detail": "Internal server error."}, status_code=500)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        drain_bytes=settings.upload_drain_bytes,
+        drain_seconds=settings.upload_drain_s,
+    )
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s)
     if settings.cors_origins:
         app.add_middleware(

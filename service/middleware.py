@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -20,18 +21,50 @@ async def send_json(send: Any, status: int, payload: dict[str, Any]) -> None:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    """413 before anything is parsed, for a declared Content-Length over the limit or a streamed body that
+    grows past it.
+
+    A client that sends its whole body before it reads the answer (Python's urllib, many mobile HTTP stacks)
+    would see "connection reset" if the server closed with the upload still arriving: the kernel answers unread
+    data with a reset, which discards the 413 in flight. So the rest of the body is read and dropped first, up
+    to `drain_bytes` and `drain_seconds`, unless the client asked `Expect: 100-continue` (it has sent nothing
+    yet and reads the 413 at once). Past either bound the 413 is sent anyway and the connection closes."""
+
+    def __init__(self, app: Any, max_bytes: int, drain_bytes: int = 64 * 1024 * 1024, drain_seconds: float = 10.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_bytes = drain_bytes
+        self.drain_seconds = drain_seconds
 
-    def _too_large(self) -> dict[str, str]:
-        return {"detail": f"Request body too large: the limit is {self.max_bytes:,} bytes."}
+    def _too_large(self, path: str) -> dict[str, str]:
+        message = f"Request body too large: the limit is {self.max_bytes:,} bytes."
+        return {"error": message} if path.startswith("/v2/") else {"detail": message}  # each API's error shape
+
+    async def _drain(self, receive: Any, received: int) -> None:
+        """Read and drop the rest of the body within the drain bounds."""
+
+        async def drain() -> None:
+            total = received
+            while total <= self.drain_bytes:
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
+                total += len(message.get("body", b""))
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drain(), self.drain_seconds)
+
+    async def _refuse(self, scope: Any, send: Any, receive: Any, received: int, expects_continue: bool) -> None:
+        if not expects_continue:
+            await self._drain(receive, received)
+        await send_json(send, 413, self._too_large(scope["path"]))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        expects_continue = headers.get(b"expect", b"").lower() == b"100-continue"
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
@@ -40,7 +73,7 @@ class BodyLimitMiddleware:
                 await send_json(send, 400, {"detail": "Invalid Content-Length header."})
                 return
             if too_large:
-                await send_json(send, 413, self._too_large())
+                await self._refuse(scope, send, receive, 0, expects_continue)
                 return
         chunks: list[bytes] = []
         total = 0
@@ -51,7 +84,8 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.max_bytes:
-                await send_json(send, 413, self._too_large())
+                more = message.get("more_body", False)
+                await self._refuse(scope, send, receive, total, expects_continue or not more)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -62,6 +62,23 @@ class ErrorResponse(BaseModel):
     detail: Any = Field(description="What was wrong with the request.", examples=["The upload is empty (0 bytes)."])
 
 
+class BatchItem(BaseModel):
+    index: int = Field(description="Position of the file in the request (0-based).", examples=[0])
+    filename: str | None = Field(None, description="The multipart part's file name, if it had one.")
+    status: int = Field(description="The HTTP status this file alone would have got.", examples=[200])
+    result: PredictResponse | None = Field(None, description="The prediction (status 200).")
+    error: str | None = Field(None, description="Why this file was refused (status 4xx).")
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem] = Field(description="One entry per file, in the order sent.")
+    n_ok: int = Field(description="Files predicted.", examples=[3])
+    n_failed: int = Field(description="Files refused (each with its own error).", examples=[0])
+    model_version: str = Field(description="Version of the ensemble (manifest).")
+    elapsed_ms: float = Field(description="Server time for the whole batch.", examples=[120.4])
+    disclaimer: str = Field(DISCLAIMER, examples=[DISCLAIMER])
+
+
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
     detail: str | None = None

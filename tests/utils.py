@@ -165,9 +165,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(models_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_server(models_dir: Path, **env_vars: str) -> tuple[subprocess.Popen[str], str]:
+    """`python -m service` on a free loopback port serving models_dir (extra environment: env_vars); waits for
+    /health/ready."""
     port = free_port()
-    env = {**os.environ, "MRI_MODELS_DIR": str(models_dir), "PORT": str(port), "HOST": "127.0.0.1"}
+    env = {**os.environ, "MRI_MODELS_DIR": str(models_dir), "PORT": str(port), "HOST": "127.0.0.1", **env_vars}
     proc = subprocess.Popen(
         [sys.executable, "-m", "service"],
         cwd=ROOT,

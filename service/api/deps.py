@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass, field
 
@@ -22,6 +23,14 @@ class AppState:
     ready: bool = False
     not_ready_reason: str = "starting"
     extra: dict[str, object] = field(default_factory=dict)
+    # each loaded ensemble's inference thread, by id(ensemble): a request that started before a reload
+    # finishes on the ensemble it started with (service/repository.py)
+    batchers: dict[int, MicroBatcher] = field(default_factory=dict)
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def batcher_for(self, ensemble: Ensemble) -> MicroBatcher | None:
+        return self.batchers.get(id(ensemble), self.batcher if ensemble is self.ensemble else None)
 
 
 def get_state(request: Request) -> AppState:

@@ -1,4 +1,4 @@
-"""POST /v1/predict: one image in, the ensemble's vote and probabilities out."""
+"""POST /v1/predict: one image in, the ensemble's vote and probabilities out; POST /v1/predict/batch: several."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from service.api.deps import get_state, ready_ensemble, require_api_key
 from service.plausibility import input_warnings
 from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
 from service.runtime import Ensemble, Prediction
-from service.schemas import ErrorResponse, PredictResponse
-from service.upload import FIELD, UploadError, extract_image
+from service.schemas import BatchResponse, ErrorResponse, PredictResponse
+from service.upload import FIELD, UploadError, extract_image, extract_images
 
 router = APIRouter(prefix="/v1", tags=["prediction"], dependencies=[Depends(require_api_key)])
 
@@ -130,10 +130,97 @@ async def predict(
     start = time.perf_counter()
     crop = await read_crop(request, frame, ensemble)
     # decode + crop ran in the thread pool; the models run batched with whatever other requests wait (batching.py)
-    if state.batcher is None:
-        raise HTTPException(503, "Models not ready: the inference thread is not running.")
-    pred = await asyncio.wrap_future(state.batcher.submit(crop.image))
+    (pred,) = await predict_images(request, [crop.image], ensemble)
     result = format_prediction(ensemble, crop, pred, include_input, start)
     state.metrics.predictions.labels(result["label"]).inc()
     state.metrics.inference.observe(result["elapsed_ms"] / 1000)
     return result
+
+
+BATCH_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Several JPEG, PNG or DICOM slices (e.g. a study's), each as a multipart field `file`.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            }
+        },
+    }
+}
+
+
+async def predict_images(request: Request, images: list[Any], ensemble: Ensemble) -> list[Prediction]:
+    """Predictions of `ensemble` for its input-size crops, submitted together so that its micro-batcher runs
+    them as one batch (after a reload, still the ensemble the request started with)."""
+    batcher = get_state(request).batcher_for(ensemble)
+    if batcher is None:
+        raise HTTPException(503, "Models not ready: the inference thread is not running.")
+    futures = [asyncio.wrap_future(f) for f in batcher.submit_many(images)]
+    return list(await asyncio.gather(*futures))
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchResponse,
+    responses={
+        **ERRORS,
+        413: {
+            "model": ErrorResponse,
+            "description": "Body over MRI_MAX_UPLOAD_BYTES or more files than MRI_MAX_FILES.",
+        },
+    },
+    openapi_extra=BATCH_DOC,
+    summary="Classify several brain-MRI slices",
+    description="One result per `file` part, in the order sent; a bad file gets its own status and error and the "
+    "others are still predicted (422 with every file's reason when none can be used). The models run them as one "
+    "batch. Research tool, not for clinical use.",
+)
+async def predict_batch(
+    request: Request,
+    include_input: bool = Query(False, description="Also return each 150×150 crop the models saw (PNG, base64)."),
+    ensemble: Ensemble = Depends(ready_ensemble),
+) -> dict[str, Any]:
+    state = get_state(request)
+    start = time.perf_counter()
+    try:
+        files = extract_images(request.headers.get("content-type"), await request.body())
+    except UploadError as e:
+        raise HTTPException(e.status, str(e)) from e
+    if len(files) > state.settings.max_files:
+        raise HTTPException(413, f"{len(files)} files: the limit is {state.settings.max_files} per request.")
+    max_pixels, params = state.settings.max_image_pixels, ensemble.manifest.preprocessing
+
+    async def crop(data: bytes) -> CropResult | ImageDecodeError:
+        try:
+            return await run_in_threadpool(preprocess_bytes, data, max_pixels, None, params)
+        except ImageDecodeError as e:
+            return e
+
+    crops = await asyncio.gather(*(crop(data) for _, data in files))
+    good = [c for c in crops if isinstance(c, CropResult)]
+    preds = iter(await predict_images(request, [c.image for c in good], ensemble))
+    results: list[dict[str, Any]] = []
+    for index, ((name, _), c) in enumerate(zip(files, crops, strict=True)):
+        if isinstance(c, ImageDecodeError):
+            results.append({"index": index, "filename": name, "status": c.status, "error": str(c)})
+            continue
+        result = format_prediction(ensemble, c, next(preds), include_input, start)
+        state.metrics.predictions.labels(result["label"]).inc()
+        results.append({"index": index, "filename": name, "status": 200, "result": result})
+    n_ok = len(good)
+    if n_ok == 0:  # nothing could be used: a client error as a whole, with each file's reason
+        raise HTTPException(422, [{k: r[k] for k in ("index", "filename", "status", "error")} for r in results])
+    state.metrics.inference.observe(time.perf_counter() - start)
+    return {
+        "results": results,
+        "n_ok": n_ok,
+        "n_failed": len(files) - n_ok,
+        "model_version": ensemble.manifest.model_version,
+        "elapsed_ms": round((time.perf_counter() - start) * 1000, 2),
+        "disclaimer": DISCLAIMER,
+    }
