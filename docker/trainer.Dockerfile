@@ -1,7 +1,8 @@
 # Trainer image: TensorFlow/Keras, tf2onnx. Writes the ensemble into /work/models (mount ./models there).
 # CPU: docker build -f docker/trainer.Dockerfile -t mri-classifier-trainer .
 # GPU (CUDA machine): --build-arg TF_EXTRA="[and-cuda]" (pip installs CUDA libraries with TensorFlow),
-#   run with `--gpus all` (compose: see README).
+#   run with `--gpus all` (compose: see README); with several GPUs, train on all of them with
+#   `docker run --gpus all ... mri-classifier-trainer train --grid <grid> --distribute mirrored`.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build

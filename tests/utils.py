@@ -193,8 +193,10 @@ def start_server(models_dir: Path, **env_vars: str) -> tuple[subprocess.Popen[st
     raise RuntimeError("server did not become ready in 60 s")
 
 
-def run_trainer(*args: str, cwd: Path) -> str:
-    """`python -m trainer <args>` in a subprocess; fails the test with its output unless it exits 0."""
-    proc = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, capture_output=True, text=True)
+def run_trainer(*args: str, cwd: Path, **env_vars: str) -> str:
+    """`python -m trainer <args>` in a subprocess (extra environment: env_vars); fails the test with its output
+    unless it exits 0."""
+    env = {**os.environ, **env_vars}
+    proc = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout

@@ -66,12 +66,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise Refused(str(e)) from e
     if not entries:
         raise Refused(f"no grid entry matches {args.only}")
+    from trainer.training.distribute import make_strategy
     from trainer.training.train import train_grid
 
+    strategy = make_strategy(args.distribute)
     p = _prepare(args, preprocessing)
     record_preprocessing(args.work, p.preprocessing)
     print(f"training {len(entries)} model(s) from {args.grid}")
-    train_grid(entries, p, args.work / "runs", verbose=args.verbose, cache_dir=cache_dir(args.work, args.cache))
+    runs = args.work / "runs"
+    train_grid(entries, p, runs, verbose=args.verbose, cache_dir=cache_dir(args.work, args.cache), strategy=strategy)
     return 0
 
 
@@ -271,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the grid's epochs")
     p.add_argument("--only", nargs="*", help="train only entries whose name contains one of these")
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras progress output")
+    p.add_argument(
+        "--distribute",
+        default="none",
+        choices=("none", "mirrored"),
+        help="mirrored: tf.distribute.MirroredStrategy over every visible GPU (the batch is split between them)",
+    )
     p.add_argument(
         "--preprocessing-version",
         type=int,

@@ -28,6 +28,7 @@ from trainer.models.builders import (
     unfreeze_top,
     weights_origin,
 )
+from trainer.training.distribute import scope
 from trainer.training.grid import FAMILY_DEFAULTS
 from trainer.training.recipe import Recipe
 
@@ -367,10 +368,18 @@ def train_entry(
 
 
 def train_grid(
-    entries: list[dict[str, Any]], p: Prepared, runs_dir: Path, verbose: int = 2, cache_dir: Path | None = None
+    entries: list[dict[str, Any]],
+    p: Prepared,
+    runs_dir: Path,
+    verbose: int = 2,
+    cache_dir: Path | None = None,
+    strategy: Any = None,
 ) -> list[dict[str, Any]]:
+    """Train every entry in turn; with a tf.distribute `strategy` (distribute.make_strategy), each model is
+    built, compiled and fitted in its scope."""
     results = []
     for i, cfg in enumerate(entries, 1):
         print(f"=== model {i}/{len(entries)}: {cfg['name']}")
-        results.append(train_entry(cfg, p, runs_dir / cfg["name"], verbose, cache_dir))
+        with scope(strategy):
+            results.append(train_entry(cfg, p, runs_dir / cfg["name"], verbose, cache_dir))
     return results
