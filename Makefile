@@ -12,7 +12,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help serve test lint train train-smoke vgg16-weights weights install-service install-dev clean docker-smoke loadtest bench
+.PHONY: help serve test lint train train-smoke vgg16-weights weights install-service install-dev clean docker-smoke scale-smoke loadtest bench
 
 help:
 	@echo "make serve        install the service and start it on models/ (HOST=$(HOST) PORT=$(PORT))"
@@ -96,3 +96,7 @@ bench: $(VENV)/.dev
 
 docker-smoke:
 	bash docker/smoke.sh
+
+# nginx in front of 2 replicas (compose profile `scale`): requests land on both; one is killed mid-run, none fail.
+scale-smoke:
+	bash docker/scale_smoke.sh
