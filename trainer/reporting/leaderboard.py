@@ -148,7 +148,7 @@ def section(board: list[dict[str, Any]]) -> list[str]:
         "",
         f"{len(board)} models, ranked by validation macro-F1. Training time is wall-clock on a shared 2-core CPU.",
         "All rows are in `docs/leaderboard.json` (with each configuration and where the row came from: rows",
-        "trained on different days ran on different 2-core VMs, so compare training times within a day). The",
+        "trained on different days ran on different 2-core machines, so compare training times within a day). The",
         "export chooses its voters among the 8 best rows by validation macro-F1; a row added after the shipped",
         "ensemble was exported could change that choice only by ranking among them. prep.: the preprocessing",
         "version the model was trained and scored with (v1: crop and resize; v2: intensity normalisation first).",
