@@ -1,7 +1,7 @@
 """The model repository and zero-downtime reload.
 
 `MRI_MODELS_DIR` holds one ensemble (`manifest.json` at its top, as `models/` ships) or one directory per
-`model_version`, each with its manifest and ONNX files; the newest version (by name: versions start with their
+`model_version`, each with its manifest and ONNX files; the newest version (model versions start with their
 export time) is served at start-up. A reload loads and verifies the new ensemble beside the serving one (sha256,
 shapes, a warm-up run), then swaps both the ensemble and its inference thread in one step; a broken ensemble is
 refused and the old one keeps serving. Requests already running finish on the ensemble they started with.
@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AppState
 from service.batching import MicroBatcher
-from service.manifest import MANIFEST_NAME, load_manifest
+from service.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from service.runtime import Ensemble
 
 log = logging.getLogger("service.repository")
@@ -37,15 +37,29 @@ def version_dirs(models_dir: Path) -> list[Path]:
     return sorted(d for d in models_dir.iterdir() if (d / MANIFEST_NAME).exists())
 
 
+def _version_of(directory: Path) -> str:
+    """The model_version a directory holds (its name when the manifest cannot be read)."""
+    try:
+        return load_manifest(directory).model_version
+    except ManifestError:
+        return directory.name
+
+
 def resolve(models_dir: Path, version: str | None = None) -> Path:
     """The directory of `version` (default: the newest); models_dir itself when it holds no ensemble at all, so
     that loading it reports the missing manifest by its path."""
     dirs = version_dirs(models_dir)
     if version is None:
-        return dirs[-1] if dirs else models_dir
+        return max(dirs, key=_version_of) if dirs else models_dir
     for d in dirs:
-        if d.name == version or load_manifest(d).model_version == version:
+        if d.name == version:
             return d
+    for d in dirs:  # a directory named otherwise: its manifest says which version it holds
+        try:
+            if load_manifest(d).model_version == version:
+                return d
+        except ManifestError:
+            continue
     raise RepositoryError(f"no version '{version}' in {models_dir}")
 
 
@@ -55,7 +69,7 @@ def index(models_dir: Path, serving: Ensemble | None) -> list[dict[str, Any]]:
     for d in version_dirs(models_dir):
         try:
             version = load_manifest(d).model_version
-        except ValueError as e:  # ManifestError: listed, with the reason it cannot load
+        except ManifestError as e:  # listed, with the reason it cannot load
             entries.append({"version": d.name, "state": "UNAVAILABLE", "reason": str(e)})
             continue
         ready = serving is not None and version == serving.manifest.model_version

@@ -64,12 +64,8 @@ def _parse_multipart(body: bytes, boundary: bytes) -> list[_Part]:
     return parts
 
 
-def extract_images(content_type: str | None, body: bytes) -> list[tuple[str | None, bytes]]:
-    """Every uploaded image as (file name, bytes), in the order sent: each multipart field `file`, or a raw
-    image body (no name). UploadError with the HTTP status to answer when there is none."""
-    ctype, params = parse_options_header(content_type or "")
-    if ctype != b"multipart/form-data":
-        return [(None, extract_image(content_type, body))]
+def _form_files(params: dict[bytes, bytes], body: bytes) -> list[tuple[str | None, bytes]]:
+    """(file name, bytes) of every multipart field `file`, in the order sent."""
     boundary = params.get(b"boundary")
     if not boundary:
         raise UploadError("multipart/form-data without a boundary parameter.")
@@ -79,6 +75,16 @@ def extract_images(content_type: str | None, body: bytes) -> list[tuple[str | No
         if disp.get(b"name") == FIELD.encode():
             name = disp.get(b"filename")
             files.append((name.decode(errors="replace") if name is not None else None, bytes(part.data)))
+    return files
+
+
+def extract_images(content_type: str | None, body: bytes) -> list[tuple[str | None, bytes]]:
+    """Every uploaded image as (file name, bytes), in the order sent: each multipart field `file`, or a raw
+    image body (no name). UploadError with the HTTP status to answer when there is none."""
+    ctype, params = parse_options_header(content_type or "")
+    if ctype != b"multipart/form-data":
+        return [(None, extract_image(content_type, body))]
+    files = _form_files(params, body)
     if not files:
         raise UploadError(f"Missing form field '{FIELD}': send each image as a multipart field '{FIELD}'.")
     return files
@@ -88,21 +94,14 @@ def extract_image(content_type: str | None, body: bytes) -> bytes:
     """The uploaded image bytes, or UploadError with the HTTP status to answer."""
     ctype, params = parse_options_header(content_type or "")
     if ctype == b"multipart/form-data":
-        boundary = params.get(b"boundary")
-        if not boundary:
-            raise UploadError("multipart/form-data without a boundary parameter.")
-        files = []
-        for part in _parse_multipart(body, boundary):
-            _, disp = parse_options_header(part.headers.get(b"content-disposition", b""))
-            if disp.get(b"name") == FIELD.encode():
-                files.append(bytes(part.data))
+        files = _form_files(params, body)
         if not files:
             raise UploadError(f"Missing form field '{FIELD}': send the image as multipart field '{FIELD}'.")
         if len(files) > 1:
             raise UploadError(
                 f"Send exactly one image in field '{FIELD}'; got {len(files)} (several: POST /v1/predict/batch)."
             )
-        return files[0]
+        return files[0][1]
     if ctype in RAW_TYPES:
         return body
     if not body:
