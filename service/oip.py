@@ -136,7 +136,11 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
 
 
 def encode_response(
-    header: dict[str, Any], model_name: str, model_version: str, outputs: list[Tensor]
+    header: dict[str, Any],
+    model_name: str,
+    model_version: str,
+    outputs: list[Tensor],
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """(body, headers) of an infer response: the outputs the request asked for (all by default), JSON or
     binary as it asked."""
@@ -167,6 +171,8 @@ def encode_response(
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": entries}
     if "id" in header:
         response["id"] = header["id"]
+    if parameters:
+        response["parameters"] = parameters
     head = json.dumps(response).encode()
     if not blobs:
         return head, {"content-type": "application/json"}

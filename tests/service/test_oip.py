@@ -27,12 +27,19 @@ def client(live_server: str) -> httpclient.InferenceServerClient:
     return httpclient.InferenceServerClient(url=live_server.removeprefix("http://"))
 
 
+def warnings_of(result: httpclient.InferResult, i: int) -> list[str]:
+    w = result.as_numpy("warnings")[i]
+    text = w.decode() if isinstance(w, bytes) else w
+    return text.split(",") if text else []
+
+
 def _infer(client: httpclient.InferenceServerClient, images: list[bytes], binary: bool) -> httpclient.InferResult:
     # JSON carries BYTES as strings: there, images go base64-encoded
     data = np.array(images if binary else [base64.b64encode(b) for b in images], dtype=object)
     tensor = httpclient.InferInput("image", [len(images)], "BYTES")
     tensor.set_data_from_numpy(data, binary_data=binary)
-    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("probabilities", "label", "votes")]
+    names = ("probabilities", "label", "votes", "warnings")
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in names]
     outputs.append(httpclient.InferRequestedOutput("uncertain", binary_data=False))
     return client.infer(NAME, [tensor], outputs=outputs, request_id="r1")
 
@@ -51,6 +58,7 @@ def test_server_and_model_metadata(client: httpclient.InferenceServerClient, liv
         "label",
         "votes",
         "uncertain",
+        "warnings",
     ]
     assert meta["parameters"]["classes"] == ",".join(CLASSES)
     assert client.is_model_ready(NAME, model_version=version)
@@ -69,10 +77,12 @@ def test_infer_single_and_batched_matches_v1(
         probs, labels = result.as_numpy("probabilities"), result.as_numpy("label")
         assert probs.shape == (len(batch), len(CLASSES)) and result.as_numpy("votes").shape == probs.shape
         assert result.as_numpy("uncertain").dtype == bool and result.get_response()["id"] == "r1"
+        assert "not for clinical use" in result.get_response()["parameters"]["disclaimer"]
         assert result.as_numpy("model_probabilities") is None  # not asked for
         for image, p, label in zip(batch, probs, labels, strict=True):
             v1 = httpx.post(live_server + "/v1/predict", files={"file": ("x.jpg", image, "image/jpeg")}).json()
             assert (label.decode() if binary else label) == v1["label"]  # BYTES: bytes in binary, str in JSON
+            assert warnings_of(result, batch.index(image)) == v1["warnings"]
             np.testing.assert_allclose(p, [v1["probabilities"][c] for c in CLASSES], atol=1e-5)
 
 

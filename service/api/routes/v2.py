@@ -20,7 +20,8 @@ from service import DISCLAIMER, __version__, repository
 from service.api.deps import AppState, get_state
 from service.manifest import ManifestError
 from service.oip import HEADER_LENGTH, ProtocolError, Tensor, encode_response, parse_request
-from service.preprocessing import ImageDecodeError, preprocess_bytes
+from service.plausibility import input_warnings
+from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
 from service.runtime import Ensemble, ModelLoadError
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
@@ -126,6 +127,7 @@ def metadata(state: AppState, ensemble: Ensemble) -> dict[str, Any]:
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
             {"name": "votes", "datatype": "INT32", "shape": [-1, n_classes]},
             {"name": "uncertain", "datatype": "BOOL", "shape": [-1]},
+            {"name": "warnings", "datatype": "BYTES", "shape": [-1]},
         ],
         "parameters": {"classes": ",".join(m.classes), "disclaimer": DISCLAIMER},
     }
@@ -169,21 +171,22 @@ def model_ready(request: Request, name: str, version: str | None = None) -> Resp
         return _error(e)
 
 
-async def _images(request: Request, ensemble: Ensemble, tensor: Tensor) -> np.ndarray:
-    """The `image` BYTES tensor decoded and cropped exactly like /v1/predict, as uint8 (N, H, W, 3)."""
+async def _images(request: Request, ensemble: Ensemble, tensor: Tensor) -> tuple[np.ndarray, list[bool]]:
+    """The `image` BYTES tensor decoded and cropped exactly like /v1/predict: uint8 (N, H, W, 3) and, per image,
+    whether the crop fell back to the whole image."""
     state = get_state(request)
     if tensor.datatype != "BYTES" or tensor.data.ndim != 1:
         raise ProtocolError("input 'image' must be BYTES with shape [N]")
     params = ensemble.manifest.preprocessing
 
-    async def crop(i: int, data: bytes) -> np.ndarray:
+    async def crop(i: int, data: bytes) -> CropResult:
         try:
-            result = await run_in_threadpool(preprocess_bytes, data, state.settings.max_image_pixels, None, params)
+            return await run_in_threadpool(preprocess_bytes, data, state.settings.max_image_pixels, None, params)
         except ImageDecodeError as e:
             raise ProtocolError(f"input 'image' element {i}: {e}", 400) from None
-        return result.image
 
-    return np.stack(await asyncio.gather(*(crop(i, bytes(b)) for i, b in enumerate(tensor.data))))
+    crops = await asyncio.gather(*(crop(i, bytes(b)) for i, b in enumerate(tensor.data)))
+    return np.stack([c.image for c in crops]), [c.fallback for c in crops]
 
 
 def _pixels(ensemble: Ensemble, tensor: Tensor) -> np.ndarray:
@@ -217,8 +220,18 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             raise ProtocolError(f"{n} images: the limit is {state.settings.max_files} per request", 413)
         if n == 0:
             raise ProtocolError("the input holds no image")
-        batch = await _images(request, ensemble, tensor) if tensor.name == "image" else _pixels(ensemble, tensor)
+        if tensor.name == "image":
+            batch, fallbacks = await _images(request, ensemble, tensor)
+        else:
+            batch, fallbacks = _pixels(ensemble, tensor), [False] * n
         preds = await predict_images(request, list(batch), ensemble)
+        warnings = [
+            # the crop's own checks need the uint8 crop; `pixels` sent as floats are checked as given
+            input_warnings(
+                crop.astype(np.uint8), fell_back, p.ood_scores, ensemble.ood_thresholds, ensemble.background_threshold
+            )
+            for crop, fell_back, p in zip(batch, fallbacks, preds, strict=True)
+        ]
         classes = ensemble.classes
         outputs = [
             Tensor("probabilities", "FP32", np.stack([p.mean for p in preds]).astype(np.float32)),
@@ -226,8 +239,10 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             Tensor("label", "BYTES", np.array([classes[p.label].encode() for p in preds], dtype=object)),
             Tensor("votes", "INT32", np.stack([p.votes for p in preds]).astype(np.int32)),
             Tensor("uncertain", "BOOL", np.array([bool(p.uncertain) for p in preds])),
+            Tensor("warnings", "BYTES", np.array([",".join(w).encode() for w in warnings], dtype=object)),
         ]
-        body, headers = encode_response(header, name, ensemble.manifest.model_version, outputs)
+        version = ensemble.manifest.model_version
+        body, headers = encode_response(header, name, version, outputs, {"disclaimer": DISCLAIMER})
     except ProtocolError as e:
         return _error(e)
     for p in preds:
