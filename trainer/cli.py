@@ -50,6 +50,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_label(grid: Path) -> str:
+    """How result.json and the manifest name a grid: relative to the checkout when it is inside it."""
+    try:
+        return str(grid.resolve().relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:
+        return str(grid)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from trainer.data.workdir import cache_dir, chosen_preprocessing, record_preprocessing
     from trainer.training.grid import load_grid, train_version
@@ -74,7 +82,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     record_preprocessing(args.work, p.preprocessing)
     print(f"training {len(entries)} model(s) from {args.grid}")
     runs = args.work / "runs"
-    train_grid(entries, p, runs, verbose=args.verbose, cache_dir=cache_dir(args.work, args.cache), strategy=strategy)
+    cache = cache_dir(args.work, args.cache)
+    train_grid(entries, p, runs, args.verbose, cache, strategy, grid=_grid_label(args.grid))
     return 0
 
 

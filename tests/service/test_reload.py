@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import threading
@@ -34,14 +35,25 @@ def test_reload_swaps_versions_under_load_and_refuses_a_broken_one(tmp_path: Pat
     _version(repo, "20260102-000000-bbbbbbbb", seed_from=a)
     proc, url = start_server(repo, MRI_ADMIN_KEY=KEY, MRI_REQUEST_TIMEOUT_S="5")
     image = next((MRI_FIXTURES / "Testing").rglob("*.jpg")).read_bytes()
+    b64 = base64.b64encode(image).decode()
     seen: Counter[tuple[int, str]] = Counter()
+    kinds: Counter[str] = Counter()
     stop = threading.Event()
 
-    def hammer() -> None:
+    def hammer(kind: str) -> None:
+        """Single predictions, batches of 3 and /v2 infers of 2, until stopped; every answer counted."""
+        infer = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": [b64, b64]}]}
         with httpx.Client(timeout=30) as c:
             while not stop.is_set():
-                r = c.post(url + "/v1/predict", files={"file": ("x.jpg", image, "image/jpeg")})
-                seen[(r.status_code, r.json().get("model_version", r.text) if r.status_code == 200 else r.text)] += 1
+                if kind == "single":
+                    r = c.post(url + "/v1/predict", files={"file": ("x.jpg", image, "image/jpeg")})
+                elif kind == "batch":
+                    r = c.post(url + "/v1/predict/batch", files=[("file", ("x.jpg", image, "image/jpeg"))] * 3)
+                else:
+                    r = c.post(f"{url}/v2/models/{NAME}/infer", json=infer)
+                ok = r.status_code == 200
+                seen[(r.status_code, r.json()["model_version"] if ok else r.text)] += 1
+                kinds[kind] += 1
 
     def load(version: str | None = None, key: str | None = KEY) -> httpx.Response:
         body = {"parameters": {"version": version}} if version else None
@@ -51,7 +63,7 @@ def test_reload_swaps_versions_under_load_and_refuses_a_broken_one(tmp_path: Pat
     threads: list[threading.Thread] = []
     try:
         assert httpx.get(url + "/v1/models").json()["model_version"] == "20260102-000000-bbbbbbbb"  # the newest
-        threads += [threading.Thread(target=hammer) for _ in range(4)]
+        threads += [threading.Thread(target=hammer, args=(k,)) for k in ("single", "single", "batch", "infer")]
         for t in threads:
             t.start()
         assert load(key=None).status_code == 401 and load(key="wrong").status_code == 401
@@ -84,3 +96,4 @@ def test_reload_swaps_versions_under_load_and_refuses_a_broken_one(tmp_path: Pat
     assert not failed, failed
     versions = {v for _, v in seen}
     assert versions == {"20260101-000000-aaaaaaaa", "20260102-000000-bbbbbbbb"} and sum(seen.values()) > 20
+    assert min(kinds[k] for k in ("single", "batch", "infer")) > 0, kinds

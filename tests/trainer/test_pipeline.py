@@ -46,13 +46,31 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.png"):
         assert (work / "report" / name).stat().st_size > 0
     assert (work / "report" / board[0]["name"] / "confusion_test.png").exists()
-    out = run_trainer("export", *common, "--models-dir", str(models), "--top", "3", cwd=ROOT)
+    out = run_trainer(
+        "export",
+        *common,
+        "--models-dir",
+        str(models),
+        "--top",
+        "3",
+        "--changelog",
+        "smoke",
+        "--previous",
+        str(ROOT / "models"),
+        cwd=ROOT,
+    )
     assert "parity max" in out
     manifest = load_manifest(models)
     assert isinstance(manifest, Manifest)
     assert manifest.classes == ["glioma", "meningioma", "no_tumor", "pituitary"]
     assert len(manifest.models) == 3 and all(m.parity_max_abs_diff <= 1e-4 for m in manifest.models)
     assert manifest.ensemble.metrics["official_test"].n == 8
+    # provenance: the grid it was trained from (recorded by train), this export's changelog line, then the
+    # changelog of the ensemble it follows
+    assert manifest.training.grids == [str(grid)] and "--top 3" in manifest.training.selection
+    shipped = load_manifest(ROOT / "models")
+    assert [c.change for c in manifest.changelog][:1] == ["smoke"]
+    assert manifest.changelog[1:] == shipped.changelog and manifest.changelog[0].model_version == manifest.model_version
     assert {m.name for m in manifest.models} == {r["name"] for r in board}
     Ensemble.load(models)  # sha256 and shapes verify
     # the headline numbers recompute from the shipped ONNX files with one command

@@ -4,6 +4,7 @@ the best combination on validation (no test split is looked at)."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,20 @@ def choose_ensemble(
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 
 
-def grids_of(names: set[str]) -> list[str]:
-    """The grid files (as `trainer/grids/<file>`) with an entry of one of these run names."""
-    found = []
-    for path in sorted(GRIDS.glob("*.toml")):
-        if names & {e["name"] for e in load_grid(path)}:
-            found.append(f"trainer/grids/{path.name}")
-    return found
+def grids_of(rows: list[dict[str, Any]]) -> list[str]:
+    """The grid files the runs were trained from: as their result.json records it, else (runs recorded before it
+    did) every grid in trainer/grids with an entry of that name."""
+    found: set[str] = set()
+    for row in rows:
+        result = Path(row["run_dir"]) / "result.json" if row.get("run_dir") else None
+        recorded = json.loads(result.read_text()).get("grid") if result and result.is_file() else None
+        if recorded:
+            found.add(recorded)
+            continue
+        for path in sorted(GRIDS.glob("*.toml")):
+            if row["name"] in {e["name"] for e in load_grid(path)}:
+                found.add(f"trainer/grids/{path.name}")
+    return sorted(found)
 
 
 def training_info(
@@ -182,7 +190,7 @@ def training_info(
     if select == "ensemble":
         how += f" --candidates {candidates}" + (f" --max-gmac {max_gmac:g}" if max_gmac is not None else "")
     return {
-        "grids": grids_of({r["name"] for r in chosen}),
+        "grids": grids_of(chosen),
         "protocol": recipe.protocol,
         "validation": f"{cfg['val_fraction']:g} of the training pool, duplicate groups whole (seed {cfg['seed']})",
         "selection": f"{how}: best validation macro-F1 of the vote; rules in docs/experiments.md",

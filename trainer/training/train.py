@@ -262,9 +262,15 @@ def _merge(history: dict[str, list[float]], more: dict[str, list[float]]) -> dic
 
 
 def train_entry(
-    cfg: dict[str, Any], p: Prepared, run_dir: Path, verbose: int = 2, cache_dir: Path | None = None
+    cfg: dict[str, Any],
+    p: Prepared,
+    run_dir: Path,
+    verbose: int = 2,
+    cache_dir: Path | None = None,
+    grid: str | None = None,
 ) -> dict[str, Any]:
-    """Train one grid entry into run_dir (model.keras, history.json, result.json). Skips finished runs."""
+    """Train one grid entry into run_dir (model.keras, history.json, result.json, which names `grid`, the file
+    it came from). Skips finished runs."""
     result_path = run_dir / "result.json"
     if result_path.exists() and (run_dir / "model.keras").exists():
         done = json.loads(result_path.read_text())
@@ -361,6 +367,7 @@ def train_entry(
         "weights_origin": weights_origin(cfg),
         "n_train": len(tr),
         "n_val": len(va),
+        **({"grid": grid} if grid else {}),
     }
     result_path.write_text(json.dumps(result, indent=1))
     print(f"[{cfg['name']}] done in {seconds:.0f}s, {result['epochs_run']} epochs")
@@ -374,6 +381,7 @@ def train_grid(
     verbose: int = 2,
     cache_dir: Path | None = None,
     strategy: Any = None,
+    grid: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train every entry in turn; with a tf.distribute `strategy` (distribute.make_strategy), each model is
     built, compiled and fitted in its scope."""
@@ -381,5 +389,5 @@ def train_grid(
     for i, cfg in enumerate(entries, 1):
         print(f"=== model {i}/{len(entries)}: {cfg['name']}")
         with scope(strategy):
-            results.append(train_entry(cfg, p, runs_dir / cfg["name"], verbose, cache_dir))
+            results.append(train_entry(cfg, p, runs_dir / cfg["name"], verbose, cache_dir, grid))
     return results
