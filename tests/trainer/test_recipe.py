@@ -34,7 +34,7 @@ def test_stored_configs_and_every_grid_read_back_as_recipes() -> None:
     rows = json.loads((ROOT / "docs" / "leaderboard.json").read_text())
     for row in rows:  # runs recorded by earlier trainer versions keep their names
         assert Recipe.of(row["config"]).entry_name() == row["config"]["name"]
-    for path in sorted((ROOT / "trainer" / "grids").glob("*.toml")):
+    for path in sorted((ROOT / "trainer" / "grids").rglob("*.toml")):
         for cfg in load_grid(path):
             recipe = Recipe.of(cfg)
             assert recipe.entry_name() == cfg["name"] and recipe.run_seed == cfg.get("init_seed", cfg["seed"])

@@ -19,7 +19,7 @@ from trainer.data.dataset import CLASSES, Prepared
 from trainer.evaluation.evaluate import split_names
 from trainer.models.builders import build_backbone, fine_tune_prefixes
 from trainer.models.compute import ensemble_macs
-from trainer.training.grid import load_grid
+from trainer.training.grid import all_grids, grid_label, load_grid
 from trainer.training.recipe import Recipe
 from trainer.training.train import evaluation_indices
 
@@ -161,9 +161,6 @@ def choose_ensemble(
     return [by_name[n] for n in tried[0]["models"]], tried
 
 
-GRIDS = Path(__file__).resolve().parent.parent / "grids"
-
-
 def grids_of(rows: list[dict[str, Any]]) -> list[str]:
     """The grid files the runs were trained from: as their result.json records it, else (runs recorded before it
     did) every grid in trainer/grids with an entry of that name."""
@@ -174,9 +171,9 @@ def grids_of(rows: list[dict[str, Any]]) -> list[str]:
         if recorded:
             found.add(recorded)
             continue
-        for path in sorted(GRIDS.glob("*.toml")):
+        for path in all_grids():
             if row["name"] in {e["name"] for e in load_grid(path)}:
-                found.add(f"trainer/grids/{path.name}")
+                found.add(grid_label(path))
     return sorted(found)
 
 

@@ -11,7 +11,7 @@ from service.preprocessing import preprocessing_version
 from trainer.evaluation.origins import load_origins, origins_lines
 from trainer.reporting.markdown import pct, per_class_table
 from trainer.reporting.plots import plot_confusion
-from trainer.training.grid import grid_preprocessing_version, load_grid
+from trainer.training.grid import all_grids, grid_label, grid_preprocessing_version, load_grid
 
 PUBLISHED = (
     "Published results on this official Testing split range 0.63–0.78 accuracy, with glioma recall "
@@ -21,14 +21,11 @@ PUBLISHED = (
 )
 
 
-GRIDS = Path(__file__).parent.parent / "grids"
-
-
 def _pooled_grid_file(run_names: set[str], version: int | None) -> tuple[Path | None, int | None]:
     """The grid file that trains exactly these pooled-protocol runs on preprocessing `version`, and the version
     it declares: one that declares `version`, else one that declares none ((None, None) when none does). One
     recipe on several versions' crops has the same run names in several grids (shift-v2, crop-v3, crop-v4)."""
-    same = [path for path in sorted(GRIDS.glob("*.toml")) if {e["name"] for e in load_grid(path)} == run_names]
+    same = [path for path in all_grids() if {e["name"] for e in load_grid(path)} == run_names]
     declared = {path: grid_preprocessing_version(path) for path in same}
     for wanted in (version, None):
         for path in same:
@@ -39,7 +36,7 @@ def _pooled_grid_file(run_names: set[str], version: int | None) -> tuple[Path | 
 
 def _grid_name(path: Path | None) -> str:
     # no file: runs from a grid outside trainer/grids (tests, one-off grids)
-    return "<the grid file that trained them>" if path is None else f"trainer/grids/{path.name}"
+    return "<the grid file that trained them>" if path is None else grid_label(path)
 
 
 def pooled_grid(run_names: set[str], version: int | None = None) -> str:

@@ -13,6 +13,22 @@ from pydantic import ValidationError
 
 from trainer.training.recipe import FAMILIES, GridError, Recipe, describe
 
+GRIDS_DIR = Path(__file__).resolve().parent.parent / "grids"
+
+
+def all_grids() -> list[Path]:
+    """Every grid file of trainer/grids, the archived ones (grids/archive) included."""
+    return sorted(GRIDS_DIR.rglob("*.toml"))
+
+
+def grid_label(path: Path) -> str:
+    """How reports and manifests name a grid file: `trainer/grids/…` for one of ours, else its path."""
+    try:
+        return f"trainer/grids/{path.resolve().relative_to(GRIDS_DIR).as_posix()}"
+    except ValueError:
+        return str(path)
+
+
 RECIPE_DEFAULTS: dict[str, Any] = {
     "epochs": 20,
     "batch_size": 32,
