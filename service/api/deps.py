@@ -7,6 +7,7 @@ import hmac
 from dataclasses import dataclass, field
 
 from fastapi import Header, HTTPException, Request, status
+from pydantic import SecretStr
 
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -38,13 +39,18 @@ def get_state(request: Request) -> AppState:
     return state
 
 
+def key_matches(given: str | None, expected: SecretStr) -> bool:
+    """A client's key against the configured one, in constant time."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+
+
 def require_api_key(
     request: Request, x_api_key: str | None = Header(None, description="Needed when the server sets MRI_API_KEY.")
 ) -> None:
     expected = get_state(request).settings.api_key
     if expected is None:
         return
-    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected.get_secret_value().encode()):
+    if not key_matches(x_api_key, expected):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Missing or wrong X-API-Key header.")
 
 

@@ -6,7 +6,6 @@ clinical use."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from typing import Any
 
@@ -17,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from service import DISCLAIMER, __version__, repository
-from service.api.deps import AppState, get_state
+from service.api.deps import AppState, get_state, key_matches
 from service.manifest import ManifestError
 from service.oip import HEADER_LENGTH, ProtocolError, Tensor, encode_response, parse_request
 from service.plausibility import input_warnings
@@ -90,8 +89,7 @@ def _check_key(request: Request, setting: str, header: str) -> None:
         if setting == "admin_key":
             raise ProtocolError("model loading is disabled: the server sets no MRI_ADMIN_KEY", 403)
         return
-    given = request.headers.get(header)
-    if given is None or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+    if not key_matches(request.headers.get(header), expected):
         raise ProtocolError(f"missing or wrong {header} header", 401)
 
 
