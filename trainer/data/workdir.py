@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from trainer.data.dataset import Prepared
+    from trainer.data.dataset import DataRoots, Prepared
 
 PREPROCESSING_FILE = "preprocessing.json"
 
@@ -68,7 +68,7 @@ def record_preprocessing(work: Path, preprocessing: dict[str, Any]) -> None:
 
 
 def prepare_work(
-    data: Path,
+    data: DataRoots,
     work: Path,
     cache: Path | None,
     limit_per_class: int | None,

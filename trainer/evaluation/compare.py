@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from service.runtime import Ensemble
-from trainer.data.dataset import Prepared
+from trainer.data.dataset import DataRoots, Prepared
 from trainer.evaluation.tta import MCNEMAR_ALPHA, paired_counts, scored_vote
 from trainer.export.bundle import eval_splits
 
@@ -74,7 +74,7 @@ def write_comparison(r: dict[str, Any], report_dir: Path) -> Path:
 
 
 def compare_shipped(
-    models_dir: Path, candidate_dir: Path, p: Prepared, data: Path, cache: Path, limit_per_class: int | None
+    models_dir: Path, candidate_dir: Path, p: Prepared, data: DataRoots, cache: Path, limit_per_class: int | None
 ) -> dict[str, Any]:
     """compare_ensembles of two exported ensembles, each voting on the images as its own preprocessing crops
     them (same images, same split)."""

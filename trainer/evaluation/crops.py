@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.preprocessing import PREPROCESSING_VERSIONS, crop_and_resize, decode_image
+from trainer.data.dataset import DataRoots
 from trainer.evaluation.robustness import SHIFTS, box_iou
 from trainer.progress import progress
 
@@ -60,12 +61,12 @@ def crop_stability(images: list[np.ndarray], versions: dict[str, dict[str, Any]]
 
 
 def measure_crops(
-    data: Path, versions: list[int], n: int, seed: int, limit_per_class: int | None, report_dir: Path
+    data: DataRoots, versions: list[int], n: int, seed: int, limit_per_class: int | None, report_dir: Path
 ) -> tuple[Path, list[str]]:
     """crop_stability of `n` random Training images (seeded) under each version: writes
     <report_dir>/crop_stability.json and crop_boxes.png (the 8 images whose first two versions' boxes differ
     most); returns the JSON's path and a table of mean IoU / share moved per shift and version."""
-    from trainer.data.dataset import scan
+    from trainer.data.dataset import image_path, scan
     from trainer.reporting.plots import plot_crop_boxes
 
     unknown = [v for v in versions if v not in PREPROCESSING_VERSIONS]
@@ -74,7 +75,7 @@ def measure_crops(
     files = [rel for rel, split, _ in scan(data, limit_per_class) if split == 0]
     random.Random(seed).shuffle(files)
     files = files[:n]
-    images = [decode_image((data / rel).read_bytes()) for rel in files]
+    images = [decode_image(image_path(data, rel).read_bytes()) for rel in files]
     named = {f"v{v}": PREPROCESSING_VERSIONS[v] for v in versions}
     r = crop_stability(images, named)
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ grayscale LFW face crops, and generated images: colour and grey noise, gradients
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,10 @@ def flag(ensemble: Ensemble, items: list[tuple[str, bytes]], batch: int = 32) ->
     return out
 
 
-def measure(ensemble: Ensemble, dataset: Path) -> dict[str, Any]:
+def measure(ensemble: Ensemble, dataset: Path | Sequence[Path]) -> dict[str, Any]:
     """False-flag rate on the official Testing split, catch rate on the non-MRI set, by source."""
-    testing = [(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in sorted((dataset / "Testing").glob("*/*.jpg"))]
+    root = Path(dataset) if isinstance(dataset, str | Path) else Path(dataset[0])  # the root with Testing/
+    testing = [(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in sorted((root / "Testing").glob("*/*.jpg"))]
     mri = flag(ensemble, testing)
     other = flag(ensemble, non_mri_set())
     by_source: dict[str, list[int]] = {}

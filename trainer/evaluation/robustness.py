@@ -29,6 +29,7 @@ from service.preprocessing import (
     preprocessing_version,
 )
 from service.runtime import Ensemble
+from trainer.data.dataset import DataRoots, image_path
 from trainer.evaluation.metrics import compute_metrics
 from trainer.progress import progress
 
@@ -154,7 +155,7 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 def measure(
     ensemble: Ensemble,
-    data: Path,
+    data: DataRoots,
     paths: list[str],
     y: np.ndarray,
     batch: int = 32,
@@ -166,7 +167,7 @@ def measure(
     is what the crop's movement costs, the rest of the drop is the models' response to the shifted pixels."""
     if SHIFTS[0][0] != "none":
         raise ValueError("the first shift must be 'none' (the reference)")
-    originals = [decode_image((data / p).read_bytes()) for p in paths]
+    originals = [decode_image(image_path(data, p).read_bytes()) for p in paths]
     params = ensemble.manifest.preprocessing
     labels: list[list[int]] = [[] for _ in SHIFTS]
     held: list[list[int]] = [[] for _ in SHIFTS]
@@ -262,7 +263,9 @@ def plot_robustness(r: dict[str, Any], path: Path, other: dict[str, Any] | None 
     plt.close(fig)
 
 
-def measure_shipped(models_dir: Path, data: Path, files: list[str], y: np.ndarray, report_dir: Path) -> dict[str, Any]:
+def measure_shipped(
+    models_dir: Path, data: DataRoots, files: list[str], y: np.ndarray, report_dir: Path
+) -> dict[str, Any]:
     """`measure` of an exported ensemble on these files (its validation images), written to
     <report_dir>/robustness.json."""
     import json

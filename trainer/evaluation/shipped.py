@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from service.manifest import Manifest, load_manifest
+from trainer.data.dataset import DataRoots
 from trainer.data.workdir import prepare_work
 
 
@@ -14,7 +15,7 @@ class DataMismatch(ValueError):
     """The dataset is not the one the ensemble was trained on (its data hash differs)."""
 
 
-def load_shipped(models_dir: Path, data: Path, work: Path, cache: Path | None, limit_per_class: int | None):  # type: ignore[no-untyped-def]
+def load_shipped(models_dir: Path, data: DataRoots, work: Path, cache: Path | None, limit_per_class: int | None):  # type: ignore[no-untyped-def]
     """(manifest, prepared data) of an exported ensemble, prepared with its preprocessing and subset
     (DataMismatch when the data hash differs from the manifest's)."""
     manifest = load_manifest(models_dir)

@@ -22,6 +22,7 @@ from service.manifest import Manifest, Metrics, load_manifest, sha256_file, writ
 from service.plausibility import background_levels, lack_backdrop
 from service.runtime import Ensemble
 from trainer.data.dataset import CLASSES, Prepared, protocol_split
+from trainer.data.sources import source_table
 from trainer.evaluation.evaluate import split_names
 from trainer.evaluation.metrics import vote_metrics
 from trainer.export.calibration import calibration_report, choose_trust_rule, ece, fit_temperature
@@ -159,9 +160,18 @@ def export_top(
     weights_dtype: str = "float32",
     max_gmac: float | None = None,
     candidates: int = 8,
+    names: list[str] | None = None,
+    first_root: str = "",
 ) -> Manifest:
+    """Export the chosen models (`names`, in that order; else by `select`) to ONNX with manifest.json."""
     bytes_per_param(weights_dtype)
-    if select == "ensemble":
+    if names:
+        by_name = {row["name"]: row for row in leaderboard}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(f"not in the leaderboard: {missing}")
+        chosen = [by_name[n] for n in names]
+    elif select == "ensemble":
         if report_dir is None:
             raise ValueError("select='ensemble' needs the report dir with the validation probabilities")
         chosen, tried = choose_ensemble(
@@ -228,7 +238,10 @@ def export_top(
             "trainer_version": trainer.__version__,
             "data_hash": p.data_hash,
             "limit_per_class": limit_per_class,
-            "training": training_info(chosen, select, top, candidates, max_gmac),
+            "training": {
+                **training_info(chosen, select, top, candidates, max_gmac, named=bool(names)),
+                "sources": source_table(p.source, p.paths, p.y, CLASSES, first_root),
+            },
             "changelog": [
                 {"model_version": version, "date": f"{now:%Y-%m-%d}", "change": changelog or "exported"},
                 *previous_changelog(previous),
@@ -279,6 +292,21 @@ def finalize(models_dir: Path, p: Prepared) -> Manifest:
 
 
 TEST_TITLES = {"official_test": "official Testing", "pooled_test": "pooled held-out 20 %"}
+
+
+def write_generalisation(models_dir: Path, figures: dict[str, Any]) -> Manifest:
+    """Put trainer.evaluation.generalisation's figures (per class × sequence group, cross-source) into an exported
+    ensemble's manifest.json (its ONNX files unchanged)."""
+    manifest = load_manifest(models_dir)
+    update = {"cross_source": figures.get("cross_source", [])}
+    if "sequence_groups" in figures:
+        update["sequence_groups"] = figures["sequence_groups"]
+    manifest = manifest.model_copy(
+        update={"ensemble": manifest.ensemble.model_validate({**manifest.ensemble.model_dump(), **update})}
+    )
+    write_manifest(manifest, models_dir)
+    write_models_readme(models_dir, manifest)
+    return manifest
 
 
 def write_models_readme(models_dir: Path, manifest: Manifest | None = None) -> Path:

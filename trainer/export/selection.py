@@ -178,7 +178,12 @@ def grids_of(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def training_info(
-    chosen: list[dict[str, Any]], select: str, top: int, candidates: int, max_gmac: float | None
+    chosen: list[dict[str, Any]],
+    select: str,
+    top: int,
+    candidates: int,
+    max_gmac: float | None,
+    named: bool = False,
 ) -> dict[str, Any]:
     """The manifest's `training` block: grids, protocol, validation split and how the models were chosen."""
     cfg = chosen[0]["config"]
@@ -186,6 +191,13 @@ def training_info(
     how = f"trainer export --select {select} --top {top}"
     if select == "ensemble":
         how += f" --candidates {candidates}" + (f" --max-gmac {max_gmac:g}" if max_gmac is not None else "")
+    if named:
+        return {
+            "grids": grids_of(chosen),
+            "protocol": recipe.protocol,
+            "validation": f"{cfg['val_fraction']:g} of the training pool, duplicate groups whole (seed {cfg['seed']})",
+            "selection": "trainer export --names: the models a written rule named (docs/experiments.md)",
+        }
     return {
         "grids": grids_of(chosen),
         "protocol": recipe.protocol,

@@ -58,15 +58,24 @@ class Backbone:
     # the feature maps a multi-scale head pools, finest first; the last one sets the grid the others are
     # average-pooled to (None: the backbone offers no multi-scale head)
     multiscale_taps: tuple[str, ...] | None = None
+    # stage-named backbones (EfficientNet-Lite, layers block<stage><letter>…): the last frozen layer when the top
+    # 1, 2, 3… blocks are fine-tuned, one stage deeper each (None: only `fine_tune_cut`)
+    stage_cuts: tuple[str, ...] | None = None
 
 
-def _lite_backbone(variant: str, stage5_end: str, stage4_6_ends: tuple[str, str]) -> Backbone:
+LITE_STAGES = 7
+
+
+def _lite_backbone(variant: str, stage3_5_ends: tuple[str, str, str], stage6_end: str) -> Backbone:
     """EfficientNet-Lite: fine-tuning trains stages 6 and 7 and the head conv (stride 32) on the cached output of
-    stage 5; the multi-scale taps are the ends of stages 4–6 and the head, the stride-16 ones average-pooled onto
-    the stride-32 grid."""
-    taps = (stage4_6_ends[0], stage5_end, stage4_6_ends[1], "top_relu")
+    stage 5 (fine_tune_blocks 1), or also stage 5 (2, on stage 4's stride-16 output) or stages 4–5 (3, on stage
+    3's stride-8 output); the multi-scale taps are the ends of stages 4–6 and the head, the stride-16 ones
+    average-pooled onto the stride-32 grid."""
+    stage3_end, stage4_end, stage5_end = stage3_5_ends
+    taps = (stage4_end, stage5_end, stage6_end, "top_relu")
     factory = partial(EfficientNetLite, variant)
-    return Backbone(factory, "torch", ("block6", "block7", "top_"), stage5_end, multiscale_taps=taps)
+    cuts = (stage5_end, stage4_end, stage3_end)
+    return Backbone(factory, "torch", ("block6", "block7", "top_"), stage5_end, multiscale_taps=taps, stage_cuts=cuts)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -92,8 +101,12 @@ BACKBONES: dict[str, Backbone] = {
     "mobilenetv2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_"),
     "inceptionv3": Backbone(keras.applications.InceptionV3, "tf", "mixed10"),
     "xception": Backbone(keras.applications.Xception, "tf", "block14_"),
-    "efficientnet_lite0": _lite_backbone("efficientnet_lite0", "block5c_add", ("block4c_add", "block6d_add")),
-    "efficientnet_lite2": _lite_backbone("efficientnet_lite2", "block5d_add", ("block4d_add", "block6e_add")),
+    "efficientnet_lite0": _lite_backbone(
+        "efficientnet_lite0", ("block3b_add", "block4c_add", "block5c_add"), "block6d_add"
+    ),
+    "efficientnet_lite2": _lite_backbone(
+        "efficientnet_lite2", ("block3c_add", "block4d_add", "block5d_add"), "block6e_add"
+    ),
 }
 
 
@@ -102,7 +115,7 @@ def _checked_spec(backbone: str, blocks: int) -> Backbone:
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
     spec = BACKBONES[backbone]
-    limit = (spec.blocks - 1) if spec.blocks else 1
+    limit = (spec.blocks - 1) if spec.blocks else len(spec.stage_cuts) if spec.stage_cuts else 1
     if not 1 <= blocks <= limit:
         raise ValueError(f"fine_tune_blocks for {backbone} must be between 1 and {limit}, got {blocks}")
     return spec
@@ -111,7 +124,9 @@ def _checked_spec(backbone: str, blocks: int) -> Backbone:
 def fine_tune_prefixes(backbone: str, blocks: int = 1) -> tuple[str, ...]:
     """Layer-name prefixes of the top `blocks` blocks, the ones phase 2 unfreezes."""
     spec = _checked_spec(backbone, blocks)
-    if blocks == 1 or spec.blocks is None:  # _checked_spec allows blocks > 1 only for block-named backbones
+    if blocks > 1 and spec.stage_cuts is not None:  # stages 7 - blocks … 7 and the head
+        return (*(f"block{stage}" for stage in range(LITE_STAGES - blocks, LITE_STAGES + 1)), "top_")
+    if blocks == 1 or spec.blocks is None:  # _checked_spec allows blocks > 1 only for block- or stage-named ones
         if isinstance(spec.fine_tune_prefix, tuple):
             return spec.fine_tune_prefix
         return (spec.fine_tune_prefix,) if spec.fine_tune_prefix else ()
@@ -121,6 +136,8 @@ def fine_tune_prefixes(backbone: str, blocks: int = 1) -> tuple[str, ...]:
 def fine_tune_cut_of(backbone: str, blocks: int = 1) -> str | None:
     """The last frozen layer when the top `blocks` blocks are fine-tuned (None: no cut, end to end)."""
     spec = _checked_spec(backbone, blocks)
+    if spec.stage_cuts is not None:
+        return spec.stage_cuts[blocks - 1]
     if blocks == 1 or spec.fine_tune_cut is None or spec.blocks is None:
         return spec.fine_tune_cut
     return f"block{spec.blocks - blocks}_pool"

@@ -10,7 +10,7 @@ from typing import Any
 
 from service.manifest import Manifest, load_manifest
 from service.runtime import Ensemble
-from trainer.data.dataset import Prepared
+from trainer.data.dataset import DataRoots, Prepared
 from trainer.reporting import leaderboard
 from trainer.reporting.plots import plot_confusion, plot_leaderboard
 from trainer.reporting.pooled import pooled_section, pooled_summary
@@ -96,7 +96,7 @@ def update_robustness_docs(r: dict[str, Any], docs: Path, other: dict[str, Any] 
     return replace_section(docs, robustness_section(r, other), [CROP_STABILITY_SECTION, NON_MRI_SECTION, NON_MRI_NEXT])
 
 
-def measure_non_mri(models_dir: Path, data: Path, work: Path) -> dict[str, Any]:
+def measure_non_mri(models_dir: Path, data: DataRoots, work: Path) -> dict[str, Any]:
     """trainer.evaluation.nonmri.measure on an exported ensemble, also written to <work>/report/non_mri.json."""
     from trainer.evaluation.nonmri import measure
 
@@ -117,7 +117,7 @@ def update_pooled_docs(pooled: Path, summary: dict[str, Any], models_dir: Path, 
     return replace_section(docs, [*section, ""], [ENSEMBLES_TRIED_SECTION])
 
 
-def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset: Path | None = None) -> Path:
+def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset: DataRoots | None = None) -> Path:
     """Render docs/evaluation.md and its PNGs from the run's artefacts: <work>/data_report.json, the
     leaderboard, models_dir's manifest and the JSON results of tta, pooled, robustness, crops and non-MRI."""
     img = docs / "img"
@@ -158,7 +158,7 @@ def _measurements(
     p: Prepared,
     manifest: Manifest,
     pooled: dict[str, Any] | None,
-    dataset: Path | None,
+    dataset: DataRoots | None,
 ) -> list[str]:
     """The sections each measurement adds when its artefact exists (the PNGs they show are written to img)."""
     lines: list[str] = []

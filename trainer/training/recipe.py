@@ -39,6 +39,11 @@ class Recipe(BaseModel):
         backbone_input: square size a transfer model resizes to inside its graph (None: the 150 px crop).
         multiscale: pool several backbone blocks; a frozen head trained on cached features.
         shift_views: randomly shifted views of every image cached beside the identity and mirror views.
+        shift_kind: acquisition (robustness.random_shift) or appearance (training.appearance: intensity curves,
+            inversion, gamma and bias field inside the head, then an acquisition shift).
+        exclude_source: a source (Prepared.source) left out of training and validation: a cross-source run.
+        balance: class (each class weighs the same) or class_group (each class × MRI sequence group cell, softened:
+            weight ∝ 1/√count, so a model cannot lean on sequence where the classes come in different sequences).
         fine_tune_blocks / fine_tune_on: phase 2 unfreezes this many top blocks, trained on the cache or images.
         reduce_lr_patience: epochs without a lower val_loss before the learning rate is divided by 3 (0: never).
     """
@@ -47,7 +52,7 @@ class Recipe(BaseModel):
 
     family: Family
     name: str | None = None
-    protocol: Literal["official", "pooled"] = "official"
+    protocol: Literal["official", "clean", "pooled"] = "official"
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
@@ -73,6 +78,9 @@ class Recipe(BaseModel):
     cache_features: bool = False
     multiscale: bool = False
     shift_views: int = Field(0, ge=0)
+    shift_kind: Literal["acquisition", "appearance"] = "acquisition"
+    exclude_source: str | None = None
+    balance: Literal["class", "class_group"] = "class"
     backbone_input: int | None = Field(None, ge=32)
 
     @model_validator(mode="after")
@@ -92,6 +100,8 @@ class Recipe(BaseModel):
                 "shift_views needs cache_features: a frozen head (no fine_tune_epochs), a multiscale head, or "
                 "fine-tuning on the cache"
             )
+        if self.balance == "class_group" and not (transfer and self.cache_features):
+            raise ValueError("balance = class_group needs a transfer entry with cache_features")
         return self
 
     @property
@@ -129,6 +139,12 @@ class Recipe(BaseModel):
                 parts.append(("ftimg" if self.fine_tune_on == "images" else "ft") + blocks)
                 if self.shift_views:
                     parts.append(f"sh{self.shift_views}")
+        if self.shift_kind == "appearance":
+            parts.append("app")
+        if self.balance == "class_group":
+            parts.append("bal")
+        if self.exclude_source:
+            parts.append(f"no-{self.exclude_source.replace(' ', '_')}")
         if self.init_seed is not None:
             parts.append(f"s{self.init_seed}")
         if not self.augment:

@@ -76,12 +76,26 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
 
 
+def cell_weights(y: np.ndarray, groups: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Per-image weights (for every image; mean 1 over `index`) that balance class × group cells of the images
+    in `index`, softened to 1/√count so that a cell of a dozen images does not dominate."""
+    cells = y * (int(groups.max()) + 1) + groups
+    counts = np.bincount(cells[index], minlength=int(cells.max()) + 1).astype(float)
+    w = 1.0 / np.sqrt(np.maximum(counts[cells], 1.0))
+    return (w / w[index].mean()).astype(np.float32)
+
+
 def train_val_indices(
-    p: Prepared, val_fraction: float, seed: int, protocol: str = "official"
+    p: Prepared, val_fraction: float, seed: int, protocol: str = "official", exclude_source: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices into the prepared arrays; validation carved (duplicate-aware) from the protocol's training
-    pool — the official Training split, or the pooled protocol's 80 %."""
+    pool — the official Training split (with every other root's images), or the pooled protocol's 80 %.
+    Images of `exclude_source`, and every image in a duplicate group with one of them, are left out of both:
+    a cross-source run tests on them."""
     train_pool, _ = protocol_split(p, protocol)
+    if exclude_source:
+        held = p.source == exclude_source
+        train_pool = train_pool[~np.isin(p.group[train_pool], np.unique(p.group[held]))]
     tr, va = split_train_val(p.y[train_pool], p.group[train_pool], val_fraction, seed)
     return train_pool[tr], train_pool[va]
 
@@ -89,9 +103,9 @@ def train_val_indices(
 def evaluation_indices(p: Prepared, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(validation, test) indices for a model trained with cfg's seed, val_fraction and protocol: the test
     side is the official Testing split, or the pooled protocol's held-out 20 %."""
-    protocol = Recipe.of(cfg).protocol
-    _, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]), protocol)
-    return va, protocol_split(p, protocol)[1]
+    recipe = Recipe.of(cfg)
+    _, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]), recipe.protocol, recipe.exclude_source)
+    return va, protocol_split(p, recipe.protocol)[1]
 
 
 def _feature_cache_path(cfg: dict[str, Any], p: Prepared, cache_dir: Path, kind: str = "features") -> Path:
@@ -157,12 +171,17 @@ def _clean_views(bottom: keras.Model, p: Prepared, path: Path, log: str) -> np.n
 SHIFT_SEED = 2020  # draws the shifted views; fixed, so runs with other init seeds share one cache file
 
 
-def _shifted_views(bottom: keras.Model, p: Prepared, k: int, path: Path, log: str) -> np.ndarray:
+def _shifted_views(
+    bottom: keras.Model, p: Prepared, k: int, path: Path, log: str, kind: str = "acquisition"
+) -> np.ndarray:
     from trainer.evaluation.robustness import random_shift
+    from trainer.training.appearance import random_appearance
+
+    draw = random_appearance if kind == "appearance" else random_shift
 
     def shifted(v: int) -> np.ndarray:
         rngs = np.random.default_rng([SHIFT_SEED, v]).spawn(len(p.x))
-        return np.stack([random_shift(img, rng) for img, rng in zip(p.x, rngs, strict=True)])
+        return np.stack([draw(img, rng) for img, rng in zip(p.x, rngs, strict=True)])
 
     views = [(f"shift {v + 1}/{k}", partial(shifted, v)) for v in range(k)]
     return _cached_views(path, bottom, views, log)
@@ -179,11 +198,13 @@ def cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_di
 def shifted_cut_features(bottom: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> np.ndarray:
     """The frozen bottom's output for `shift_views` randomly shifted copies of every image (robustness.
     random_shift, seeded per view and image), shape (K, N, h, w, c), float16, computed once and cached."""
-    k = Recipe.of(cfg).shift_views
-    cut = fine_tune_cut_of(cfg["backbone"], Recipe.of(cfg).fine_tune_blocks)
+    recipe = Recipe.of(cfg)
+    k, kind = recipe.shift_views, recipe.shift_kind
+    cut = fine_tune_cut_of(cfg["backbone"], recipe.fine_tune_blocks)
     log = f"[{cfg['name']}] computing frozen {cfg['backbone']} → {cut} for {len(p.x)} images"
-    path = _feature_cache_path(cfg, p, cache_dir, f"cut-{cut}-shift{k}-seed{SHIFT_SEED}")
-    return _shifted_views(bottom, p, k, path, log)
+    label = "shift" if kind == "acquisition" else kind
+    path = _feature_cache_path(cfg, p, cache_dir, f"cut-{cut}-{label}{k}-seed{SHIFT_SEED}")
+    return _shifted_views(bottom, p, k, path, log, kind)
 
 
 def view_features(model: keras.Model, cfg: dict[str, Any], p: Prepared, cache_dir: Path) -> tuple[Any, ...]:
@@ -194,11 +215,13 @@ def view_features(model: keras.Model, cfg: dict[str, Any], p: Prepared, cache_di
     prefix = "ms" if Recipe.of(cfg).multiscale else "pooled"
     log = f"[{cfg['name']}] computing frozen {prefix} {cfg['backbone']} features for {len(p.x)} images"
     clean = _clean_views(extractor, p, _feature_cache_path(cfg, p, cache_dir, f"{prefix}-views"), log)
-    k = Recipe.of(cfg).shift_views
+    recipe = Recipe.of(cfg)
+    k, kind = recipe.shift_views, recipe.shift_kind
     if not k:
         return clean, None
-    path = _feature_cache_path(cfg, p, cache_dir, f"{prefix}-shift{k}-seed{SHIFT_SEED}")
-    return clean, _shifted_views(extractor, p, k, path, log)
+    label = "shift" if kind == "acquisition" else kind
+    path = _feature_cache_path(cfg, p, cache_dir, f"{prefix}-{label}{k}-seed{SHIFT_SEED}")
+    return clean, _shifted_views(extractor, p, k, path, log, kind)
 
 
 class ViewSampler(keras.utils.PyDataset):
@@ -207,12 +230,20 @@ class ViewSampler(keras.utils.PyDataset):
     a new random order. Costs what the two clean views cost (the recipe without shifted views)."""
 
     def __init__(
-        self, clean: np.ndarray, shifted: np.ndarray, index: np.ndarray, y: np.ndarray, batch_size: int, seed: int
+        self,
+        clean: np.ndarray,
+        shifted: np.ndarray,
+        index: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        seed: int,
+        weights: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if clean.shape[1:] != shifted.shape[1:]:
             raise ValueError(f"clean views {clean.shape} and shifted views {shifted.shape} do not match")
         self.clean, self.shifted, self.index, self.y = clean, shifted, np.asarray(index), y
+        self.weights = weights
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
         self.on_epoch_end()
@@ -228,22 +259,34 @@ class ViewSampler(keras.utils.PyDataset):
     def __len__(self) -> int:
         return -(-len(self.samples) // self.batch_size)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, ...]:
         rows = self.samples[i * self.batch_size : (i + 1) * self.batch_size]
         x = np.stack([(self.shifted if s else self.clean)[v, j] for s, v, j in rows])
-        return x, self.y[rows[:, 2]]
+        if self.weights is None:
+            return x, self.y[rows[:, 2]]
+        return x, self.y[rows[:, 2]], self.weights[rows[:, 2]]
 
 
 def view_batches(
-    clean: np.ndarray, shifted: np.ndarray | None, index: np.ndarray, y: np.ndarray, batch_size: int, seed: int
+    clean: np.ndarray,
+    shifted: np.ndarray | None,
+    index: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    seed: int,
+    weights: np.ndarray | None = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """What `fit` trains on from cached views of the images in `index`: with shifted views a ViewSampler (one clean
-    and one shifted view per image and epoch), else every clean view of every image, shuffled by Keras.
-    Returns (fit's positional training data, its keyword arguments)."""
+    and one shifted view per image and epoch), else every clean view of every image, shuffled by Keras; with
+    per-image `weights` as sample weights. Returns (fit's positional training data, its keyword arguments)."""
     if shifted is not None:
-        return (ViewSampler(clean, shifted, index, y, batch_size, seed),), {"validation_batch_size": batch_size}
+        sampler = ViewSampler(clean, shifted, index, y, batch_size, seed, weights)
+        return (sampler,), {"validation_batch_size": batch_size}
     x = np.concatenate([view[index] for view in clean])
-    return (x, np.concatenate([y[index]] * len(clean))), {"batch_size": batch_size, "shuffle": True}
+    kw: dict[str, Any] = {"batch_size": batch_size, "shuffle": True}
+    if weights is not None:
+        kw["sample_weight"] = np.concatenate([weights[index]] * len(clean))
+    return (x, np.concatenate([y[index]] * len(clean))), kw
 
 
 def head_model(model: keras.Model) -> keras.Model:
@@ -285,12 +328,18 @@ def train_entry(
     recipe = Recipe.of(cfg)
     seed = recipe.run_seed
     keras.utils.set_random_seed(seed)
-    tr, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]), recipe.protocol)
+    tr, va = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]), recipe.protocol, recipe.exclude_source)
     n_classes = len(CLASSES)
     input_shape = tuple(int(d) for d in p.x.shape[1:])
     model = build_from_config(cfg, input_shape, n_classes)  # type: ignore[arg-type]
     bs = int(cfg["batch_size"])
-    weights = class_weights(p.y[tr], n_classes)
+    cache_dir = cache_dir or run_dir.parent.parent / "cache"
+    weights: dict[int, float] | None = class_weights(p.y[tr], n_classes)
+    sample_w = None
+    if recipe.balance == "class_group":  # sample weights per class × sequence group cell replace class weights
+        from trainer.evaluation.sequence import prepared_groups
+
+        sample_w, weights = cell_weights(p.y, prepared_groups(p.x, p.data_hash, cache_dir), tr), None
     lr_patience = recipe.reduce_lr_patience
 
     def fit(target: keras.Model, lr: float, epochs: int, phase: str, train: Any, val: Any, **kw: Any) -> dict:
@@ -319,20 +368,22 @@ def train_entry(
     print(f"[{cfg['name']}] {model.count_params():,} params, train {len(tr)} / val {len(va)} images")
     start = time.monotonic()
     lr, epochs = float(cfg["learning_rate"]), int(cfg["epochs"])
-    cache_dir = cache_dir or run_dir.parent.parent / "cache"
     cached = cfg["family"] == "transfer" and bool(cfg.get("cache_features", False))
     frozen = cached and not int(cfg.get("fine_tune_epochs", 0))
     if cached and (recipe.multiscale or (frozen and recipe.shift_views)):
         # Frozen backbone, multi-scale or not: the head trains on cached pooled features of the identity and mirror
         # views, plus shifted views when the entry asks for them (one clean and one shifted per image and epoch).
         clean, shifted = view_features(model, cfg, p, cache_dir)
-        train_on, kw = view_batches(clean, shifted, tr, p.y, bs, seed)
+        train_on, kw = view_batches(clean, shifted, tr, p.y, bs, seed, sample_w)
         history = _merge({}, fit(head_model(model), lr, epochs, "train", train_on, (clean[0][va], p.y[va]), **kw))
     elif cached:
         # Frozen backbone: train the head on cached pooled features (no augmentation in this phase).
         feats = frozen_features(model, cfg, p, cache_dir)
         train_f, val_f = (feats[tr], p.y[tr]), (feats[va], p.y[va])
-        history = _merge({}, fit(head_model(model), lr, epochs, "train", train_f, val_f, batch_size=bs, shuffle=True))
+        kw = {} if sample_w is None else {"sample_weight": sample_w[tr]}
+        history = _merge(
+            {}, fit(head_model(model), lr, epochs, "train", train_f, val_f, batch_size=bs, shuffle=True, **kw)
+        )
     else:
         history = _merge({}, fit(model, lr, epochs, "train", *image_datasets()))
     ft_epochs = int(cfg.get("fine_tune_epochs", 0))
@@ -349,7 +400,7 @@ def train_entry(
             val_cut = (cut[0][va], p.y[va])
             # plus randomly shifted views: one clean and one shifted per image and epoch
             shifted = shifted_cut_features(bottom, cfg, p, cache_dir) if recipe.shift_views else None
-            train_on, kw = view_batches(cut, shifted, tr, p.y, bs, seed)
+            train_on, kw = view_batches(cut, shifted, tr, p.y, bs, seed, sample_w)
             ft = fit(top, ft_lr, ft_epochs, "fine_tune", train_on, val_cut, **kw)
         else:  # end to end on images, with the training augmentation
             ft = fit(model, ft_lr, ft_epochs, "fine_tune", *image_datasets())

@@ -1,0 +1,88 @@
+"""How an ensemble generalises: its vote per class × MRI sequence group on its validation and test splits, and
+each data source scored by a model that never saw it (the recipe's leave-one-source-out runs, or the ensemble
+itself for sources outside its training data).
+
+    python -m trainer generalisation --models-dir out/v8/models --work out/v8 --data A --data B ...
+
+Research tool, not for clinical use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.ensemble import majority_vote
+from service.manifest import Manifest
+from service.runtime import Ensemble
+from trainer.data.dataset import CLASSES, PRIMARY_SOURCE, Prepared
+from trainer.evaluation.groups import cross_source_figures, group_figures
+from trainer.export.bundle import eval_splits
+
+FILE = "generalisation.json"
+
+
+def vote(ensemble: Ensemble, images: np.ndarray) -> np.ndarray:
+    return majority_vote(ensemble.predict_images(images))[0] if len(images) else np.zeros(0, int)
+
+
+def trained_sources(manifest: Manifest) -> set[str]:
+    """The sources an ensemble learned from (ensembles from before sources were recorded: the original dataset)."""
+    return {s.name for s in manifest.training.sources} or {PRIMARY_SOURCE}
+
+
+def split_groups(ensemble: Ensemble, p: Prepared, groups: np.ndarray) -> dict[str, dict[str, Any]]:
+    """{split key: group_figures} of the ensemble's vote on its validation and test splits (p: its own data)."""
+    out = {}
+    for key, (split, idx) in eval_splits(ensemble, p).items():
+        out[key] = group_figures(p.y[idx], vote(ensemble, p.x[idx]), groups[idx], CLASSES, split)
+    return out
+
+
+def unseen_sources(ensemble: Ensemble, p: Prepared, groups: np.ndarray) -> list[dict[str, Any]]:
+    """Every source of p outside the ensemble's training data, scored by its vote (p: any data roots)."""
+    seen = trained_sources(ensemble.manifest)
+    out = []
+    for name in dict.fromkeys(p.source.tolist()):
+        if name in seen:
+            continue
+        idx = np.nonzero(p.source == name)[0]
+        model = f"ensemble {ensemble.manifest.model_version} (never trained on {name})"
+        out.append(cross_source_figures(str(name), model, p.y[idx], vote(ensemble, p.x[idx]), groups[idx], CLASSES))
+    return out
+
+
+def loso_runs(runs_dir: Path, recipe_of: str | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """(run dir, config) of every finished leave-one-source-out run (config key exclude_source)."""
+    out = []
+    for result in sorted(Path(runs_dir).glob("*/result.json")):
+        cfg = json.loads(result.read_text())["config"]
+        if cfg.get("exclude_source") and (result.parent / "model.keras").exists():
+            out.append((result.parent, cfg))
+    return out
+
+
+def held_out_sources(runs_dir: Path, p: Prepared, groups: np.ndarray) -> list[dict[str, Any]]:
+    """Each leave-one-source-out run scored on every image of the source it was trained without."""
+    import keras
+
+    import trainer.models.builders  # noqa: F401  (registers the custom layers for loading)
+
+    out = []
+    for run_dir, cfg in loso_runs(runs_dir):
+        idx = np.nonzero(p.source == cfg["exclude_source"])[0]
+        if not len(idx):
+            continue
+        model = keras.models.load_model(run_dir / "model.keras")
+        pred = np.asarray(model.predict(p.x[idx].astype(np.float32), batch_size=64, verbose=0)).argmax(1)
+        out.append(cross_source_figures(cfg["exclude_source"], cfg["name"], p.y[idx], pred, groups[idx], CLASSES))
+    return out
+
+
+def write(report_dir: Path, figures: dict[str, Any]) -> Path:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / FILE
+    path.write_text(json.dumps(figures, indent=1) + "\n")
+    return path
