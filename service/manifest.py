@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from service.confidence import UncertaintyRule
 from service.plausibility import FLAT_BACKDROP_SPREAD
 from service.preprocessing import preprocessing_version
+from service.trust import ConformalRule, ShiftRule
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 2
@@ -112,6 +113,20 @@ class EnsembleInfo(BaseModel):
         ge=0,
         description="Billions of multiply-accumulates per upload (convolutions and matrix products of every ONNX "
         "file, batch 1; a backbone the merged file shares counted once), counted at export.",
+    )
+    conformal: ConformalRule | None = Field(
+        default=None,
+        description="Prediction sets with a stated coverage (split conformal, fitted on validation); null: answers "
+        "carry no prediction set and `uncertain` follows the `uncertainty` thresholds.",
+    )
+    shift: ShiftRule | None = Field(
+        default=None,
+        description="The `unlike_training_images` check fitted on validation; null: each model's ood_threshold.",
+    )
+    trust: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="By split: coverage and mean size of the prediction sets, the share of answers flagged and "
+        "how often the unflagged ones were right (overall and per voted class).",
     )
     sequence_groups: dict[str, GroupFigures] = Field(
         default_factory=dict,

@@ -9,9 +9,10 @@
   export) *and* the darkest BACKGROUND_PERCENTILE % of the crop is not one flat grey level: a viewer or export
   that renders the air mid-grey (a windowing choice) gives a flat grey backdrop, whose spread
   (BACKGROUND_PERCENTILE-th minus FLAT_PERCENTILE-th percentile) stays within FLAT_BACKDROP_SPREAD grey levels.
-- `unlike_training_images`: a model's `ood_score` (Mahalanobis distance of its pooled features to the
-  nearest class of its training images) is above its threshold (the largest among the training pool, the
-  images the models were trained and validated on).
+- `unlike_training_images`: the answer's shift score (service.trust: the models' `ood_score`, the Mahalanobis
+  distance of their pooled features to their training images, each over its validation median) is above the
+  threshold that flags a stated share of the validation images (`ensemble.shift`); for ensembles without that
+  rule, a model's `ood_score` above its own threshold (the largest among the training pool).
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ def input_warnings(
     ood_scores: list[float | None],
     thresholds: list[float | None],
     background_threshold: float | None = None,
+    shift: tuple[float | None, float] | None = None,
 ) -> list[str]:
+    """The warnings of one crop. `shift`: (the answer's shift score, its threshold) from the manifest's shift rule,
+    which replaces the per-model ood thresholds when given."""
     out = []
     if colourfulness(crop_rgb) > COLOUR_THRESHOLD:
         out.append(NOT_GRAYSCALE)
@@ -89,6 +93,9 @@ def input_warnings(
         out.append(NO_BRAIN_OUTLINE)
     if background_threshold is not None and bool(lack_backdrop(crop_rgb[None], background_threshold)[0]):
         out.append(NO_DARK_BACKGROUND)
-    if any(s is not None and t is not None and s > t for s, t in zip(ood_scores, thresholds, strict=True)):
+    if shift is not None:
+        if shift[0] is not None and shift[0] > shift[1]:
+            out.append(UNLIKE_TRAINING_IMAGES)
+    elif any(s is not None and t is not None and s > t for s, t in zip(ood_scores, thresholds, strict=True)):
         out.append(UNLIKE_TRAINING_IMAGES)
     return out

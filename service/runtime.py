@@ -14,7 +14,9 @@ import onnxruntime as ort
 from service.confidence import apply_temperature, uncertainty_reasons
 from service.ensemble import majority_vote
 from service.manifest import Manifest, ManifestError, load_manifest, sha256_file
+from service.plausibility import input_warnings
 from service.preprocessing import to_model_input
+from service.trust import NOT_BRAIN_MRI, SEVERAL_CLASSES, UNLIKE_TRAINING, judge, prediction_sets, shift_scores
 
 
 class ModelLoadError(ManifestError):
@@ -27,8 +29,20 @@ class Prediction:
     mean: np.ndarray  # (classes,)
     votes: np.ndarray  # (classes,)
     per_model: np.ndarray  # (models, classes)
-    uncertain: list[str]  # reasons; empty when confident
+    uncertain: list[str]  # the models' reasons (no conformal rule: thresholds; else a set of several classes)
     ood_scores: list[float | None]  # per model; None for models without an ood_score output
+    prediction_set: list[int] | None = None  # classes, most probable first (None: no conformal rule)
+    shift_score: float | None = None  # None: no shift rule, or no model with an ood_score
+
+
+@dataclass
+class Assessment:
+    """What an answer says about itself: input warnings, prediction set, and whether to trust it."""
+
+    warnings: list[str]
+    prediction_set: list[str] | None
+    uncertain: bool
+    reasons: list[str]
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
@@ -171,7 +185,14 @@ class Ensemble:
     def _predictions(self, raw: np.ndarray, ood: list[np.ndarray | None]) -> list[Prediction]:
         probs = self.calibrated(raw)  # (models, N, classes)
         labels, votes, mean = majority_vote(probs)
-        reasons = uncertainty_reasons(votes, mean, labels, self.manifest.ensemble.uncertainty)
+        info = self.manifest.ensemble
+        sets: list[list[int]] | list[None] = [None] * len(labels)
+        if info.conformal is not None:
+            sets = prediction_sets(mean, labels, [info.conformal.thresholds[c] for c in self.classes])
+            reasons = [[SEVERAL_CLASSES] if len(s) > 1 else [] for s in sets]
+        else:
+            reasons = uncertainty_reasons(votes, mean, labels, info.uncertainty)
+        scores = shift_scores(ood, info.shift.reference) if info.shift is not None else None
         return [
             Prediction(
                 int(labels[i]),
@@ -180,9 +201,33 @@ class Ensemble:
                 probs[:, i, :],
                 reasons[i],
                 [None if o is None else float(o[i]) for o in ood],
+                sets[i],
+                None if scores is None else float(scores[i]),
             )
             for i in range(raw.shape[1])
         ]
+
+    def assess(self, crop: np.ndarray, crop_fallback: bool, pred: Prediction) -> Assessment:
+        """The input warnings, the prediction set (class names) and the `uncertain` verdict of one answer: with a
+        conformal rule, true when the set holds several classes, the image is unlike the training images or it
+        is probably not a brain MRI; without one (older ensembles), the thresholds' reasons and those two."""
+        info = self.manifest.ensemble
+        shift = info.shift
+        warnings = input_warnings(
+            crop,
+            crop_fallback,
+            pred.ood_scores,
+            self.ood_thresholds,
+            self.background_threshold,
+            None if shift is None else (pred.shift_score, shift.threshold),
+        )
+        if pred.prediction_set is not None:
+            reasons = judge(pred.prediction_set, warnings)
+            named = [self.classes[c] for c in pred.prediction_set]
+        else:
+            extra = [r for r in judge([pred.label], warnings) if r in (UNLIKE_TRAINING, NOT_BRAIN_MRI)]
+            reasons, named = [*pred.uncertain, *extra], None
+        return Assessment(warnings, named, bool(reasons), reasons)
 
     def predict_batch(self, images: np.ndarray) -> list[Prediction]:
         """uint8 RGB (N, H, W, 3) → one Prediction per image, from one batched run of each model."""

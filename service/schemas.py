@@ -23,6 +23,17 @@ class ModelPrediction(BaseModel):
 
 class PredictResponse(BaseModel):
     label: str = Field(description="Majority vote of the models (tie: highest mean probability).", examples=["glioma"])
+    prediction_set: list[str] | None = Field(
+        description="The classes that together hold the true one with probability `prediction_set_level`, most "
+        "probable first (split conformal prediction fitted on validation images; the guarantee holds only for "
+        "images like those). The label is always in it. Null for ensembles without a conformal rule.",
+        examples=[["glioma", "meningioma"]],
+    )
+    prediction_set_level: float | None = Field(
+        description="The stated coverage of `prediction_set` (GET /v1/models → ensemble.conformal, ensemble.trust "
+        "for what it was measured to be).",
+        examples=[0.95],
+    )
     probabilities: dict[str, float] = Field(
         description="Mean of the models' calibrated probabilities, by class; sums to 1.", examples=[EXAMPLE_PROBS]
     )
@@ -32,19 +43,27 @@ class PredictResponse(BaseModel):
     )
     agreement: float = Field(description="Share of models that voted for `label`.", examples=[0.667])
     uncertain: bool = Field(
-        description="True when the prediction should not be trusted on its own: see `uncertainty_reasons`. "
-        "Thresholds were chosen on the validation split (GET /v1/models → ensemble.uncertainty).",
+        description="True when the answer should not be relied on: the prediction set holds more than one class, "
+        "or the image is unlike the training images, or it is probably not a brain MRI (`uncertainty_reasons`).",
         examples=[True],
     )
     uncertainty_reasons: list[str] = Field(
-        description="Why it is uncertain: models_disagree, low_top_probability, high_entropy (empty if confident).",
-        examples=[["models_disagree"]],
+        description="Why it is uncertain (empty if not): several_classes_possible, unlike_training_images, "
+        "probably_not_brain_mri. Ensembles without a conformal rule report models_disagree, low_top_probability "
+        "or high_entropy instead of several_classes_possible.",
+        examples=[["several_classes_possible"]],
     )
     warnings: list[str] = Field(
         description="Signs that the upload may not be a brain-MRI slice like the training images: "
         "not_grayscale, no_brain_outline, no_dark_background, unlike_training_images (empty if none). The "
         "prediction is meaningless for such images.",
         examples=[["not_grayscale", "unlike_training_images"]],
+    )
+    shift_score: float | None = Field(
+        None,
+        description="How unlike the validation images the upload is (mean over the models of ood_score / its "
+        "validation median); above ensemble.shift.threshold it is flagged unlike_training_images.",
+        examples=[1.12],
     )
     models: list[ModelPrediction] = Field(description="Each model's own prediction.")
     model_version: str = Field(description="Version of the ensemble (manifest).", examples=["20261126-231432-d441bf39"])

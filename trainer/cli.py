@@ -121,6 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         names=args.names,
         first_root=args.data[0].name,
+        cache=args.cache,
     )
     print(f"wrote {args.models_dir}/manifest.json ({manifest.model_version})")
     return 0
@@ -143,6 +144,24 @@ def cmd_merge(args: argparse.Namespace) -> int:
     manifest, p = _shipped(args)
     merge_models_dir(args.models_dir, p.x[validation_indices(manifest, p)[:32]])
     write_models_readme(args.models_dir)
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    """Fit the prediction sets and the shift check of an exported ensemble on its validation images; measure."""
+    from trainer.export.bundle import write_models_readme
+    from trainer.export.trust import apply_trust
+
+    manifest = apply_trust(args.models_dir, _shipped(args)[1], args.level, args.flag_share)
+    write_models_readme(args.models_dir, manifest)
+    e = manifest.ensemble
+    assert e.conformal is not None
+    print(f"prediction sets: {e.conformal.method}, level {e.conformal.level}, thresholds {e.conformal.thresholds}")
+    for key, t in e.trust.items():
+        print(
+            f"{key}: n {t['n']}, coverage {t.get('coverage')}, mean set size {t.get('mean_set_size')}, "
+            f"flagged {t['flagged_share']}, unflagged accuracy {t.get('unflagged_accuracy')}"
+        )
     return 0
 
 
@@ -408,9 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--select",
-        choices=("ensemble", "top"),
+        choices=("ensemble", "worst_group", "top"),
         default="ensemble",
-        help="ensemble: the combination whose majority vote scores best on validation (default); "
+        help="ensemble: the combination whose majority vote has the best validation macro-F1 (default); "
+        "worst_group: the best worst class × MRI sequence group validation accuracy, then macro-F1; "
         "top: the individually best models",
     )
     p.add_argument("--names", nargs="+", default=None, help="export exactly these runs (leaderboard names), in order")
@@ -428,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser(
+        "trust", help="fit prediction sets (split conformal) and the shift check of an exported ensemble on validation"
+    )
+    _common(p)
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--level", type=float, default=0.95, help="stated coverage of the prediction sets")
+    p.add_argument("--flag-share", type=float, default=0.05, help="share of validation images the shift check flags")
+    p.set_defaults(func=cmd_trust)
     p = sub.add_parser("tta", help="measure horizontal-flip test-time augmentation of an exported ensemble")
     _common(p)
     p.add_argument("--models-dir", type=Path, default=Path("models"))

@@ -12,9 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from service.plausibility import input_warnings
-from service.preprocessing import ImageDecodeError, preprocess_bytes
-from service.runtime import Ensemble
+from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
+from service.runtime import Assessment, Ensemble
 
 # scikit-image's Shepp–Logan phantom is a synthetic head slice: excluded from the non-MRI set
 NOT_COUNTED = {"phantom.png"}
@@ -83,14 +82,44 @@ def flag(ensemble: Ensemble, items: list[tuple[str, bytes]], batch: int = 32) ->
             names.append(name)
         except ImageDecodeError as e:
             out.append((name, [f"refused ({e.status})"]))
-    thresholds, background = ensemble.ood_thresholds, ensemble.background_threshold
+    for name, verdict in assess_all(ensemble, crops, names, batch):
+        out.append((name, verdict.warnings))
+    return out
+
+
+def assess_all(
+    ensemble: Ensemble, crops: list[CropResult], names: list[str], batch: int = 32
+) -> list[tuple[str, Assessment]]:
+    """(name, the service's assessment) of each crop."""
+    out = []
     for i in range(0, len(crops), batch):
         part = crops[i : i + batch]
         preds = ensemble.predict_batch(np.stack([c.image for c in part]))
-        for name, crop, pred in zip(names[i : i + batch], part, preds, strict=True):
-            warns = input_warnings(crop.image, crop.fallback, pred.ood_scores, thresholds, background)
-            out.append((name, warns))
+        out += [
+            (name, ensemble.assess(crop.image, crop.fallback, pred))
+            for name, crop, pred in zip(names[i : i + batch], part, preds, strict=True)
+        ]
     return out
+
+
+def non_mri_verdicts(ensemble: Ensemble) -> dict[str, Any]:
+    """How the non-MRI set is answered: the share flagged uncertain, and the share flagged as probably not a
+    brain MRI (whose page shows no tumour label as its headline)."""
+    from service.trust import NOT_BRAIN_MRI
+
+    crops, names = [], []
+    for name, data in non_mri_set():
+        try:
+            crops.append(preprocess_bytes(data, params=ensemble.manifest.preprocessing))
+            names.append(name)
+        except ImageDecodeError:
+            continue  # refused with a 4xx: no answer to flag
+    verdicts = [v for _, v in assess_all(ensemble, crops, names)]
+    return {
+        "n": len(verdicts),
+        "flagged_share": round(float(np.mean([v.uncertain for v in verdicts])), 4),
+        "not_brain_mri_share": round(float(np.mean([NOT_BRAIN_MRI in v.reasons for v in verdicts])), 4),
+    }
 
 
 def measure(ensemble: Ensemble, dataset: Path | Sequence[Path]) -> dict[str, Any]:

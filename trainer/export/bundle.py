@@ -162,6 +162,7 @@ def export_top(
     candidates: int = 8,
     names: list[str] | None = None,
     first_root: str = "",
+    cache: Path | None = None,
 ) -> Manifest:
     """Export the chosen models (`names`, in that order; else by `select`) to ONNX with manifest.json."""
     bytes_per_param(weights_dtype)
@@ -171,17 +172,22 @@ def export_top(
         if missing:
             raise ValueError(f"not in the leaderboard: {missing}")
         chosen = [by_name[n] for n in names]
-    elif select == "ensemble":
+    elif select in ("ensemble", "worst_group"):
         if report_dir is None:
-            raise ValueError("select='ensemble' needs the report dir with the validation probabilities")
+            raise ValueError(f"select={select!r} needs the report dir with the validation probabilities")
+        groups = None
+        if select == "worst_group":
+            from trainer.evaluation.sequence import prepared_groups
+
+            groups = prepared_groups(p.x, p.data_hash, report_dir.parent / "cache" if cache is None else cache)
         chosen, tried = choose_ensemble(
-            leaderboard, p, report_dir, top, max_mb, candidates, weights_dtype, merge, max_gmac
+            leaderboard, p, report_dir, top, max_mb, candidates, weights_dtype, merge, max_gmac, groups
         )
         (report_dir / "ensembles_tried.json").write_text(json.dumps(tried, indent=1) + "\n")
     elif select == "top":
         chosen = choose_models(leaderboard, top, max_mb, max_per_backbone, weights_dtype, merge)
     else:
-        raise ValueError(f"select must be 'ensemble' or 'top', got {select!r}")
+        raise ValueError(f"select must be 'ensemble', 'worst_group' or 'top', got {select!r}")
     models_dir.mkdir(parents=True, exist_ok=True)
     for stale in models_dir.glob("*.onnx"):  # includes a previous merged file
         stale.unlink()
@@ -275,6 +281,9 @@ def finalize(models_dir: Path, p: Prepared) -> Manifest:
     files = sorted({models_dir / e.file for e in manifest.models})
     manifest.ensemble.compute_gmac = round(sum(onnx_macs(f) for f in files) / 1e9, 3)
     write_manifest(manifest, models_dir)
+    from trainer.export.trust import apply_trust  # prediction sets and the shift check, fitted on validation
+
+    manifest = apply_trust(models_dir, p)
     t, v = metrics[test_key(manifest)], metrics["validation"]
     print(
         f"[export] ensemble of {len(manifest.models)}: validation acc {v['accuracy']:.3f}, "

@@ -115,17 +115,22 @@ def choose_ensemble(
     weights_dtype: str = "float32",
     merge: bool = True,
     max_gmac: float | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The `top` models whose majority vote has the best validation macro-F1, among every combination of
+    """The `top` models whose majority vote has the best validation macro-F1 (with `groups`, the MRI sequence group
+    of every prepared image: the best worst class × group accuracy, then macro-F1), among every combination of
     the `candidates` best single models that fits the size budget (weights stored as `weights_dtype`; with
     `merge`, shared frozen backbone layers count once) and the compute budget (`max_gmac` per upload, shared
     frozen backbones once; None: no budget). Validation only: the official Testing split plays no part.
     Returns (chosen rows, every combination tried, best first)."""
     from itertools import combinations
 
+    from service.ensemble import majority_vote
     from trainer.evaluation.evaluate import validation_probabilities
+    from trainer.evaluation.groups import group_figures
 
-    ranked = _ranked(leaderboard)
+    # leave-one-source-out runs are validated on other images: they measure, they do not vote
+    ranked = [r for r in _ranked(leaderboard) if not r["config"].get("exclude_source")]
     pool = [r for r in ranked if ensemble_bytes([r], weights_dtype) <= max_mb * 1024 * 1024][:candidates]
     if len(pool) < top:
         raise ValueError(f"only {len(pool)} models fit the {max_mb} MB budget; need {top}")
@@ -137,25 +142,33 @@ def choose_ensemble(
         gmac = ensemble_macs(list(combo), tuple(p.x.shape[1:]), len(CLASSES)) / 1e9
         if size_mb > max_mb or (max_gmac is not None and gmac > max_gmac):
             continue
-        m = vote_metrics(np.stack([probs[r["name"]] for r in combo]), p.y[va], split_names(pool[0]["config"])[0][1])
-        tried.append(
-            {
-                "models": [r["name"] for r in combo],
-                "val_macro_f1": m["macro_f1"],
-                "val_accuracy": m["accuracy"],
-                "size_mb": round(size_mb, 1),
-                "gmac": round(gmac, 3),
-            }
-        )
+        stacked = np.stack([probs[r["name"]] for r in combo])
+        m = vote_metrics(stacked, p.y[va], split_names(pool[0]["config"])[0][1])
+        row = {
+            "models": [r["name"] for r in combo],
+            "val_macro_f1": m["macro_f1"],
+            "val_accuracy": m["accuracy"],
+            "size_mb": round(size_mb, 1),
+            "gmac": round(gmac, 3),
+        }
+        if groups is not None:
+            voted = majority_vote(stacked)[0]
+            row["val_worst_group"] = group_figures(p.y[va], voted, groups[va], CLASSES, "validation")["worst"]
+        tried.append(row)
     if not tried:
         raise ValueError(
             f"no combination of {top} models fits {max_mb} MB" + (f" and {max_gmac} GMAC" if max_gmac else "")
         )
-    tried.sort(key=lambda t: (-t["val_macro_f1"], -t["val_accuracy"], t["size_mb"]))
+
+    def worst_accuracy(t: dict[str, Any]) -> float:
+        return float(t.get("val_worst_group", {}).get("accuracy") or 0.0)
+
+    tried.sort(key=lambda t: (-worst_accuracy(t), -t["val_macro_f1"], -t["val_accuracy"], t["size_mb"]))
     for t in tried[:10]:
         print(
             f"[export] ensemble candidate val macro-F1 {t['val_macro_f1']:.4f} acc {t['val_accuracy']:.4f} "
-            f"{t['size_mb']:6.1f} MB {t['gmac']:5.2f} GMAC  {' + '.join(t['models'])}"
+            + (f"worst group {t['val_worst_group']} " if "val_worst_group" in t else "")
+            + f"{t['size_mb']:6.1f} MB {t['gmac']:5.2f} GMAC  {' + '.join(t['models'])}"
         )
     by_name = {r["name"]: r for r in pool}
     return [by_name[n] for n in tried[0]["models"]], tried
@@ -189,7 +202,7 @@ def training_info(
     cfg = chosen[0]["config"]
     recipe = Recipe.of(cfg)
     how = f"trainer export --select {select} --top {top}"
-    if select == "ensemble":
+    if select in ("ensemble", "worst_group"):
         how += f" --candidates {candidates}" + (f" --max-gmac {max_gmac:g}" if max_gmac is not None else "")
     if named:
         return {

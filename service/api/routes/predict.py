@@ -13,7 +13,6 @@ from starlette.concurrency import run_in_threadpool
 
 from service import DISCLAIMER
 from service.api.deps import get_state, ready_ensemble, require_api_key
-from service.plausibility import input_warnings
 from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
 from service.runtime import Ensemble, Prediction
 from service.schemas import BatchResponse, ErrorResponse, PredictResponse
@@ -64,16 +63,19 @@ def format_prediction(
 ) -> dict[str, Any]:
     classes = ensemble.classes
     n_models = ensemble.n_models
+    verdict = ensemble.assess(crop.image, crop.fallback, pred)
+    conformal = ensemble.manifest.ensemble.conformal
     result: dict[str, Any] = {
         "label": classes[pred.label],
+        "prediction_set": verdict.prediction_set,
+        "prediction_set_level": None if conformal is None else conformal.level,
         "probabilities": {c: round(float(p), 6) for c, p in zip(classes, pred.mean, strict=True)},
         "votes": {c: int(v) for c, v in zip(classes, pred.votes, strict=True)},
         "agreement": round(float(pred.votes[pred.label]) / n_models, 4),
-        "uncertain": bool(pred.uncertain),
-        "uncertainty_reasons": pred.uncertain,
-        "warnings": input_warnings(
-            crop.image, crop.fallback, pred.ood_scores, ensemble.ood_thresholds, ensemble.background_threshold
-        ),
+        "uncertain": verdict.uncertain,
+        "uncertainty_reasons": verdict.reasons,
+        "warnings": verdict.warnings,
+        "shift_score": None if pred.shift_score is None else round(pred.shift_score, 4),
         "models": [
             {
                 "name": entry.name,

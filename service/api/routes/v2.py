@@ -19,7 +19,6 @@ from service import DISCLAIMER, __version__, repository
 from service.api.deps import AppState, get_state, key_matches
 from service.manifest import ManifestError
 from service.oip import HEADER_LENGTH, ProtocolError, Tensor, encode_response, parse_request
-from service.plausibility import input_warnings
 from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
 from service.runtime import Ensemble, ModelLoadError
 
@@ -125,9 +124,15 @@ def metadata(state: AppState, ensemble: Ensemble) -> dict[str, Any]:
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
             {"name": "votes", "datatype": "INT32", "shape": [-1, n_classes]},
             {"name": "uncertain", "datatype": "BOOL", "shape": [-1]},
+            {"name": "uncertainty_reasons", "datatype": "BYTES", "shape": [-1]},
+            {"name": "prediction_set", "datatype": "BYTES", "shape": [-1]},
             {"name": "warnings", "datatype": "BYTES", "shape": [-1]},
         ],
-        "parameters": {"classes": ",".join(m.classes), "disclaimer": DISCLAIMER},
+        "parameters": {
+            "classes": ",".join(m.classes),
+            "prediction_set_level": "" if m.ensemble.conformal is None else f"{m.ensemble.conformal.level:g}",
+            "disclaimer": DISCLAIMER,
+        },
     }
 
 
@@ -223,11 +228,9 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         else:
             batch, fallbacks = _pixels(ensemble, tensor), [False] * n
         preds = await predict_images(request, list(batch), ensemble)
-        warnings = [
+        verdicts = [
             # the crop's own checks need the uint8 crop; `pixels` sent as floats are checked as given
-            input_warnings(
-                crop.astype(np.uint8), fell_back, p.ood_scores, ensemble.ood_thresholds, ensemble.background_threshold
-            )
+            ensemble.assess(crop.astype(np.uint8), fell_back, p)
             for crop, fell_back, p in zip(batch, fallbacks, preds, strict=True)
         ]
         classes = ensemble.classes
@@ -236,8 +239,16 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             Tensor("model_probabilities", "FP32", np.stack([p.per_model for p in preds]).astype(np.float32)),
             Tensor("label", "BYTES", np.array([classes[p.label].encode() for p in preds], dtype=object)),
             Tensor("votes", "INT32", np.stack([p.votes for p in preds]).astype(np.int32)),
-            Tensor("uncertain", "BOOL", np.array([bool(p.uncertain) for p in preds])),
-            Tensor("warnings", "BYTES", np.array([",".join(w).encode() for w in warnings], dtype=object)),
+            Tensor("uncertain", "BOOL", np.array([v.uncertain for v in verdicts])),
+            Tensor(
+                "uncertainty_reasons", "BYTES", np.array([",".join(v.reasons).encode() for v in verdicts], dtype=object)
+            ),
+            Tensor(
+                "prediction_set",
+                "BYTES",
+                np.array([",".join(v.prediction_set or []).encode() for v in verdicts], dtype=object),
+            ),
+            Tensor("warnings", "BYTES", np.array([",".join(v.warnings).encode() for v in verdicts], dtype=object)),
         ]
         version = ensemble.manifest.model_version
         body, headers = encode_response(header, name, version, outputs, {"disclaimer": DISCLAIMER})
