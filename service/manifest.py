@@ -216,6 +216,11 @@ class PublicManifest(BaseModel):
         default_factory=list, description="Shipped ensembles, newest first (this one included)."
     )
     classes: list[str] = Field(min_length=2, description="Class names in output order: the only list of them.")
+    class_words: dict[str, str] = Field(
+        default_factory=dict,
+        description="How each class reads in plain words (the page and the model card); missing ones are derived "
+        "from the name.",
+    )
     input: TensorSpec
     output: TensorSpec
     preprocessing: dict[str, Any] = Field(
@@ -236,6 +241,13 @@ class PublicManifest(BaseModel):
             training.setdefault("selection", notes)
             data["training"] = training
         return data
+
+    @model_validator(mode="after")
+    def _words_for_every_class(self) -> PublicManifest:
+        """Plain words for each class: the manifest's own, else the name read aloud (no_tumor → no tumour)."""
+        for c in self.classes:
+            self.class_words.setdefault(c, c.replace("_", " ").replace("tumor", "tumour"))
+        return self
 
     @field_validator("preprocessing")
     @classmethod

@@ -28,6 +28,13 @@ from trainer.progress import progress
 
 # The class names the models and the manifest use, in output order.
 CLASSES: list[str] = ["glioma", "meningioma", "no_tumor", "pituitary"]
+# How each class reads in plain words: written into the manifest (class_words) for the page and the model card.
+CLASS_WORDS: dict[str, str] = {
+    "glioma": "glioma",
+    "meningioma": "meningioma",
+    "no_tumor": "no tumour",
+    "pituitary": "pituitary tumour",
+}
 # Folder names found in public brain-tumour collections → a class of CLASSES: the one table of aliases.
 CLASS_ALIASES: dict[str, str] = {
     "glioma_tumor": "glioma",

@@ -21,7 +21,7 @@ from service.ensemble import VOTE_RULE
 from service.manifest import Manifest, Metrics, load_manifest, sha256_file, write_manifest
 from service.plausibility import background_levels, lack_backdrop
 from service.runtime import Ensemble
-from trainer.data.dataset import CLASSES, Prepared, protocol_split
+from trainer.data.dataset import CLASS_WORDS, CLASSES, Prepared, protocol_split
 from trainer.data.sources import source_table
 from trainer.evaluation.evaluate import split_names
 from trainer.evaluation.metrics import vote_metrics
@@ -253,6 +253,7 @@ def export_top(
                 *previous_changelog(previous),
             ],
             "classes": CLASSES,
+            "class_words": {c: CLASS_WORDS[c] for c in CLASSES},
             "input": {"name": INPUT_NAME, "shape": [None, *p.x.shape[1:]], "dtype": "float32"},
             "output": {"name": OUTPUT_NAME, "shape": [None, len(CLASSES)], "dtype": "float32"},
             "preprocessing": p.preprocessing,

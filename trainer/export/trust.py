@@ -13,7 +13,7 @@ from service.ensemble import majority_vote
 from service.manifest import Manifest, write_manifest
 from service.runtime import Ensemble
 from service.trust import ConformalRule, ShiftRule, conformal_thresholds, prediction_sets, shift_scores
-from trainer.data.dataset import Prepared
+from trainer.data.dataset import CLASS_WORDS, Prepared
 from trainer.evaluation.nonmri import non_mri_verdicts
 from trainer.export.bundle import eval_splits
 
@@ -143,5 +143,9 @@ def apply_trust(models_dir: Any, p: Prepared, level: float = LEVEL, flag_share: 
         **non_mri_verdicts(ensemble),
     }
     manifest.ensemble.trust = trust
+    manifest.class_words = {
+        **{c: CLASS_WORDS[c] for c in manifest.classes if c in CLASS_WORDS},
+        **{c: w for c, w in manifest.class_words.items() if c not in CLASS_WORDS},
+    }
     write_manifest(manifest, models_dir)
     return manifest

@@ -11,6 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import DISCLAIMER
 from service.api.deps import get_state, ready_ensemble, require_api_key
+from service.model_card import FAVICON_SVG
+from service.model_card import render as render_card
 from service.runtime import Ensemble
 from service.schemas import ErrorResponse, Health, ModelsInfo
 
@@ -58,3 +60,20 @@ def metrics(request: Request) -> Response:
 @router.get("/", include_in_schema=False, response_class=HTMLResponse)
 def page() -> HTMLResponse:
     return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+
+@router.get(
+    "/model-card",
+    tags=["models"],
+    summary="The model card: the served manifest as a readable page",
+    response_class=HTMLResponse,
+    responses={503: {"model": ErrorResponse, "description": "Models not loaded yet."}},
+)
+def model_card(ensemble: Ensemble = Depends(ready_ensemble)) -> HTMLResponse:
+    return HTMLResponse(render_card(ensemble.manifest))
+
+
+@router.get("/favicon.svg", include_in_schema=False)
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    return Response(FAVICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
