@@ -453,7 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("--models-dir", type=Path, default=Path("models"))
-    p.add_argument("--level", type=float, default=0.95, help="stated coverage of the prediction sets")
+    p.add_argument(
+        "--level",
+        type=float,
+        default=None,
+        help="stated coverage of the prediction sets (default: the lowest of 0.9/0.95/0.98/0.99 that the sets, "
+        "cross-fitted on validation, meet within one point)",
+    )
     p.add_argument("--flag-share", type=float, default=0.05, help="share of validation images the shift check flags")
     p.set_defaults(func=cmd_trust)
     p = sub.add_parser("tta", help="measure horizontal-flip test-time augmentation of an exported ensemble")

@@ -89,7 +89,12 @@ def test_one_root_keeps_its_data_hash_and_several_roots_are_deduplicated_togethe
     assert rows["figshare"]["licence"] == "CC BY 4.0" and rows["figshare"]["root"] == "more"
     assert rows[PRIMARY_SOURCE]["root"] == "mri" and rows[PRIMARY_SOURCE]["images"] == 20
     assert rows["more"] == {
-        "name": "more", "root": "more", "images": 1, "per_class": {"no_tumor": 1}, "licence": "", "citation": ""
+        "name": "more",
+        "root": "more",
+        "images": 1,
+        "per_class": {"no_tumor": 1},
+        "licence": "",
+        "citation": "",
     }
 
 

@@ -17,10 +17,11 @@ from trainer.data.dataset import CLASS_WORDS, Prepared
 from trainer.evaluation.nonmri import non_mri_verdicts
 from trainer.export.bundle import eval_splits
 
-LEVEL = 0.95  # the stated coverage of the prediction sets
+LEVELS = (0.9, 0.95, 0.98, 0.99)  # the coverages a prediction set may state (`level` None: chosen on validation)
 FLAG_SHARE = 0.05  # the share of validation images the shift check flags
 HALVES = 50  # random half splits of validation for the cross-fitted coverage
 CONDITIONAL_SIZE_MARGIN = 1.1  # class-conditional sets are used unless they are this much larger on average
+METHODS = ("marginal", "class_conditional")
 
 
 def _votes(ensemble: Ensemble, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
@@ -45,23 +46,43 @@ def cross_fitted(
     return {"coverage": round(float(np.mean(cover)), 4), "mean_set_size": round(float(np.mean(size)), 3)}
 
 
+def choose_rule(mean: np.ndarray, y: np.ndarray, labels: np.ndarray, level: float | None) -> tuple[float, str, dict]:
+    """The level and method of the prediction sets, from figures cross-fitted on validation. Without a `level`: the
+    lowest of LEVELS that some method covers within one point of (the voted label is always in the set, so a level
+    below the models' accuracy is over-covered and says less than it could); none: the level closest to its
+    coverage. The method: class-conditional unless its sets are over CONDITIONAL_SIZE_MARGIN times larger (or it
+    misses the level by more than a point where the marginal one does not: few images per class).
+    Returns (level, method, {level: {method: cross-fitted figures}})."""
+    levels = LEVELS if level is None else (level,)
+    fits = {
+        f"{lv:g}": {m: cross_fitted(mean, y, labels, lv, m == "class_conditional") for m in METHODS} for lv in levels
+    }
+
+    def ok(lv: float, m: str) -> bool:
+        return abs(fits[f"{lv:g}"][m]["coverage"] - lv) <= 0.01
+
+    within = [lv for lv in levels if any(ok(lv, m) for m in METHODS)]
+    chosen = (
+        within[0]
+        if within
+        else min(levels, key=lambda lv: min(abs(f["coverage"] - lv) for f in fits[f"{lv:g}"].values()))
+    )
+    marginal, conditional = (fits[f"{chosen:g}"][m] for m in METHODS)
+    use_conditional = conditional["mean_set_size"] <= CONDITIONAL_SIZE_MARGIN * marginal["mean_set_size"] and (
+        ok(chosen, "class_conditional") or not ok(chosen, "marginal")
+    )
+    return chosen, METHODS[1] if use_conditional else METHODS[0], fits
+
+
 def fit_rules(
-    ensemble: Ensemble, p: Prepared, level: float = LEVEL, flag_share: float = FLAG_SHARE
+    ensemble: Ensemble, p: Prepared, level: float | None = None, flag_share: float = FLAG_SHARE
 ) -> tuple[ConformalRule, ShiftRule | None, dict[str, Any]]:
-    """The conformal rule (class-conditional unless its sets are over CONDITIONAL_SIZE_MARGIN times larger) and
-    the shift rule, both from the ensemble's validation images; and the cross-fitted comparison of the two."""
+    """The conformal rule (choose_rule) and the shift rule, both from the ensemble's validation images; and the
+    cross-fitted figures they were chosen by."""
     split, va = eval_splits(ensemble, p)["validation"]
     labels, mean, ood = _votes(ensemble, p.x[va])
     y = p.y[va]
-    compared = {
-        m: cross_fitted(mean, y, labels, level, m == "class_conditional") for m in ("marginal", "class_conditional")
-    }
-    method = (
-        "class_conditional"
-        if compared["class_conditional"]["mean_set_size"]
-        <= CONDITIONAL_SIZE_MARGIN * compared["marginal"]["mean_set_size"]
-        else "marginal"
-    )
+    level, method, fits = choose_rule(mean, y, labels, level)
     thresholds = conformal_thresholds(mean, y, level, method == "class_conditional")
     conformal = ConformalRule(
         level=level,
@@ -81,7 +102,7 @@ def fit_rules(
             flag_share=round(float((scores > threshold).mean()), 4),
             split=split,
         )
-    return conformal, shift, compared
+    return conformal, shift, fits
 
 
 def answer_figures(ensemble: Ensemble, images: np.ndarray, fallback: np.ndarray, y: np.ndarray, split: str) -> dict:
@@ -127,7 +148,7 @@ def answer_figures(ensemble: Ensemble, images: np.ndarray, fallback: np.ndarray,
     }
 
 
-def apply_trust(models_dir: Any, p: Prepared, level: float = LEVEL, flag_share: float = FLAG_SHARE) -> Manifest:
+def apply_trust(models_dir: Any, p: Prepared, level: float | None = None, flag_share: float = FLAG_SHARE) -> Manifest:
     """Fit the rules on validation, write them into the manifest, then measure every split through them."""
     ensemble = Ensemble.load(models_dir)
     conformal, shift, compared = fit_rules(ensemble, p, level, flag_share)
@@ -137,7 +158,7 @@ def apply_trust(models_dir: Any, p: Prepared, level: float = LEVEL, flag_share: 
     trust: dict[str, dict[str, Any]] = {}
     for key, (split, idx) in eval_splits(ensemble, p).items():
         trust[key] = answer_figures(ensemble, p.x[idx], p.fallback[idx], p.y[idx], split)
-    trust["validation"]["cross_fitted"] = compared
+    trust["validation"]["cross_fitted"] = compared  # by level and method: what chose the rule
     trust["non_mri"] = {
         "split": "photographs, faces and generated images (trainer nonmri)",
         **non_mri_verdicts(ensemble),
