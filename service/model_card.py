@@ -22,8 +22,8 @@ main { max-width: 900px; margin: 0 auto; padding: 20px; }
 h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 28px; }
 .disclaimer { background:#fff4e0; color:#8a4b00; border:1px solid #f0c98a; padding:10px 14px; border-radius:8px;
   font-weight:600; }
-table { border-collapse: collapse; margin: 8px 0; background:#fff; display:block; overflow-x:auto; }
-th, td { border: 1px solid #d9deea; padding: 4px 8px; text-align: left; font-size: .9rem; }
+table { border-collapse: collapse; margin: 8px 0; display:block; overflow-x:auto; max-width:100%; width:max-content; }
+th, td { border: 1px solid #d9deea; padding: 4px 8px; text-align: left; background:#fff; font-size: .9rem; }
 th { background: #eef1f7; }
 .muted { color:#5b6475; font-size:.85rem; }
 """
@@ -57,20 +57,8 @@ def _figures(m: Manifest) -> str:
 
 def _trust(m: Manifest) -> str:
     e = m.ensemble
-    if not e.trust:
+    if e.conformal is None and not e.trust:
         return ""
-    rows = []
-    for key, t in e.trust.items():
-        rows.append(
-            [
-                key.replace("_", " "),
-                t.get("n", "–"),
-                _pct(t.get("coverage")),
-                t.get("mean_set_size", "–"),
-                _pct(t.get("flagged_share")),
-                _pct(t.get("unflagged_accuracy")),
-            ]
-        )
     level = f"{100 * e.conformal.level:g} %" if e.conformal else "–"
     text = (
         f"<h2>When to trust an answer</h2><p>An answer is flagged <em>uncertain</em> when its prediction set (the "
@@ -79,8 +67,23 @@ def _trust(m: Manifest) -> str:
         "brain MRI. The guarantee holds only for images like the validation images: on images from elsewhere the "
         "sets cover less, as the test rows show.</p>"
     )
+    if not e.trust:
+        return text + "<p class='muted'>No measured figures for these rules in the manifest.</p>"
+    rows = [
+        [
+            key.replace("_", " "),
+            t.get("split", ""),
+            t.get("n", "–"),
+            _pct(t.get("coverage")),
+            t.get("mean_set_size", "–"),
+            _pct(t.get("flagged_share")),
+            _pct(t.get("unflagged_accuracy")),
+        ]
+        for key, t in e.trust.items()
+    ]
     return text + _table(
-        ["images", "n", "set holds the true class", "mean set size", "flagged", "unflagged answers right"], rows
+        ["images", "split", "n", "set holds the true class", "mean set size", "flagged", "unflagged answers right"],
+        rows,
     )
 
 

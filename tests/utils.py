@@ -95,7 +95,18 @@ def make_tiny_ensemble(models_dir: Path, n_models: int = 3, classes: list[str] |
             "output": {"name": "probabilities", "shape": [None, len(classes)], "dtype": "float32"},
             "preprocessing": PREPROCESSING_PARAMS,
             "models": entries,
-            "ensemble": {"vote": {k: str(v) for k, v in VOTE_RULE.items()}, "metrics": {}},
+            "ensemble": {
+                "vote": {k: str(v) for k, v in VOTE_RULE.items()},
+                "metrics": {},
+                # a class is in the set from a mean probability of 0.25 up: sets of one or two classes
+                "conformal": {
+                    "level": 0.95,
+                    "method": "marginal",
+                    "thresholds": dict.fromkeys(classes, 0.25),
+                    "n_calibration": 100,
+                    "split": "test fixture",
+                },
+            },
         }
     )
     write_manifest(manifest, models_dir)

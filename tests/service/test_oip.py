@@ -27,8 +27,9 @@ def client(live_server: str) -> httpclient.InferenceServerClient:
     return httpclient.InferenceServerClient(url=live_server.removeprefix("http://"))
 
 
-def warnings_of(result: httpclient.InferResult, i: int) -> list[str]:
-    w = result.as_numpy("warnings")[i]
+def listed(result: httpclient.InferResult, name: str, i: int) -> list[str]:
+    """A comma-joined BYTES output as a list (bytes in binary, str in JSON)."""
+    w = result.as_numpy(name)[i]
     text = w.decode() if isinstance(w, bytes) else w
     return text.split(",") if text else []
 
@@ -38,7 +39,7 @@ def _infer(client: httpclient.InferenceServerClient, images: list[bytes], binary
     data = np.array(images if binary else [base64.b64encode(b) for b in images], dtype=object)
     tensor = httpclient.InferInput("image", [len(images)], "BYTES")
     tensor.set_data_from_numpy(data, binary_data=binary)
-    names = ("probabilities", "label", "votes", "warnings")
+    names = ("probabilities", "label", "votes", "warnings", "uncertainty_reasons", "prediction_set")
     outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in names]
     outputs.append(httpclient.InferRequestedOutput("uncertain", binary_data=False))
     return client.infer(NAME, [tensor], outputs=outputs, request_id="r1")
@@ -58,9 +59,13 @@ def test_server_and_model_metadata(client: httpclient.InferenceServerClient, liv
         "label",
         "votes",
         "uncertain",
+        "uncertainty_reasons",
+        "prediction_set",
         "warnings",
     ]
     assert meta["parameters"]["classes"] == ",".join(CLASSES)
+    level = httpx.get(live_server + "/v1/models").json()["ensemble"]["conformal"]["level"]
+    assert float(meta["parameters"]["prediction_set_level"]) == level
     assert client.is_model_ready(NAME, model_version=version)
     assert not client.is_model_ready(NAME, model_version="nope") and not client.is_model_ready("other")
     (entry,) = client.get_model_repository_index()
@@ -82,7 +87,11 @@ def test_infer_single_and_batched_matches_v1(
         for image, p, label in zip(batch, probs, labels, strict=True):
             v1 = httpx.post(live_server + "/v1/predict", files={"file": ("x.jpg", image, "image/jpeg")}).json()
             assert (label.decode() if binary else label) == v1["label"]  # BYTES: bytes in binary, str in JSON
-            assert warnings_of(result, batch.index(image)) == v1["warnings"]
+            i = batch.index(image)
+            assert listed(result, "warnings", i) == v1["warnings"]
+            assert listed(result, "prediction_set", i) == v1["prediction_set"]
+            assert listed(result, "uncertainty_reasons", i) == v1["uncertainty_reasons"]
+            assert bool(result.as_numpy("uncertain")[i]) == v1["uncertain"]
             np.testing.assert_allclose(p, [v1["probabilities"][c] for c in CLASSES], atol=1e-5)
 
 

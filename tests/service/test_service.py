@@ -64,8 +64,25 @@ def assert_prediction(body: dict, classes: list[str] = CLASSES, n_models: int = 
     assert body["disclaimer"] == DISCLAIMER
     assert body["elapsed_ms"] > 0
     assert body["uncertain"] == bool(body["uncertainty_reasons"])
-    if body["agreement"] < 1:
-        assert "models_disagree" in body["uncertainty_reasons"]
+    assert_one_meaning_of_uncertain(body)
+
+
+def assert_one_meaning_of_uncertain(body: dict) -> None:
+    """The contract (README, docs/api.md, the schema): `uncertain` is true exactly when the prediction set holds
+    more than one class, the image is unlike the training images, or it is probably not a brain MRI."""
+    pset, reasons, warnings = body["prediction_set"], body["uncertainty_reasons"], body["warnings"]
+    assert pset is not None and body["label"] in pset and len(set(pset)) == len(pset)
+    probs = body["probabilities"]
+    assert pset == sorted(pset, key=lambda c: -probs[c])  # most probable first
+    expected = []
+    if len(pset) > 1:
+        expected.append("several_classes_possible")
+    if "unlike_training_images" in warnings:
+        expected.append("unlike_training_images")
+    if {"not_grayscale", "no_brain_outline", "no_dark_background"} & set(warnings):
+        expected.append("probably_not_brain_mri")
+    assert reasons == expected
+    assert body["uncertain"] == bool(expected)
 
 
 def test_predict_multipart_matches_direct_ensemble(client: TestClient, tiny_models: Path, mri_jpeg: bytes) -> None:
@@ -383,6 +400,7 @@ def test_temperature_and_uncertainty_rule_from_the_manifest_apply(tmp_path: Path
         before = post(c, mri_jpeg).json()
     raw["models"][0]["temperature"] = 5.0
     raw["ensemble"]["uncertainty"] = {"min_top_probability": 0.99, "max_normalized_entropy": 1.0}
+    del raw["ensemble"]["conformal"]  # an ensemble from before prediction sets: its thresholds flag
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     with make_client(tmp_path) as c:
         after = post(c, mri_jpeg).json()
