@@ -10,6 +10,12 @@ from service.main import create_app
 from service.observability import JsonFormatter
 
 
+def local_url(host: str, port: int) -> str:
+    """The address to open in a browser on this machine (a wildcard bind is reached as localhost)."""
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}/"
+
+
 def main() -> None:
     settings = Settings()
     handler = logging.StreamHandler()
@@ -22,7 +28,7 @@ def main() -> None:
     port = int(os.environ.get("PORT", settings.port))
     # our middleware writes the access log (with request id); uvicorn's own lines go through the same handler
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, url=local_url(host, port)),
         host=host,
         port=port,
         proxy_headers=True,

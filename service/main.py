@@ -15,6 +15,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from service import DISCLAIMER, __version__, repository
 from service.api.deps import AppState
+from service.api.openapi import live_openapi
 from service.api.routes import explain, info, predict, v2
 from service.config import Settings
 from service.middleware import BodyLimitMiddleware, TimeoutMiddleware
@@ -30,7 +31,8 @@ three ONNX models (class names come from the bundled manifest). Upload a JPEG, P
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, url: str | None = None) -> FastAPI:
+    """The app; `url`: where it is served, announced once the models are ready."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -51,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ensemble.manifest.model_version,
             ensemble.classes,
         )
+        if url:
+            log.info("open %s (upload page) · %sdocs (API) · %smodel-card", url, url, url)
         yield
         state.ready = False
         state.not_ready_reason = "shutting down"
@@ -68,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.mri = AppState(settings=settings, metrics=metrics)
+    app.openapi = lambda: live_openapi(app)  # type: ignore[method-assign]
     app.include_router(predict.router)
     app.include_router(explain.router)
     app.include_router(info.router)

@@ -20,6 +20,18 @@ async def send_json(send: Any, status: int, payload: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def too_large_message(max_bytes: int) -> str:
+    return f"Request body too large: the limit is {max_bytes:,} bytes."
+
+
+def late_body_message(seconds: float) -> str:
+    return f"The request body did not arrive within {seconds:g} s."
+
+
+def late_work_message(seconds: float) -> str:
+    return f"The service did not finish within {seconds:g} s; try again later."
+
+
 class BodyLimitMiddleware:
     """413 before anything is parsed, for a declared Content-Length over the limit or a streamed body that
     grows past it.
@@ -37,7 +49,7 @@ class BodyLimitMiddleware:
         self.drain_seconds = drain_seconds
 
     def _too_large(self, path: str) -> dict[str, str]:
-        message = f"Request body too large: the limit is {self.max_bytes:,} bytes."
+        message = too_large_message(self.max_bytes)
         return {"error": message} if path.startswith("/v2/") else {"detail": message}  # each API's error shape
 
     async def _drain(self, receive: Any, received: int) -> None:
@@ -138,8 +150,6 @@ class TimeoutMiddleware:
             if started:  # too late for a status code; the connection is closed by the server
                 return
             if body_done:
-                detail = f"The service did not finish within {self.seconds:g} s; try again later."
-                await send_json(send, 504, {"detail": detail})
+                await send_json(send, 504, {"detail": late_work_message(self.seconds)})
             else:
-                detail = f"The request body did not arrive within {self.seconds:g} s."
-                await send_json(send, 408, {"detail": detail})
+                await send_json(send, 408, {"detail": late_body_message(self.seconds)})

@@ -61,6 +61,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def endpoint_of(scope: Any) -> str:
+    """The metrics label of a handled request: the path template of the route that served it (FastAPI sets
+    scope["route"] once routing matched), so /v2/models/{model_name}/infer is one label however it is called and
+    unmatched paths cannot grow the label set; "other" when no route matched."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if isinstance(template, str) and template:
+        return template
+    path = scope["path"]
+    return path if path in KNOWN_PATHS else "other"
+
+
 def _request_id(scope: Any) -> str:
     for name, value in scope.get("headers") or []:
         if name == b"x-request-id":
@@ -82,7 +94,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        endpoint = path if path in KNOWN_PATHS else "other"
         status = [500]
         start = time.perf_counter()
         request_id = _request_id(scope)
@@ -99,6 +110,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
+            endpoint = endpoint_of(scope)
             self.metrics.latency.labels(endpoint).observe(elapsed)
             self.metrics.requests.labels(endpoint, scope["method"], str(status[0])).inc()
             access_log.info(

@@ -146,6 +146,9 @@ def preprocessing_version(params: Mapping[str, Any]) -> int:
     return version
 
 
+UNSUPPORTED_MESSAGE = "Unsupported media type: by its content this is not a JPEG, PNG or DICOM image."
+
+
 class ImageDecodeError(ValueError):
     """The bytes are not an image we can use. ``status`` is the HTTP status the service answers."""
 
@@ -262,9 +265,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int |
             raise ImageDecodeError(str(e), status=e.status) from e
     fmt = sniff_format(data)
     if fmt is None:
-        raise ImageDecodeError(
-            "Unsupported media type: by its content this is not a JPEG, PNG or DICOM image.", status=415
-        )
+        raise ImageDecodeError(UNSUPPORTED_MESSAGE, status=415)
     width, height = declared_size(data, fmt)
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"The image declares impossible dimensions {width}×{height}.")

@@ -254,6 +254,44 @@ def test_health_models_metrics_docs_page(client: TestClient, mri_jpeg: bytes) ->
     assert page.status_code == 200 and "not for clinical use" in page.text
 
 
+def test_openapi_examples_come_from_the_served_ensemble_and_settings(tiny_models: Path, mri_jpeg: bytes) -> None:
+    with make_client(tiny_models, request_timeout_s=12.0) as c:
+        schema = c.get("/openapi.json").json()
+        real = post(c, mri_jpeg).json()
+    responses = schema["paths"]["/v1/predict"]["post"]["responses"]
+    example = responses["200"]["content"]["application/json"]["example"]
+    assert example["model_version"] == "test-1" and [m["name"] for m in example["models"]] == [
+        "tiny0",
+        "tiny1",
+        "tiny2",
+    ]
+    assert set(example) == set(real) and list(example["probabilities"]) == CLASSES
+    assert example["prediction_set_level"] == 0.95 and example["uncertain"] is True
+    assert_one_meaning_of_uncertain(example)
+    batch = schema["paths"]["/v1/predict/batch"]["post"]["responses"]["200"]["content"]["application/json"]
+    assert batch["example"]["results"][0]["result"] == example
+    messages = {}
+    for status in ("401", "408", "413", "415", "422", "503", "504"):
+        examples = responses[status]["content"]["application/json"]["examples"]
+        messages[status] = [e["value"]["detail"] for e in examples.values()]
+    assert messages["408"] == ["The request body did not arrive within 12 s."]
+    assert messages["504"] == ["The service did not finish within 12 s; try again later."]
+    assert messages["413"] == [f"Request body too large: the limit is {LIMIT:,} bytes."]
+    flat = [m for ms in messages.values() for m in ms]
+    assert len(set(flat)) == len(flat)  # each status its own message
+
+
+def test_metrics_label_every_route_by_its_path(client: TestClient, mri_jpeg: bytes) -> None:
+    client.post("/v1/predict/batch", files=[("file", ("a.jpg", mri_jpeg, "image/jpeg"))])
+    client.get("/v2/models/mri-classifier")
+    client.get("/model-card")
+    client.get("/no/such/page")
+    text = client.get("/metrics").text
+    for endpoint in ("/v1/predict/batch", "/v2/models/{name}", "/model-card"):
+        assert f'mri_requests_total{{endpoint="{endpoint}",method=' in text, endpoint
+    assert 'endpoint="other",method="GET",status="404"' in text and "/no/such/page" not in text
+
+
 def test_ready_is_503_until_models_are_loaded(tiny_models: Path) -> None:
     app = create_app(Settings(models_dir=tiny_models))
     c = TestClient(app)  # no `with`: lifespan has not run, nothing is loaded

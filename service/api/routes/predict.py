@@ -43,6 +43,7 @@ UPLOAD_DOC: dict[str, Any] = {
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "API key required and missing or wrong."},
+    408: {"model": ErrorResponse, "description": "The body did not arrive within MRI_REQUEST_TIMEOUT_S."},
     413: {"model": ErrorResponse, "description": "Body larger than MRI_MAX_UPLOAD_BYTES."},
     415: {
         "model": ErrorResponse,
@@ -55,6 +56,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "without a valid `frame`.",
     },
     503: {"model": ErrorResponse, "description": "Models not loaded yet."},
+    504: {"model": ErrorResponse, "description": "The answer was not ready within MRI_REQUEST_TIMEOUT_S."},
 }
 
 
