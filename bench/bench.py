@@ -3,16 +3,22 @@
 All figures are measured in one run on the same machine and reported as ratios (absolute times drift on
 a shared machine):
 
-1. floor      preprocessing + `session.run` of the merged graph (the outputs the service uses), batch 1 (p50/p99)
-2. service    HTTP round trip through uvicorn to /v1/predict, one client        overhead = service/floor
+1. floor      `session.run` of the merged graph on ready crops (the outputs the service uses), batch 1, and
+              the crop of the same uploads (decode + crop + resize), each p50/p99
+2. service    HTTP round trip through uvicorn to /v1/predict, one client   overhead = service / (models + crop)
 3. keras      the same three models as Keras models, `model.predict` per request speedup = keras/service
 4. load       16 concurrent clients, fixed request count                         efficiency = rps /
-                                                                                 (cores × 1000 / floor_1thread)
+                                                                                 (cores × 1000 / 1-thread floor)
 5. cold start to ready, resident memory after 1000 requests, service image size (if a Docker engine runs)
 6. baseline   with --baseline: another ensemble (a models dir, or `git:<rev>` for the models/ of a commit) served
               the same way in the same run                                       vs_baseline = its p50/service p50
 
-Writes bench/results/bench-<time>.json and prints one line per figure. Research tool, not for clinical use.
+Judged (exit 1 when one fails, or when any request failed): the overhead, the service p50 against its budget and
+the Keras speedup. Reported only: efficiency (depthwise nets on few cores do not reach a FLOP-derived peak, so it
+is no verdict on the service) and vs_baseline (a heavier new ensemble is slower by design).
+
+Writes bench/results/bench-<time>.json with a plot beside it and prints one line per figure. Research tool, not
+for clinical use.
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ from service.preprocessing import preprocess_bytes, to_model_input
 from service.runtime import Ensemble
 
 FIXTURES = ROOT / "tests" / "fixtures" / "mri"
-TARGETS = {"overhead": ("≤", 1.2), "speedup": ("≥", 5.0), "efficiency": ("≥", 0.9), "vs_baseline": ("≥", 2.0)}
+# judged: a figure past its target fails the bench
+TARGETS = {"overhead": ("≤", 1.2), "service_p50_ms": ("≤", 30.0), "speedup": ("≥", 5.0)}
+REPORTED = ("efficiency", "vs_baseline")  # printed and stored, never a verdict
 
 
 def baseline_dir(spec: str) -> Path:
@@ -128,14 +136,21 @@ def measure_sizes(images: list[bytes], n: int = 40) -> dict[str, dict[str, float
 
 
 def measure_floor(models_dir: Path, images: list[bytes], threads: int, n: int) -> dict[str, float]:
+    """The models alone: one ready crop per call, the outputs /v1/predict asks for."""
     ensemble = Ensemble.load(models_dir, threads=threads)
     params = ensemble.manifest.preprocessing
+    crops = [to_model_input(preprocess_bytes(b, params=params).image) for b in images]
 
     def once(i: int) -> None:
-        crop = preprocess_bytes(images[i % len(images)], params=params)
-        ensemble.run_with(to_model_input(crop.image), "ood_score")  # the outputs /v1/predict asks for
+        ensemble.run_with(crops[i % len(crops)], "ood_score")
 
     return timed(once, n)
+
+
+def measure_crop(models_dir: Path, images: list[bytes], n: int) -> dict[str, float]:
+    """Decode + crop + resize of the same uploads, under the ensemble's preprocessing."""
+    params = Ensemble.load(models_dir).manifest.preprocessing
+    return timed(lambda i: preprocess_bytes(images[i % len(images)], params=params), n)
 
 
 def measure_keras(models_dir: Path, images: list[bytes], n: int, runs: Path) -> dict[str, Any]:
@@ -297,7 +312,14 @@ def plot(r: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("compute floor", r["floor"]), ("floor, 1 thread", r["floor_1thread"]), ("service (HTTP)", r["service"])]
+    both = {k: r["floor"][k] + r["crop"][k] for k in ("p50_ms", "p99_ms")}
+    rows = [
+        ("crop", r["crop"]),
+        ("models", r["floor"]),
+        ("models + crop", both),
+        ("models, 1 thread", r["floor_1thread"]),
+        ("service (HTTP)", r["service"]),
+    ]
     if "keras" in r:
         rows.append(("Keras predict (original)", r["keras"]))
     if "baseline" in r:
@@ -312,16 +334,30 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax1.invert_yaxis()
     ax1.set_xlabel("ms per request, one client (bar p50, whisker p99)")
     ax2.bar(
-        ["measured", "cores × 1-thread floor"],
+        ["measured", "cores × 1-thread\nmodels + crop"],
         [r["load"]["rps"], r["hardware_bound_rps"]],
         color=["#55a868", "#c4c4c4"],
     )
     ax2.set_ylabel("requests / s")
-    ax2.set_title(f"{r['load']['clients']} clients: efficiency {r['ratios']['efficiency']:.2f}", fontsize=9)
+    ax2.set_title(f"{r['load']['clients']} clients: efficiency {r['ratios']['efficiency']:.2f} (reported)", fontsize=9)
     fig.suptitle(f"{r['machine']['cores']} cores, {r['machine']['cpu']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def verdicts(ratios: dict[str, float]) -> list[str]:
+    """Print each figure with its verdict (or "reported"); the names of the judged ones that failed."""
+    failed = []
+    for name, value in ratios.items():
+        if name in REPORTED:
+            print(f"{name:<16} {value:.3f}  (reported, not judged)")
+            continue
+        op, target = TARGETS[name]
+        ok = value <= target if op == "≤" else value >= target
+        failed += [] if ok else [name]
+        print(f"{name:<16} {value:.3f}  (target {op} {target})  {'PASS' if ok else 'FAIL'}")
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     r["floor_1thread"] = measure_floor(args.models_dir, images, 1, args.n)
     f1 = r["floor_1thread"]
     print(f"floor, 1 thread  p50 {f1['p50_ms']:8.1f} ms  p99 {f1['p99_ms']:8.1f} ms", flush=True)
+    r["crop"] = measure_crop(args.models_dir, images, args.n)
+    print(f"crop             p50 {r['crop']['p50_ms']:8.1f} ms  p99 {r['crop']['p99_ms']:8.1f} ms", flush=True)
 
     proc, cold = start_server(args.models_dir, args.port, env_extra)
     url = f"http://127.0.0.1:{args.port}"
@@ -405,9 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     r["image_mb"] = image_size_mb(args.image)
     print(f"image            {r['image_mb']} MB" if r["image_mb"] else "image            (no Docker engine / image)")
 
-    r["hardware_bound_rps"] = cores * 1000 / floor1_p50
+    crop_p50 = r["crop"]["p50_ms"]
+    r["hardware_bound_rps"] = cores * 1000 / (floor1_p50 + crop_p50)
     r["ratios"] = {
-        "overhead": round(r["service"]["p50_ms"] / floor_p50, 3),
+        "overhead": round(r["service"]["p50_ms"] / (floor_p50 + crop_p50), 3),
+        "service_p50_ms": r["service"]["p50_ms"],
         "efficiency": round(r["load"]["rps"] / r["hardware_bound_rps"], 3),
     }
     if args.baseline:
@@ -430,12 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         k = r["keras"]
         print(f"keras predict    p50 {k['p50_ms']:8.1f} ms  p99 {k['p99_ms']:8.1f} ms  ({k['models'][0]} models)")
         r["ratios"]["speedup"] = round(k["p50_ms"] / r["service"]["p50_ms"], 3)
-    failed = []
-    for name, value in r["ratios"].items():
-        op, target = TARGETS[name]
-        ok = value <= target if op == "≤" else value >= target
-        failed += [] if ok else [name]
-        print(f"{name:<16} {value:.3f}  (target {op} {target})  {'PASS' if ok else 'FAIL'}")
+    failed = verdicts(r["ratios"])
+    if r["load"]["errors"]:
+        print(f"{'errors':<16} {r['load']['errors']}  (target 0)  FAIL")
     r["passed"] = not failed and r["load"]["errors"] == 0
     out = args.out or RESULTS / f"bench-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(r, indent=1) + "\n")

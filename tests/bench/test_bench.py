@@ -138,3 +138,14 @@ def test_baseline_dir_reads_the_models_of_a_commit() -> None:
     assert (out / "manifest.json").read_bytes() == committed
     assert {p.name for p in out.iterdir()} >= {"manifest.json", "README.md"}
     assert baseline_dir(str(ROOT / "models")) == ROOT / "models"
+
+
+def test_bench_judges_overhead_budget_and_speedup_and_only_reports_efficiency(capsys: pytest.CaptureFixture) -> None:
+    from bench.bench import verdicts
+
+    good = {"overhead": 1.14, "service_p50_ms": 12.5, "efficiency": 0.31, "vs_baseline": 0.7, "speedup": 9.0}
+    assert verdicts(good) == []
+    out = capsys.readouterr().out
+    assert "efficiency       0.310  (reported, not judged)" in out and "FAIL" not in out
+    assert verdicts({**good, "overhead": 1.25}) == ["overhead"]
+    assert verdicts({**good, "service_p50_ms": 31.0, "speedup": 4.0}) == ["service_p50_ms", "speedup"]
