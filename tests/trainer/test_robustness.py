@@ -10,7 +10,8 @@ import pytest
 from service.preprocessing import PREPROCESSING_PARAMS, crop_and_resize, decode_image
 from service.runtime import Ensemble
 from tests.utils import MRI_FIXTURES
-from trainer.evaluation.robustness import SHIFTS, mean_shifted_accuracy, measure, plot_robustness, scale_box
+from trainer.data.shifts import SHIFTS
+from trainer.evaluation.robustness import mean_shifted_accuracy, measure, plot_robustness, scale_box
 from trainer.reporting.report import replace_section, update_robustness_docs
 from trainer.reporting.shifts import ROBUSTNESS_SECTION, robustness_section
 
@@ -129,7 +130,7 @@ def test_random_shift_is_seeded_keeps_the_99th_percentile_and_varies() -> None:
     """The training shift (grid key shift_views): reproducible from its generator, a grey uint8 image of the
     same size, its grey 99th percentile put back (what preprocessing v2 would do), and different draws differ."""
     from service.preprocessing import INTENSITY_PERCENTILE, crop_and_resize, grey_percentile
-    from trainer.evaluation.robustness import random_shift
+    from trainer.data.shifts import random_shift
 
     crop = crop_and_resize(decode_image(FIXTURES[0].read_bytes())).image
     first = random_shift(crop, np.random.default_rng(5))

@@ -12,7 +12,8 @@ import numpy as np
 
 from service.preprocessing import PREPROCESSING_VERSIONS, crop_and_resize, decode_image
 from trainer.data.dataset import DataRoots
-from trainer.evaluation.robustness import SHIFTS, box_iou
+from trainer.data.shifts import SHIFTS
+from trainer.evaluation.robustness import box_iou
 from trainer.progress import progress
 
 

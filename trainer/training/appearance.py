@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from trainer.evaluation.robustness import random_shift
+from trainer.data.shifts import random_shift
 
 HEAD_LEVEL = 12  # grey level above which a crop's pixel counts as head, not background
 CURVE_KNOTS = 6

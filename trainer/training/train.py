@@ -174,7 +174,7 @@ SHIFT_SEED = 2020  # draws the shifted views; fixed, so runs with other init see
 def _shifted_views(
     bottom: keras.Model, p: Prepared, k: int, path: Path, log: str, kind: str = "acquisition"
 ) -> np.ndarray:
-    from trainer.evaluation.robustness import random_shift
+    from trainer.data.shifts import random_shift
     from trainer.training.appearance import random_appearance
 
     draw = random_appearance if kind == "appearance" else random_shift
