@@ -4,7 +4,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
+# data roots (a space-separated list; the first holds the official Testing split): each becomes a --data flag
 DATA ?= ../shared/data/brain-tumor-mri
+DATA_FLAGS = $(foreach d,$(DATA),--data $(d))
+# train-smoke reads a second root too (class folders only, other class-name spellings, its own sources)
+SMOKE_DATA ?= $(DATA) ../shared/data/brain-tumor-mri-more
+SMOKE_FLAGS = $(foreach d,$(SMOKE_DATA),--data $(d))
 WORK ?= out
 GRID ?= trainer/grids/cpu.toml
 OUT ?= /tmp/mri-smoke
@@ -68,17 +73,18 @@ WEIGHTS_DTYPE ?= float16
 # where `make train` exports: the work dir, never the bundled models/ unless asked (MODELS=models)
 MODELS ?= $(WORK)/models
 train: $(VENV)/.dev $(VGG16_HED)
-	$(BIN)/python -m trainer train --grid $(GRID) --data $(DATA) --work $(WORK)
-	$(BIN)/python -m trainer evaluate --data $(DATA) --work $(WORK)
+	$(BIN)/python -m trainer train --grid $(GRID) $(DATA_FLAGS) --work $(WORK)
+	$(BIN)/python -m trainer evaluate $(DATA_FLAGS) --work $(WORK)
 	$(BIN)/python -m trainer leaderboard --work $(WORK)
-	$(BIN)/python -m trainer export --data $(DATA) --work $(WORK) --top 3 --models-dir $(MODELS) --weights-dtype $(WEIGHTS_DTYPE) \
+	$(BIN)/python -m trainer export $(DATA_FLAGS) --work $(WORK) --top 3 --models-dir $(MODELS) --weights-dtype $(WEIGHTS_DTYPE) \
 		--previous models
 
-# The whole pipeline on the first 24 images per class and split, 2 epochs: a few minutes on 2 cores.
+# The whole pipeline on the first 24 images per class and split of each of two data roots, 2 epochs: a few minutes
+# on 2 cores.
 train-smoke: $(VENV)/.dev
-	$(BIN)/python -m trainer train --grid trainer/grids/smoke.toml --data $(DATA) --work $(OUT) --limit-per-class 24
-	$(BIN)/python -m trainer evaluate --data $(DATA) --work $(OUT) --limit-per-class 24
-	$(BIN)/python -m trainer export --data $(DATA) --work $(OUT) --limit-per-class 24 --top 3 \
+	$(BIN)/python -m trainer train --grid trainer/grids/smoke.toml $(SMOKE_FLAGS) --work $(OUT) --limit-per-class 24
+	$(BIN)/python -m trainer evaluate $(SMOKE_FLAGS) --work $(OUT) --limit-per-class 24
+	$(BIN)/python -m trainer export $(SMOKE_FLAGS) --work $(OUT) --limit-per-class 24 --top 3 \
 		--models-dir $(OUT)/models --changelog "smoke ensemble: 24 images per class, 2 epochs; not a real classifier"
 
 clean:

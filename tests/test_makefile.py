@@ -20,3 +20,17 @@ def test_make_train_exports_into_the_work_dir_unless_models_is_named() -> None:
     assert "--models-dir out/models " in _export_line()
     assert "--models-dir /tmp/w/models " in _export_line("WORK=/tmp/w")
     assert "--models-dir models " in _export_line("MODELS=models")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_train_smoke_reads_two_data_roots_and_train_takes_a_list() -> None:
+    def lines(*args: str) -> list[str]:
+        out = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return [line for line in out.splitlines() if "-m trainer" in line]
+
+    smoke = lines("train-smoke")
+    assert len(smoke) == 3
+    for line in smoke:
+        assert "--data ../shared/data/brain-tumor-mri --data ../shared/data/brain-tumor-mri-more " in line
+    train = lines("train", "DATA=a b", "VGG16_HED=Makefile")
+    assert all("--data a --data b " in line for line in train if "leaderboard" not in line)
