@@ -264,7 +264,8 @@ def test_lite_transfer_model_resizes_inside_and_exports_with_parity(tmp_path: Pa
     """A Lite0 model that resizes the 150 px crop to 224 inside its graph takes 150 px input, exports to ONNX
     with a class map and OOD score, and the ONNX runs what Keras runs."""
     from trainer.export.convert import parity, to_onnx
-    from trainer.export.extras import fit_mahalanobis, pooled_feature_model, with_extras
+    from trainer.export.extras import fit_mahalanobis, with_extras
+    from trainer.models.features import pooled_feature_model
 
     m = build_transfer(
         (150, 150, 3), 4, "efficientnet_lite0", weights=str(lite0_weights), dense_layers=1, units=8, backbone_input=224

@@ -90,7 +90,8 @@ def test_choose_rule_reaches_the_target_on_validation() -> None:
 def test_trust_rule_catches_wrong_answers_and_doubts_few_right_ones() -> None:
     """The export's rule: on validation, as many wrong answers flagged as possible with at most 10 % of the right
     ones flagged; here confidence predicts correctness, so it catches far more wrong than right answers."""
-    from trainer.export.calibration import choose_trust_rule, flag_rates
+    from trainer.evaluation.metrics import flag_rates
+    from trainer.export.calibration import choose_trust_rule
 
     probs, y = _confident_when_right(seed=5, n=800)
     rule = choose_trust_rule(probs, y, max_right_flagged=0.1)

@@ -244,7 +244,7 @@ def test_grid_files_expand() -> None:
     for bad_value in (-1, True, 1.5):
         with pytest.raises(ValueError, match="reduce_lr_patience"):
             expand({"resnet": [{"reduce_lr_patience": bad_value}]})
-    with pytest.raises(ValueError, match="protocol: Input should be 'official' or 'pooled'"):
+    with pytest.raises(ValueError, match="protocol: Input should be 'official', 'clean' or 'pooled'"):
         expand({"defaults": {"protocol": "leaky"}, "ann": [{"dense_layers": 0, "units": 8}]})
     # the seed ensemble: the best recipe again with other initialisation seeds, on the same validation split
     seeds = {e["name"]: e for e in load_grid(grid("seeds-v2.toml"))}
@@ -282,7 +282,8 @@ def check_ood_score_and_onnx(
 def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from trainer.export.extras import fit_mahalanobis, pooled_feature_model, with_extras
+    from trainer.export.extras import fit_mahalanobis, with_extras
+    from trainer.models.features import pooled_feature_model
 
     m = build_transfer((48, 48, 3), 4, "vgg16", weights="none", dense_layers=1, units=8)
     rng = np.random.default_rng(0)
@@ -305,13 +306,8 @@ def test_extras_export_class_map_and_ood_score(tmp_path: Path) -> None:
 def test_resnet_extras_class_map_and_ood_score(tmp_path: Path) -> None:
     """The residual CNN (no nested backbone) gets the same extra outputs: its head applied to the feature map
     that "gap" pools (BatchNorm statistics trained away from 0 / 1), and the Mahalanobis distance."""
-    from trainer.export.extras import (
-        fit_mahalanobis,
-        has_own_pooling_head,
-        has_pooling_head,
-        pooled_feature_model,
-        with_own_extras,
-    )
+    from trainer.export.extras import fit_mahalanobis, with_own_extras
+    from trainer.models.features import has_own_pooling_head, has_pooling_head, pooled_feature_model
 
     m = build_resnet((64, 64, 3), 4, stages=2, width=8)
     assert has_own_pooling_head(m) and not has_pooling_head(m)
@@ -343,8 +339,9 @@ def test_multiscale_head_pools_three_blocks_and_exports_a_class_map(tmp_path: Pa
     grid; its global average is the concatenation of each tap's global average; the export's class map is the
     head applied per cell of that map."""
     from trainer.export.convert import parity, to_onnx
-    from trainer.export.extras import fit_mahalanobis, pooled_feature_model, with_extras
+    from trainer.export.extras import fit_mahalanobis, with_extras
     from trainer.models.builders import backbone_of, build_backbone
+    from trainer.models.features import pooled_feature_model
 
     m = build_transfer((48, 48, 3), 4, "vgg16", weights="none", dense_layers=1, units=8, multiscale=True)
     base = backbone_of(m)

@@ -20,8 +20,8 @@ from service.main import create_app
 from service.manifest import Manifest, load_manifest
 from service.runtime import Ensemble
 from tests.utils import MRI_FIXTURES, ROOT, run_trainer
+from trainer.evaluation.splits import eval_splits
 from trainer.evaluation.tta import mcnemar_p
-from trainer.export.bundle import eval_splits
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     assert set(tta["plain"]) == {"validation", "official_test"} and isinstance(tta["adopted"], bool)
     assert ("does not pay" in out) != tta["adopted"]
     docs = tmp_path / "docs"
-    run_trainer("report", "--work", str(work), "--models-dir", str(models), "--docs", str(docs), cwd=ROOT)
+    run_trainer("report", *common, "--models-dir", str(models), "--docs", str(docs), cwd=ROOT)
     text = (docs / "evaluation.md").read_text()
     test_acc = manifest.ensemble.metrics["official_test"].accuracy
     assert f"**{100 * test_acc:.1f} %**" in text and "not for clinical use" in text
@@ -291,7 +291,18 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
         unseen_by_both(Loaded.load(shipped), Loaded.load(models), p)
     empty = tmp_path / "empty"
     failed = subprocess.run(
-        [sys.executable, "-m", "trainer", "pooled", "--work", str(empty), "--docs", str(docs)],
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "pooled",
+            "--data",
+            str(MRI_FIXTURES),
+            "--work",
+            str(empty),
+            "--docs",
+            str(docs),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -305,7 +316,18 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
         official_models,
     )
     failed = subprocess.run(
-        [sys.executable, "-m", "trainer", "pooled", "--work", str(official_models.parent), "--docs", str(docs)],
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "pooled",
+            "--data",
+            str(MRI_FIXTURES),
+            "--work",
+            str(official_models.parent),
+            "--docs",
+            str(docs),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from trainer.evaluation.groups import cross_source_figures, format_groups, group_figures
-from trainer.evaluation.sequence import (
+from trainer.models.sequence import (
     LABELS_FILE,
     PROBE_FILE,
     SEQUENCE_GROUPS,

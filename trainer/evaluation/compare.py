@@ -17,8 +17,8 @@ import numpy as np
 
 from service.runtime import Ensemble
 from trainer.data.dataset import DataRoots, Prepared
+from trainer.evaluation.splits import eval_splits
 from trainer.evaluation.tta import MCNEMAR_ALPHA, paired_counts, scored_vote
-from trainer.export.bundle import eval_splits
 
 
 def compare_ensembles(

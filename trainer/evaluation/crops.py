@@ -68,7 +68,7 @@ def measure_crops(
     <report_dir>/crop_stability.json and crop_boxes.png (the 8 images whose first two versions' boxes differ
     most); returns the JSON's path and a table of mean IoU / share moved per shift and version."""
     from trainer.data.dataset import image_path, scan
-    from trainer.reporting.plots import plot_crop_boxes
+    from trainer.evaluation.plots import plot_crop_boxes
 
     unknown = [v for v in versions if v not in PREPROCESSING_VERSIONS]
     if unknown or len(versions) < 2:

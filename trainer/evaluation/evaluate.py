@@ -18,7 +18,7 @@ import trainer.models.builders  # noqa: F401  (registers the custom layers for l
 from service.preprocessing import preprocessing_version
 from trainer.data.dataset import CLASSES, Prepared
 from trainer.evaluation.metrics import compute_metrics
-from trainer.reporting.plots import plot_confusion, plot_curves, plot_leaderboard
+from trainer.evaluation.plots import plot_confusion, plot_curves, plot_leaderboard
 from trainer.training.recipe import Recipe
 from trainer.training.train import evaluation_indices
 

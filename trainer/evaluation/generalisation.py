@@ -19,7 +19,7 @@ from service.manifest import Manifest
 from service.runtime import Ensemble
 from trainer.data.dataset import CLASSES, PRIMARY_SOURCE, Prepared
 from trainer.evaluation.groups import cross_source_figures, group_figures
-from trainer.export.bundle import eval_splits
+from trainer.evaluation.splits import eval_splits
 
 FILE = "generalisation.json"
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.evaluation.sequence import SEQUENCE_GROUPS
+from trainer.models.sequence import SEQUENCE_GROUPS
 
 MIN_CELL = 10  # a class × group cell needs this many images to count as the worst one
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from service.confidence import UncertaintyRule, uncertainty_reasons
 from service.ensemble import majority_vote
 from trainer.data.dataset import CLASSES
 
@@ -66,3 +67,24 @@ def vote_metrics(probs: np.ndarray, y: np.ndarray, split: str) -> dict[str, Any]
     """Metrics of the majority vote of probs (models, N, classes) against labels y."""
     labels, _, mean = majority_vote(probs)
     return compute_metrics(y, mean, CLASSES, split, y_pred=labels)
+
+
+def flagged_answers(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged uncertain, voted label is right) per image of probs (models, N, classes)."""
+    labels, votes, mean = majority_vote(probs)
+    return np.array([bool(r) for r in uncertainty_reasons(votes, mean, labels, rule)]), labels == y
+
+
+def flag_shares(flagged: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """The share of wrong answers flagged and of right ones flagged (a key is missing when there are none)."""
+    out = {}
+    if (~correct).any():
+        out["wrong_flagged_rate"] = float(flagged[~correct].mean())
+    if correct.any():
+        out["right_flagged_rate"] = float(flagged[correct].mean())
+    return out
+
+
+def flag_rates(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[str, float]:
+    """The trust figures: the share of wrong answers the `uncertain` flag catches, and of right ones it doubts."""
+    return {k: round(v, 4) for k, v in flag_shares(*flagged_answers(probs, y, rule)).items()}

@@ -17,8 +17,8 @@ import numpy as np
 
 from service.runtime import Ensemble
 from trainer.data.dataset import SPLITS, Prepared
+from trainer.evaluation.splits import eval_splits, test_key
 from trainer.evaluation.tta import paired_counts, scored_vote
-from trainer.export.bundle import eval_splits, test_key
 from trainer.training.recipe import Recipe
 from trainer.training.train import train_val_indices
 

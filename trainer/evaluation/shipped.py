@@ -37,9 +37,8 @@ def recheck(models_dir: Path, manifest: Manifest, p: Any) -> int:
     """Recompute the headline numbers of an exported ensemble (vote metrics, how many wrong and right answers are
     flagged uncertain, compute per upload), print them beside the manifest's; 0 when every one matches."""
     from service.runtime import Ensemble
-    from trainer.evaluation.metrics import vote_metrics
-    from trainer.export.bundle import eval_splits
-    from trainer.export.calibration import flag_rates
+    from trainer.evaluation.metrics import flag_rates, vote_metrics
+    from trainer.evaluation.splits import eval_splits
     from trainer.models.compute import onnx_macs
 
     ensemble = Ensemble.load(models_dir)

@@ -19,7 +19,7 @@ from service.ensemble import majority_vote
 from service.runtime import Ensemble
 from trainer.data.dataset import CLASSES, Prepared
 from trainer.evaluation.metrics import vote_metrics
-from trainer.export.bundle import eval_splits
+from trainer.evaluation.splits import eval_splits
 
 MCNEMAR_ALPHA = 0.05
 

@@ -23,15 +23,11 @@ from service.plausibility import background_levels, lack_backdrop
 from service.runtime import Ensemble
 from trainer.data.dataset import CLASS_WORDS, CLASSES, Prepared, protocol_split
 from trainer.data.sources import source_table
-from trainer.evaluation.evaluate import split_names
 from trainer.evaluation.metrics import vote_metrics
+from trainer.evaluation.splits import eval_splits, test_key
 from trainer.export.calibration import calibration_report, choose_trust_rule, ece, fit_temperature
 from trainer.export.convert import PARITY_TOLERANCE, ParityError, add_extras, parity, to_onnx
-from trainer.export.extras import (
-    OOD_SCORE,
-    has_own_pooling_head,
-    has_pooling_head,
-)
+from trainer.export.extras import OOD_SCORE
 from trainer.export.merge import halve_weights, merge_models_dir
 from trainer.export.selection import (
     bytes_per_param,
@@ -43,6 +39,7 @@ from trainer.export.selection import (
 )
 from trainer.models.builders import INPUT_NAME, OUTPUT_NAME, weights_origin
 from trainer.models.compute import onnx_macs
+from trainer.models.features import has_own_pooling_head, has_pooling_head
 from trainer.training.recipe import Recipe
 from trainer.training.train import evaluation_indices
 
@@ -59,19 +56,6 @@ def evaluate_ensemble(models_dir: Path, p: Prepared) -> dict[str, dict[str, Any]
         key: vote_metrics(ensemble.predict_images(p.x[idx]), p.y[idx], split)
         for key, (split, idx) in eval_splits(ensemble, p).items()
     }
-
-
-def eval_splits(ensemble: Ensemble, p: Prepared) -> dict[str, tuple[str, np.ndarray]]:
-    """{metrics key: (description, indices)} of the validation and test splits of the ensemble's protocol."""
-    cfg = ensemble.manifest.models[0].config
-    va, te = evaluation_indices(p, cfg)
-    (val_key, val_split), (test_key, test_split) = split_names(cfg)
-    return {val_key: (val_split, va), test_key: (test_split, te)}
-
-
-def test_key(manifest: Manifest) -> str:
-    """The metrics key of the ensemble's test split: official_test, or pooled_test for the pooled protocol."""
-    return split_names(manifest.models[0].config)[1][0]
 
 
 def raw_probabilities(
@@ -177,7 +161,7 @@ def export_top(
             raise ValueError(f"select={select!r} needs the report dir with the validation probabilities")
         groups = None
         if select == "worst_group":
-            from trainer.evaluation.sequence import prepared_groups
+            from trainer.models.sequence import prepared_groups
 
             groups = prepared_groups(p.x, p.data_hash, report_dir.parent / "cache" if cache is None else cache)
         chosen, tried = choose_ensemble(

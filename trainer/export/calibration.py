@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from service.confidence import UncertaintyRule, apply_temperature, normalized_entropy, uncertainty_reasons
+from service.confidence import UncertaintyRule, apply_temperature, normalized_entropy
 from service.ensemble import majority_vote
+from trainer.evaluation.metrics import flag_shares, flagged_answers
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 301))
 ECE_BINS = 15
@@ -48,31 +49,10 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     return float((r["count"][filled] / len(y) * gaps).sum())
 
 
-def _flagged(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> tuple[np.ndarray, np.ndarray]:
-    """(flagged uncertain, voted label is right) per image of probs (models, N, classes)."""
-    labels, votes, mean = majority_vote(probs)
-    return np.array([bool(r) for r in uncertainty_reasons(votes, mean, labels, rule)]), labels == y
-
-
-def _rates(flagged: np.ndarray, correct: np.ndarray) -> dict[str, float]:
-    """The share of wrong answers flagged and of right ones flagged (a key is missing when there are none)."""
-    out = {}
-    if (~correct).any():
-        out["wrong_flagged_rate"] = float(flagged[~correct].mean())
-    if correct.any():
-        out["right_flagged_rate"] = float(flagged[correct].mean())
-    return out
-
-
-def flag_rates(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[str, float]:
-    """The trust figures: the share of wrong answers the `uncertain` flag catches, and of right ones it doubts."""
-    return {k: round(v, 4) for k, v in _rates(*_flagged(probs, y, rule)).items()}
-
-
 def _subsets(probs: np.ndarray, y: np.ndarray, rule: UncertaintyRule) -> dict[str, float]:
-    flagged, correct = _flagged(probs, y, rule)
+    flagged, correct = flagged_answers(probs, y, rule)
     out: dict[str, float] = {"n": len(y), "accuracy": round(float(correct.mean()), 4)}
-    out.update({k: round(v, 4) for k, v in _rates(flagged, correct).items()})
+    out.update({k: round(v, 4) for k, v in flag_shares(flagged, correct).items()})
     for key, mask in (("confident", ~flagged), ("uncertain", flagged)):
         out[f"{key}_n"] = int(mask.sum())
         if mask.any():
@@ -135,7 +115,7 @@ def choose_trust_rule(
     correct = labels == y
     best: tuple[float, float, bool, float, float] | None = None
     for flag, t, h, flagged in _candidates(probs, y):
-        rates = _rates(flagged, correct)
+        rates = flag_shares(flagged, correct)
         right, wrong = rates.get("right_flagged_rate", 0.0), rates.get("wrong_flagged_rate", 0.0)
         if right > max_right_flagged:
             continue

@@ -16,16 +16,9 @@ import tf2onnx
 
 from service.preprocessing import to_model_input
 from trainer.data.dataset import CLASSES, Prepared
-from trainer.export.extras import (
-    CLASS_MAP,
-    OOD_SCORE,
-    fit_mahalanobis,
-    has_own_pooling_head,
-    pooled_feature_model,
-    with_extras,
-    with_own_extras,
-)
+from trainer.export.extras import CLASS_MAP, OOD_SCORE, fit_mahalanobis, with_extras, with_own_extras
 from trainer.models.builders import INPUT_NAME, OUTPUT_NAME
+from trainer.models.features import has_own_pooling_head, pooled_feature_model
 from trainer.training.recipe import Recipe
 from trainer.training.train import train_val_indices
 

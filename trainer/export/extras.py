@@ -52,18 +52,6 @@ class Mahalanobis(keras.layers.Layer):
         return keras.ops.sqrt(keras.ops.min(keras.ops.sum(diff * diff, axis=-1), axis=-1))
 
 
-def has_pooling_head(model: keras.Model) -> bool:
-    """A transfer model: a nested backbone followed by the global-pooling layer "gap"."""
-    names = {layer.name for layer in model.layers}
-    return "gap" in names and any(isinstance(layer, keras.Model) for layer in model.layers)
-
-
-def has_own_pooling_head(model: keras.Model) -> bool:
-    """A model that pools its own last feature map ("gap") without a nested backbone (builders.build_resnet)."""
-    names = {layer.name for layer in model.layers}
-    return "gap" in names and not any(isinstance(layer, keras.Model) for layer in model.layers)
-
-
 def _as_affine(bn: keras.layers.BatchNormalization) -> FrozenAffine:
     gamma, beta, mean, var = (np.asarray(w) for w in bn.get_weights())
     scale = gamma / np.sqrt(var + bn.epsilon)
@@ -74,10 +62,6 @@ def _head_layers(model: keras.Model) -> list[Any]:
     gap = model.get_layer("gap")
     layers = model.layers[model.layers.index(gap) + 1 :]
     return [_as_affine(la) if isinstance(la, keras.layers.BatchNormalization) else la for la in layers]
-
-
-def pooled_feature_model(model: keras.Model) -> keras.Model:
-    return keras.Model(model.inputs, model.get_layer("gap").output)
 
 
 def fit_mahalanobis(features: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from service.runtime import Ensemble
 from service.trust import ConformalRule, ShiftRule, conformal_thresholds, prediction_sets, shift_scores
 from trainer.data.dataset import CLASS_WORDS, Prepared
 from trainer.evaluation.nonmri import non_mri_verdicts
-from trainer.export.bundle import eval_splits
+from trainer.evaluation.splits import eval_splits
 
 LEVELS = (0.9, 0.95, 0.98, 0.99)  # the coverages a prediction set may state (`level` None: chosen on validation)
 FLAG_SHARE = 0.05  # the share of validation images the shift check flags

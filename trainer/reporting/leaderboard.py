@@ -171,7 +171,7 @@ def section(board: list[dict[str, Any]]) -> list[str]:
 
 def update_docs(board: list[dict[str, Any]], docs: Path) -> Path:
     """Replace the leaderboard section of docs/evaluation.md and redraw docs/img/leaderboard.png."""
-    from trainer.reporting.plots import plot_leaderboard
+    from trainer.evaluation.plots import plot_leaderboard
 
     report = docs / "evaluation.md"
     text = report.read_text()

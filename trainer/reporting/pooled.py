@@ -9,8 +9,8 @@ from typing import Any
 from service.manifest import Manifest, load_manifest
 from service.preprocessing import preprocessing_version
 from trainer.evaluation.origins import load_origins, origins_lines
+from trainer.evaluation.plots import plot_confusion
 from trainer.reporting.markdown import pct, per_class_table
-from trainer.reporting.plots import plot_confusion
 from trainer.training.grid import all_grids, grid_label, grid_preprocessing_version, load_grid
 
 PUBLISHED = (

@@ -11,8 +11,8 @@ from typing import Any
 from service.manifest import Manifest, load_manifest
 from service.runtime import Ensemble
 from trainer.data.dataset import DataRoots, Prepared
+from trainer.evaluation.plots import plot_confusion, plot_leaderboard
 from trainer.reporting import leaderboard
-from trainer.reporting.plots import plot_confusion, plot_leaderboard
 from trainer.reporting.pooled import pooled_section, pooled_summary
 from trainer.reporting.sections import (
     ENSEMBLES_TRIED_SECTION,

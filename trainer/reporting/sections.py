@@ -14,10 +14,10 @@ from service.plausibility import FLAT_BACKDROP_SPREAD
 from service.preprocessing import preprocessing_version
 from service.runtime import Ensemble
 from trainer.data.dataset import Prepared, class_rows
+from trainer.evaluation.plots import plot_reliability
 from trainer.export.bundle import raw_probabilities
 from trainer.export.calibration import ECE_BINS, reliability
 from trainer.reporting.markdown import pct, per_class_table
-from trainer.reporting.plots import plot_reliability
 from trainer.reporting.pooled import pooled_label
 
 PUBLISHED = (

@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data.dataset import CLASSES, Prepared, protocol_split, split_train_val
-from trainer.export.extras import pooled_feature_model
 from trainer.models.builders import (
     BACKBONES,
     build_from_config,
@@ -28,6 +27,7 @@ from trainer.models.builders import (
     unfreeze_top,
     weights_origin,
 )
+from trainer.models.features import pooled_feature_model
 from trainer.training.distribute import scope
 from trainer.training.grid import FAMILY_DEFAULTS
 from trainer.training.recipe import Recipe
@@ -337,7 +337,7 @@ def train_entry(
     weights: dict[int, float] | None = class_weights(p.y[tr], n_classes)
     sample_w = None
     if recipe.balance == "class_group":  # sample weights per class × sequence group cell replace class weights
-        from trainer.evaluation.sequence import prepared_groups
+        from trainer.models.sequence import prepared_groups
 
         sample_w, weights = cell_weights(p.y, prepared_groups(p.x, p.data_hash, cache_dir), tr), None
     lr_patience = recipe.reduce_lr_patience

@@ -35,8 +35,8 @@ def read_labels(path: Path = LABELS_FILE) -> dict[str, str]:
 def embed(crops: np.ndarray, weights: str | Path = LITE0_WEIGHTS, batch_size: int = 64) -> np.ndarray:
     """Pooled features of frozen ImageNet EfficientNet-Lite0 (`python -m trainer weights efficientnet_lite0`) for
     prepared crops (uint8 N×150×150×3): what the sequence classifier reads."""
-    from trainer.export.extras import pooled_feature_model
     from trainer.models.builders import build_transfer
+    from trainer.models.features import pooled_feature_model
 
     if not Path(weights).is_file():
         raise FileNotFoundError(f"{weights}: run `python -m trainer weights efficientnet_lite0` first")
