@@ -128,6 +128,8 @@ def add_robustness(sub: Subparsers) -> None:
 
 def run_generalisation(args: argparse.Namespace) -> int:
     """Accuracy per class × sequence group and across sources of an exported ensemble; into its manifest."""
+    import json
+
     from service.manifest import load_manifest
     from service.runtime import Ensemble
     from trainer.evaluation import generalisation as gen
@@ -148,14 +150,28 @@ def run_generalisation(args: argparse.Namespace) -> int:
     figures["cross_source"] = gen.held_out_sources(args.work / "runs", p, groups) or gen.unseen_sources(
         ensemble, p, groups
     )
-    print(f"wrote {gen.write(args.work / 'report', figures)}")
+    figures["runs"] = gen.run_groups(args.work / "report", p, groups)
+    report = args.work / "report"
+    print(f"wrote {gen.write(report, figures)}")
+    before = None
+    if args.compare:  # the replaced ensemble's figures (one file per data it was measured on), kept beside
+        before = {}
+        for path in args.compare:
+            before.update(json.loads(path.read_text()))
+        (report / "generalisation-compare.json").write_text(json.dumps(before, indent=1) + "\n")
     for key, fig in figures.get("sequence_groups", {}).items():
         print(f"{key}: worst class × sequence group {fig['worst']}")
     for row in figures["cross_source"]:
         print(f"cross-source {row['source']}: {row['accuracy']:.1%} of {row['n']} ({row['model']})")
+    for row in figures["runs"]:
+        print(f"run {row['name']}: val accuracy {row['val_accuracy']:.1%}, worst {row['worst']}")
     if args.write_manifest:
-        write_generalisation(args.models_dir, figures)
+        manifest = write_generalisation(args.models_dir, figures)
         print(f"updated {args.models_dir / 'manifest.json'}")
+    if args.docs is not None:
+        from trainer.reporting.report import update_generalisation_docs
+
+        print(f"updated {update_generalisation_docs(figures, manifest, args.docs, before)}")
     return 0
 
 
@@ -169,6 +185,15 @@ def add_generalisation(sub: Subparsers) -> None:
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--weights", type=Path, default=Path("out/weights/efficientnet_lite0_imagenet_notop.weights.h5"))
     p.add_argument("--write-manifest", action="store_true", help="also put the figures into the manifest")
+    p.add_argument("--docs", type=Path, default=None, help="also replace those sections of <docs>/evaluation.md")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="generalisation.json files of the ensemble this one replaces (e.g. its splits and the other sources, "
+        "measured separately), merged: kept as <work>/report/generalisation-compare.json, shown beside",
+    )
     p.set_defaults(func=run_generalisation)
 
 

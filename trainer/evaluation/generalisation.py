@@ -81,6 +81,34 @@ def held_out_sources(runs_dir: Path, p: Prepared, groups: np.ndarray) -> list[di
     return out
 
 
+def run_groups(report_dir: Path, p: Prepared, groups: np.ndarray) -> list[dict[str, Any]]:
+    """Each evaluated run that may vote (not a leave-one-source-out run): its validation accuracy and its worst
+    class × sequence group on validation, best worst cell first — what each recipe buys where it fails most."""
+    from trainer.evaluation.evaluate import validation_probabilities
+    from trainer.training.train import evaluation_indices
+
+    board = report_dir / "leaderboard.json"
+    if not board.exists():
+        return []
+    out = []
+    for row in json.loads(board.read_text()):
+        if row["config"].get("exclude_source"):
+            continue
+        va, _ = evaluation_indices(p, row["config"])
+        pred = validation_probabilities(row, p, report_dir).argmax(1)
+        fig = group_figures(p.y[va], pred, groups[va], CLASSES, "validation")
+        out.append(
+            {
+                "name": row["name"],
+                "val_accuracy": round(float((pred == p.y[va]).mean()), 4),
+                "val_macro_f1": row.get("val_macro_f1"),
+                "worst": fig["worst"],
+                "by_group": fig["by_group"],
+            }
+        )
+    return sorted(out, key=lambda r: -(r["worst"].get("accuracy") or 0.0))
+
+
 def write(report_dir: Path, figures: dict[str, Any]) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / FILE

@@ -110,3 +110,47 @@ def plot_crop_boxes(
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (3 * rows + 0.4)))
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def plot_group_cells(panels: list[tuple[str, dict[str, Any]]], path: Path) -> None:
+    """Accuracy per class × MRI sequence group as heatmaps, one panel per (title, group_figures); cells with
+    fewer than the figures' min_n images are hatched, empty ones blank."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (title, figures) in zip(axes[0], panels, strict=True):
+        classes = list(figures["cells"])
+        groups = list(next(iter(figures["cells"].values())))
+        acc = np.array(
+            [
+                [
+                    np.nan if figures["cells"][c][g]["accuracy"] is None else figures["cells"][c][g]["accuracy"]
+                    for g in groups
+                ]
+                for c in classes
+            ]
+        )
+        ax.imshow(acc, vmin=0, vmax=1, cmap="RdYlGn")
+        for i, c in enumerate(classes):
+            for j, g in enumerate(groups):
+                cell = figures["cells"][c][g]
+                if cell["n"]:
+                    text = f"{100 * cell['accuracy']:.0f} %\nn={cell['n']}"
+                    ax.text(
+                        j,
+                        i,
+                        text,
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        alpha=1.0 if cell["n"] >= figures.get("min_n", 10) else 0.45,
+                    )
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_yticks(range(len(classes)), [c.replace("_", " ") for c in classes])
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(
+        "accuracy by class × MRI sequence group (faint: fewer images than counts for the worst cell)", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -55,6 +55,9 @@ def render(template: str, sections: dict[str, list[str]]) -> str:
     return "\n".join(out) + "\n"
 
 
+CALIBRATION_SECTION = "## Calibration and uncertainty"
+
+
 def replace_section(docs: Path, lines: list[str], followers: list[str]) -> Path:
     """Replace the section of docs/evaluation.md that starts with lines[0] (up to the first of `followers`
     after it), or insert it before the first of `followers` found."""
@@ -74,6 +77,32 @@ def update_non_mri_docs(r: dict[str, Any], docs: Path) -> Path:
     """Replace the not-an-MRI section of docs/evaluation.md with a fresh measurement (or insert it before the
     training curves, where `trainer report` puts it when the ensemble has ood_score models)."""
     return replace_section(docs, non_mri_section(r), [NON_MRI_NEXT])
+
+
+def load_generalisation(work: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """(<work>/report/generalisation.json, generalisation-compare.json or None), or None without the first."""
+    report = work / "report"
+    if not (report / "generalisation.json").exists():
+        return None
+    other = report / "generalisation-compare.json"
+    return (
+        json.loads((report / "generalisation.json").read_text()),
+        json.loads(other.read_text()) if other.exists() else None,
+    )
+
+
+def update_generalisation_docs(
+    figures: dict[str, Any], manifest: Manifest, docs: Path, before: dict[str, Any] | None = None
+) -> Path:
+    """Replace (or insert before the calibration section) the trust and the generalisation sections."""
+    from trainer.reporting.generalisation import TRUST_SECTION, generalisation_section, trust_section
+
+    trust = trust_section(manifest)
+    if trust:
+        replace_section(docs, trust, [CALIBRATION_SECTION])
+    return replace_section(
+        docs, generalisation_section(figures, docs / "img", before), [TRUST_SECTION, CALIBRATION_SECTION]
+    )
 
 
 def load_robustness(work: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
@@ -168,6 +197,14 @@ def _measurements(
     if pooled is not None:
         lines += ["", *pooled_section(work / "pooled", pooled, img, len(p.y), manifest)]
     lines += ["", *ensembles_tried_section(work)]
+    generalisation = load_generalisation(work)
+    if generalisation is not None and generalisation[0].get("model_version") == manifest.model_version:
+        from trainer.reporting.generalisation import generalisation_section
+
+        lines += ["", *generalisation_section(generalisation[0], img, generalisation[1])]
+    from trainer.reporting.generalisation import trust_section
+
+    lines += ["", *trust_section(manifest)]
     lines += ["", *calibration_section(manifest, models_dir, p, img)]
     robustness = load_robustness(work)
     if robustness is not None:

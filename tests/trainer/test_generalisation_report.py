@@ -1,0 +1,71 @@
+"""The evaluation.md sections on generalisation and trust, rendered from figures and the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.manifest import load_manifest
+from tests.utils import ROOT
+from trainer.data.dataset import CLASSES
+from trainer.evaluation.groups import cross_source_figures, group_figures
+from trainer.reporting.generalisation import (
+    GENERALISATION_SECTION,
+    TRUST_SECTION,
+    generalisation_section,
+    trust_section,
+)
+from trainer.reporting.report import update_generalisation_docs
+
+
+def _figures(version: str, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, 400)
+    groups = rng.integers(0, 3, 400)
+    pred = np.where(rng.random(400) < 0.8, y, (y + 1) % 4)
+    pred[(y == 2) & (groups == 1)] = 0  # one cell always wrong: the worst
+    return {
+        "model_version": version,
+        "sequence_groups": {"validation": group_figures(y, pred, groups, CLASSES, "validation (test)")},
+        "cross_source": [cross_source_figures("IXI T1w", "run-no-IXI", y[:50], pred[:50], groups[:50], CLASSES)],
+        "runs": [
+            {
+                "name": "run-a",
+                "val_accuracy": 0.9,
+                "worst": {"class": "glioma", "group": "T2", "n": 12, "accuracy": 0.5},
+            }
+        ],
+    }
+
+
+def test_generalisation_section_names_the_worst_cell_sources_and_the_replaced_ensemble(tmp_path: Path) -> None:
+    now, before = _figures("new-1", 0), _figures("old-1", 1)
+    lines = generalisation_section(now, tmp_path / "img", before)
+    text = "\n".join(lines)
+    assert lines[0] == GENERALISATION_SECTION
+    assert "worst cell no tumor × T1C: 0.0 %" in text
+    assert "| IXI T1w | 50 | `run-no-IXI` |" in text and "`old-1` (never trained on it)" in text
+    assert "| `run-a` | 90.0 % | glioma × T2: 50.0 % (12) |" in text
+    assert (tmp_path / "img" / "sequence-groups-accuracy.png").stat().st_size > 0
+
+
+def test_trust_section_reports_coverage_and_flags_per_split() -> None:
+    manifest = load_manifest(ROOT / "models")
+    lines = trust_section(manifest)
+    assert lines[0] == TRUST_SECTION
+    text = "\n".join(lines)
+    for key, t in manifest.ensemble.trust.items():
+        assert f"| {key.replace('_', ' ')} | {t.get('split', '')} | {t['n']} |" in text
+
+
+def test_update_replaces_the_sections_in_place(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "evaluation.md").write_text("# Evaluation\n\n## The ensemble\n\nx\n\n## Calibration and uncertainty\n\ny\n")
+    manifest = load_manifest(ROOT / "models")
+    for _ in range(2):  # a second run replaces, it does not add
+        update_generalisation_docs(_figures("new-1", 0), manifest, docs)
+    text = (docs / "evaluation.md").read_text()
+    assert text.count(GENERALISATION_SECTION) == 1 and text.count(TRUST_SECTION) == 1
+    assert text.index(GENERALISATION_SECTION) < text.index(TRUST_SECTION) < text.index("## Calibration")

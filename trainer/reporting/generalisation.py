@@ -1,0 +1,131 @@
+"""The sections of docs/evaluation.md on where the ensemble fails (class × MRI sequence group, other sources)
+and on when to trust an answer (prediction sets, the shift check, flag rates), rendered from the manifest and
+<work>/report/generalisation.json (with generalisation-compare.json: the ensemble it replaces, side by side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from service.manifest import Manifest
+from trainer.evaluation.groups import format_groups
+from trainer.evaluation.plots import plot_group_cells
+
+GENERALISATION_SECTION = "## Generalisation: MRI sequence groups and other sources"
+TRUST_SECTION = "## When to trust an answer: prediction sets and flags"
+SPLIT_TITLES = {"validation": "validation", "official_test": "official Testing", "pooled_test": "pooled hold-out"}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _worst(w: dict[str, Any]) -> str:
+    if not w:
+        return "–"
+    return f"{w['class'].replace('_', ' ')} × {w['group']}: {_pct(w['accuracy'])} ({w['n']})"
+
+
+def generalisation_section(figures: dict[str, Any], img: Path, before: dict[str, Any] | None = None) -> list[str]:
+    """Per split, the vote's accuracy by class × sequence group (table and heatmap), each source scored by a model
+    that never saw it, and each voting recipe's worst cell on validation; `before`: the previous ensemble's."""
+    lines = [
+        GENERALISATION_SECTION,
+        "",
+        "Every image gets an MRI sequence group from a linear probe on frozen EfficientNet-Lite0 features "
+        "(`trainer sequences`: T1-like, T1 with contrast-like, T2/FLAIR-like; how it was checked is in "
+        "docs/experiments.md). In the training data sequence and class are tied (most no-tumour slices are "
+        "T2-like, most gliomas T1 with contrast), so the mean hides where a model fails: the worst class × group "
+        "cell (at least 10 images) is the figure the ensemble is chosen by.",
+        "",
+    ]
+    groups = figures.get("sequence_groups", {})
+    panels = [(f"{figures['model_version']} — {SPLIT_TITLES.get(k, k)}", fig) for k, fig in groups.items()]
+    for key, fig in groups.items():
+        lines += [f"**{SPLIT_TITLES.get(key, key)}** ({fig['split']}): worst cell {_worst(fig['worst'])}", ""]
+        lines += [*format_groups(fig), ""]
+    if before and before.get("sequence_groups"):
+        lines.append(f"The ensemble it replaces, `{before['model_version']}`, on its own splits:")
+        lines.append("")
+        for key, fig in before["sequence_groups"].items():
+            lines.append(f"- {SPLIT_TITLES.get(key, key)}: worst cell {_worst(fig['worst'])}")
+            panels.append((f"{before['model_version']} — {SPLIT_TITLES.get(key, key)}", fig))
+        lines.append("")
+    if panels:
+        img.mkdir(parents=True, exist_ok=True)
+        plot_group_cells(panels, img / "sequence-groups-accuracy.png")
+        lines += ["![accuracy by class × sequence group](img/sequence-groups-accuracy.png)", ""]
+    cross = figures.get("cross_source", [])
+    if cross:
+        old = {r["source"]: r for r in (before or {}).get("cross_source", [])}
+        head = "| source | images | scored by (never trained on it) | accuracy |"
+        rule = "|---|---|---|---|"
+        if old:
+            head += f" `{before['model_version']}` (never trained on it) |"  # type: ignore[index]
+            rule += "---|"
+        lines += ["Cross-source: each source scored by a model that never saw it.", "", head, rule]
+        for r in cross:
+            row = f"| {r['source']} | {r['n']} | `{r['model']}` | {_pct(r['accuracy'])} |"
+            if old:
+                row += f" {_pct(old[r['source']]['accuracy']) if r['source'] in old else '–'} |"
+            lines.append(row)
+        mean = sum(r["accuracy"] for r in cross) / len(cross)
+        lines += ["", f"Mean over the {len(cross)} sources: {_pct(mean)}."]
+        if old and all(r["source"] in old for r in cross):
+            old_mean = sum(old[r["source"]]["accuracy"] for r in cross) / len(cross)
+            lines[-1] += f" The replaced ensemble on the same images: {_pct(old_mean)}."
+        lines.append("")
+    runs = figures.get("runs", [])
+    if runs:
+        lines += [
+            "What each recipe buys where it fails most (single models, validation):",
+            "",
+            "| run | val accuracy | worst class × group |",
+            "|---|---|---|",
+        ]
+        lines += [f"| `{r['name']}` | {_pct(r['val_accuracy'])} | {_worst(r['worst'])} |" for r in runs]
+        lines.append("")
+    lines.append("Recompute: `python -m trainer generalisation --models-dir models --data … --docs docs`.")
+    lines.append("")
+    return lines
+
+
+def trust_section(manifest: Manifest) -> list[str]:
+    """The prediction sets' rule and, per split, coverage, set size and how often unflagged answers were right."""
+    e = manifest.ensemble
+    if e.conformal is None:
+        return []
+    c = e.conformal
+    lines = [
+        TRUST_SECTION,
+        "",
+        f"Every answer carries a prediction set: the classes that together hold the true one for {100 * c.level:g} % "
+        f"of images like the validation images (split conformal prediction, {c.method.replace('_', '-')} "
+        f"thresholds fitted on {c.n_calibration} validation images; the level is the lowest of 90/95/98/99 % that "
+        "the sets meet within a point when fitted and checked on halves of validation). `uncertain` is true when "
+        "the set holds more than one class, the image is unlike the training images (shift score above the "
+        "threshold that flags "
+        + (f"{_pct(e.shift.flag_share)} of validation images" if e.shift else "–")
+        + ") or it is probably not a brain MRI. The coverage guarantee holds only for images like the "
+        "calibration images; the test rows show how far it falls elsewhere.",
+        "",
+        "| images | split | n | set holds the true class | mean set size | flagged | unflagged answers right |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, t in e.trust.items():
+        lines.append(
+            f"| {key.replace('_', ' ')} | {t.get('split', '')} | {t.get('n', '–')} | {_pct(t.get('coverage'))} | "
+            f"{t.get('mean_set_size', '–')} | {_pct(t.get('flagged_share'))} | {_pct(t.get('unflagged_accuracy'))} |"
+        )
+    cross = e.trust.get("validation", {}).get("cross_fitted", {})
+    if cross:
+        lines += ["", "Cross-fitted on validation halves (what chose the level and the method):", ""]
+        lines += ["| level | marginal: coverage / set size | class-conditional: coverage / set size |", "|---|---|---|"]
+        for level, fits in cross.items():
+            if not isinstance(fits, dict) or "marginal" not in fits:
+                continue
+            m, k = fits["marginal"], fits["class_conditional"]
+            marginal = f"{_pct(m['coverage'])} / {m['mean_set_size']}"
+            lines.append(f"| {level} | {marginal} | {_pct(k['coverage'])} / {k['mean_set_size']} |")
+    lines.append("")
+    return lines
