@@ -3,5 +3,5 @@
 Research tool, not for clinical use.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 DISCLAIMER = "Research tool, not for clinical use."

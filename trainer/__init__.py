@@ -3,4 +3,4 @@
 Importing this package does not import TensorFlow; the sub-modules that need it do.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
