@@ -18,7 +18,7 @@ MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 2
 INTENDED_USE = (
     "Research and teaching: sorts a 2-D brain MRI slice into glioma, meningioma, pituitary tumour or no tumour. "
-    "Not a medical device and not for clinical use; trained on one public dataset of JPEG slices."
+    "Not a medical device and not for clinical use; trained on public collections of 2-D slices (training.sources)."
 )
 
 

@@ -127,6 +127,12 @@ def render(m: Manifest) -> str:
             ["source", "images", "licence", "citation"],
             [[s.name, s.images, s.licence or "–", s.citation or "–"] for s in m.training.sources],
         )
+        share_alike = sorted({s.licence for s in m.training.sources if "BY-SA" in s.licence})
+        if share_alike:  # what is derived from such data is shared alike: the weights too
+            sources += (
+                f"<p>Part of the training data is licensed {escape(', '.join(share_alike))}: these models, derived "
+                "from it, are shared under the same licence.</p>"
+            )
     gmac = f", {m.ensemble.compute_gmac} GMAC per upload" if m.ensemble.compute_gmac is not None else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

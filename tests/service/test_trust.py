@@ -117,3 +117,21 @@ def test_models_endpoint_serves_the_rules_and_their_figures() -> None:
     v = ensemble["trust"]["validation"]
     assert {"coverage", "mean_set_size", "flagged_share", "unflagged_accuracy", "split", "n"} <= set(v)
     assert ensemble["shift"]["threshold"] > 0
+
+
+def test_model_card_names_every_source_with_its_licence_and_the_share_alike_duty(tmp_path: Path) -> None:
+    import json
+
+    make_tiny_ensemble(tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    raw["training"]["sources"] = [
+        {"name": "figshare", "root": "more", "images": 10, "licence": "CC BY 4.0", "citation": "J. Cheng et al."},
+        {"name": "IXI T1w", "root": "ixi", "images": 5, "licence": "CC BY-SA 3.0", "citation": "IXI dataset"},
+    ]
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    html = render(load_manifest(tmp_path))
+    assert "CC BY 4.0" in html and "J. Cheng et al." in html and "IXI dataset" in html
+    assert "licensed CC BY-SA 3.0: these models, derived from it, are shared under the same licence" in html
+    raw["training"]["sources"] = raw["training"]["sources"][:1]
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    assert "shared under the same licence" not in render(load_manifest(tmp_path))
