@@ -12,7 +12,7 @@ import numpy as np
 from service.ensemble import majority_vote
 from service.manifest import Manifest, write_manifest
 from service.runtime import Ensemble
-from service.trust import ConformalRule, ShiftRule, conformal_thresholds, prediction_sets, shift_scores
+from service.trust import UNLIKE_TRAINING, ConformalRule, ShiftRule, conformal_thresholds, prediction_sets, shift_scores
 from trainer.data.dataset import CLASS_WORDS, Prepared
 from trainer.evaluation.nonmri import non_mri_verdicts
 from trainer.evaluation.splits import eval_splits
@@ -148,6 +148,32 @@ def answer_figures(ensemble: Ensemble, images: np.ndarray, fallback: np.ndarray,
     }
 
 
+def shifted_figures(ensemble: Ensemble, images: np.ndarray, y: np.ndarray) -> dict[str, dict[str, Any]]:
+    """How the flags respond to acquisition shifts the models did not see as such: each shift of
+    trainer.data.shifts.SHIFTS applied to the 150×150 crops (not to the uploads: no re-crop; a resolution loss is
+    resized back up, as an upscaled upload would be), then answered as the service answers. Per shift: accuracy,
+    the share flagged, the share the shift check alone flags, and how often the unflagged answers are right."""
+    import cv2
+
+    from trainer.data.shifts import SHIFTS
+
+    def same_size(shifted: np.ndarray, like: np.ndarray) -> np.ndarray:  # a resolution loss, back to the crop's size
+        h, w = like.shape[:2]
+        return shifted if shifted.shape == like.shape else cv2.resize(shifted, (w, h), interpolation=cv2.INTER_LINEAR)
+
+    out = {}
+    for name, _family, shift in SHIFTS:
+        shifted = np.stack([same_size(shift(im, i), im) for i, im in enumerate(images)])
+        f = answer_figures(ensemble, shifted, np.zeros(len(y), bool), y, "")
+        out[name] = {
+            "accuracy": f["accuracy"],
+            "flagged_share": f["flagged_share"],
+            "unlike_training_share": round(f["reasons"].get(UNLIKE_TRAINING, 0) / max(1, len(y)), 4),
+            "unflagged_accuracy": f["unflagged_accuracy"],
+        }
+    return out
+
+
 def apply_trust(models_dir: Any, p: Prepared, level: float | None = None, flag_share: float = FLAG_SHARE) -> Manifest:
     """Fit the rules on validation, write them into the manifest, then measure every split through them."""
     ensemble = Ensemble.load(models_dir)
@@ -159,6 +185,8 @@ def apply_trust(models_dir: Any, p: Prepared, level: float | None = None, flag_s
     for key, (split, idx) in eval_splits(ensemble, p).items():
         trust[key] = answer_figures(ensemble, p.x[idx], p.fallback[idx], p.y[idx], split)
     trust["validation"]["cross_fitted"] = compared  # by level and method: what chose the rule
+    _, va = eval_splits(ensemble, p)["validation"]
+    trust["validation"]["under_shifts"] = shifted_figures(ensemble, p.x[va], p.y[va])
     trust["non_mri"] = {
         "split": "photographs, faces and generated images (trainer nonmri)",
         **non_mri_verdicts(ensemble),

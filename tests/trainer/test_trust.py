@@ -1,0 +1,59 @@
+"""trainer/export/trust.py: the level and method of the prediction sets chosen on validation, and the figures
+measured through the service's own verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.runtime import Ensemble
+from tests.utils import make_cam_ensemble
+from trainer.export.trust import LEVELS, answer_figures, choose_rule, cross_fitted, shifted_figures
+
+
+def _model(n: int, accuracy: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean probabilities, labels (their arg-max) and truths of a model right on about `accuracy` of n images."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    label = np.where(rng.random(n) < accuracy, y, (y + rng.integers(1, 4, n)) % 4)
+    mean = rng.dirichlet(np.ones(4) * 0.5, n) * 0.4
+    mean[np.arange(n), label] += 0.6
+    mean[np.arange(n), y] += 0.15 * (label != y)  # the truth is often second
+    return mean / mean.sum(1, keepdims=True), label, y
+
+
+def test_the_lowest_level_the_sets_meet_is_chosen() -> None:
+    mean, label, y = _model(600, 0.8)
+    level, method, fits = choose_rule(mean, y, label, None)
+    assert level == 0.9 and set(fits) == {f"{lv:g}" for lv in LEVELS}
+    assert abs(fits["0.9"][method]["coverage"] - 0.9) <= 0.01
+
+
+def test_an_accurate_model_over_covers_low_levels_so_a_higher_one_is_stated() -> None:
+    """The vote is always in the set: a model right on 99.7 % of images covers that much at any level."""
+    mean, label, y = _model(1000, 0.997)
+    level, _, fits = choose_rule(mean, y, label, None)
+    assert fits["0.9"]["marginal"]["coverage"] > 0.95
+    assert level == 0.99
+
+
+def test_a_stated_level_is_kept_and_cross_fitting_measures_on_the_other_half() -> None:
+    mean, label, y = _model(600, 0.8)
+    level, _, fits = choose_rule(mean, y, label, 0.95)
+    assert level == 0.95 and list(fits) == ["0.95"]
+    fit = cross_fitted(mean, y, label, 0.95, False)
+    assert 0.93 <= fit["coverage"] <= 0.97 and fit["mean_set_size"] > 1
+
+
+def test_figures_and_shifts_are_measured_as_the_service_answers(tmp_path: Path) -> None:
+    ensemble = Ensemble.load(make_cam_ensemble(tmp_path / "models"))  # bright images are unlike the training ones
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 60, (6, 150, 150, 3), dtype=np.uint8)
+    y = np.zeros(6, int)
+    f = answer_figures(ensemble, dark, np.zeros(6, bool), y, "test")
+    assert f["n"] == 6 and f["split"] == "test" and f["flagged_share"] + f["unflagged_share"] == 1.0
+    shifts = shifted_figures(ensemble, dark, y)
+    assert shifts["none"]["accuracy"] == f["accuracy"]
+    assert shifts["brightness ×1.4"]["unlike_training_share"] >= shifts["none"]["unlike_training_share"]
+    assert all(0 <= v["flagged_share"] <= 1 for v in shifts.values())
