@@ -57,6 +57,13 @@ def test_trust_section_reports_coverage_and_flags_per_split() -> None:
     text = "\n".join(lines)
     for key, t in manifest.ensemble.trust.items():
         assert f"| {key.replace('_', ' ')} | {t.get('split', '')} | {t['n']} |" in text
+    shifted = manifest.model_copy(deep=True)
+    shifted.ensemble.trust["validation"]["under_shifts"] = {
+        "blur σ 4 px": {"accuracy": 0.9, "flagged_share": 0.2, "unlike_training_share": 0.1, "unflagged_accuracy": 0.95}
+    }
+    text = "\n".join(trust_section(shifted))
+    assert text.count("How the flags respond to acquisition shifts") == 1
+    assert "| blur σ 4 px | 90.0 % | 20.0 % | 10.0 % | 95.0 % |" in text
 
 
 def test_update_replaces_the_sections_in_place(tmp_path: Path) -> None:

@@ -43,6 +43,14 @@ def common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def ensemble_parser(sub: Subparsers, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A command on an exported ensemble: the common arguments and --models-dir (default: the bundled models/)."""
+    p = sub.add_parser(name, **kwargs)
+    common(p)
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    return p
+
+
 class Refused(Exception):
     """A command refuses its arguments; main prints the reason and exits with 2."""
 

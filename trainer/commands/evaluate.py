@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.commands.common import Refused, Subparsers, common, prepare, shipped
+from trainer.commands.common import Refused, Subparsers, common, ensemble_parser, prepare, shipped
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -42,9 +42,7 @@ def run_tta(args: argparse.Namespace) -> int:
 
 
 def add_tta(sub: Subparsers) -> None:
-    p = sub.add_parser("tta", help="measure horizontal-flip test-time augmentation of an exported ensemble")
-    common(p)
-    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p = ensemble_parser(sub, "tta", help="measure horizontal-flip test-time augmentation of an exported ensemble")
     p.set_defaults(func=run_tta)
 
 
@@ -82,11 +80,11 @@ def run_nonmri(args: argparse.Namespace) -> int:
 
 
 def add_nonmri(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "nonmri", help="measure the not-an-MRI warnings (Testing false flags, non-MRI catches) of an exported ensemble"
+    p = ensemble_parser(
+        sub,
+        "nonmri",
+        help="measure the not-an-MRI warnings (Testing false flags, non-MRI catches) of an exported ensemble",
     )
-    common(p)
-    p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
     p.set_defaults(func=run_nonmri)
 
@@ -110,11 +108,11 @@ def run_robustness(args: argparse.Namespace) -> int:
 
 
 def add_robustness(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "robustness", help="accuracy of an exported ensemble under brightness/contrast/blur/noise/rotation/... shifts"
+    p = ensemble_parser(
+        sub,
+        "robustness",
+        help="accuracy of an exported ensemble under brightness/contrast/blur/noise/rotation/... shifts",
     )
-    common(p)
-    p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
     p.add_argument(
         "--compare",
@@ -176,13 +174,12 @@ def run_generalisation(args: argparse.Namespace) -> int:
 
 
 def add_generalisation(sub: Subparsers) -> None:
-    p = sub.add_parser(
+    p = ensemble_parser(
+        sub,
         "generalisation",
         help="an exported ensemble's accuracy per class × MRI sequence group and on sources it never saw "
         "(leave-one-source-out runs of <work>/runs, else the ensemble on other sources)",
     )
-    common(p)
-    p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--weights", type=Path, default=Path("out/weights/efficientnet_lite0_imagenet_notop.weights.h5"))
     p.add_argument("--write-manifest", action="store_true", help="also put the figures into the manifest")
     p.add_argument("--docs", type=Path, default=None, help="also replace those sections of <docs>/evaluation.md")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.commands.common import Subparsers, common, prepare, shipped
+from trainer.commands.common import Subparsers, common, ensemble_parser, prepare, shipped
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -109,9 +109,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def add_merge(sub: Subparsers) -> None:
-    p = sub.add_parser("merge", help="merge an exported ensemble's separate ONNX files into ensemble.onnx")
-    common(p)
-    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p = ensemble_parser(sub, "merge", help="merge an exported ensemble's separate ONNX files into ensemble.onnx")
     p.set_defaults(func=run_merge)
 
 
@@ -124,9 +122,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def add_calibrate(sub: Subparsers) -> None:
-    p = sub.add_parser("calibrate", help="re-fit temperatures and uncertainty thresholds of an exported ensemble")
-    common(p)
-    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p = ensemble_parser(sub, "calibrate", help="re-fit temperatures and uncertainty thresholds of an exported ensemble")
     p.set_defaults(func=run_calibrate)
 
 
@@ -149,11 +145,11 @@ def run_trust(args: argparse.Namespace) -> int:
 
 
 def add_trust(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "trust", help="fit prediction sets (split conformal) and the shift check of an exported ensemble on validation"
+    p = ensemble_parser(
+        sub,
+        "trust",
+        help="fit prediction sets (split conformal) and the shift check of an exported ensemble on validation",
     )
-    common(p)
-    p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument(
         "--level",
         type=float,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.commands.common import DEFAULT_WORK, Refused, Subparsers, common, prepare
+from trainer.commands.common import DEFAULT_WORK, Refused, Subparsers, common, ensemble_parser, prepare
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -21,9 +21,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def add_report(sub: Subparsers) -> None:
-    p = sub.add_parser("report", help="write docs/evaluation.md from the run's artefacts and models/")
-    common(p)
-    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p = ensemble_parser(sub, "report", help="write docs/evaluation.md from the run's artefacts and models/")
     p.add_argument("--docs", type=Path, default=Path("docs"))
     p.set_defaults(func=run_report)
 

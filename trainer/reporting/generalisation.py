@@ -141,19 +141,5 @@ def trust_section(manifest: Manifest) -> list[str]:
                 f"| {name} | {_pct(f['accuracy'])} | {_pct(f['flagged_share'])} | "
                 f"{_pct(f['unlike_training_share'])} | {_pct(f['unflagged_accuracy'])} |"
             )
-    shifts = e.trust.get("validation", {}).get("under_shifts", {})
-    if shifts:
-        lines += [
-            "",
-            "How the flags respond to acquisition shifts (each applied to the validation crops; `trainer trust`):",
-            "",
-            "| shift | accuracy | flagged | flagged by the shift check | unflagged answers right |",
-            "|---|---|---|---|---|",
-        ]
-        for name, f in shifts.items():
-            lines.append(
-                f"| {name} | {_pct(f['accuracy'])} | {_pct(f['flagged_share'])} | "
-                f"{_pct(f['unlike_training_share'])} | {_pct(f['unflagged_accuracy'])} |"
-            )
     lines.append("")
     return lines
