@@ -40,3 +40,14 @@ def test_stored_configs_and_every_grid_read_back_as_recipes() -> None:
             assert recipe.entry_name() == cfg["name"] and recipe.run_seed == cfg.get("init_seed", cfg["seed"])
     with pytest.raises(GridError, match="config 'x': epochs: Input should be greater than or equal to 1"):
         Recipe.of({"name": "x", "family": "ann", "dense_layers": 0, "units": 8, "epochs": 0})
+
+
+def test_every_protocol_names_its_evaluation_splits() -> None:
+    from trainer.data.dataset import PROTOCOLS
+    from trainer.evaluation.evaluate import split_names
+
+    for protocol in PROTOCOLS:
+        (val_key, val_split), (test_key, test_split) = split_names(
+            {"family": "ann", "name": "x", "protocol": protocol, "dense_layers": 0, "units": 8}
+        )
+        assert val_key == "validation" and test_key in ("official_test", "pooled_test") and val_split and test_split

@@ -24,11 +24,13 @@ from trainer.training.train import evaluation_indices
 
 VAL_SPLIT = "validation (carved from Training, duplicate-aware)"
 TEST_SPLIT = "official Testing split"
+CLEAN_VAL_SPLIT = "validation (carved from Training of every data root, duplicate-aware, nothing near a Testing image)"
 POOLED_VAL_SPLIT = "validation (carved from the pooled 80 %, duplicate-aware)"
 POOLED_TEST_SPLIT = "pooled held-out 20 % (Training ∪ Testing, duplicate groups kept whole)"
 # metrics key and description of each protocol's (validation, test) splits
 SPLIT_NAMES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
     "official": (("validation", VAL_SPLIT), ("official_test", TEST_SPLIT)),
+    "clean": (("validation", CLEAN_VAL_SPLIT), ("official_test", TEST_SPLIT)),
     "pooled": (("validation", POOLED_VAL_SPLIT), ("pooled_test", POOLED_TEST_SPLIT)),
 }
 
