@@ -41,6 +41,15 @@ def _figures(version: str, seed: int) -> dict:
 
 def test_generalisation_section_names_the_worst_cell_sources_and_the_replaced_ensemble(tmp_path: Path) -> None:
     now, before = _figures("new-1", 0), _figures("old-1", 1)
+    now["fresh_test"] = {
+        "split": "fresh Testing images",
+        "n": 200,
+        "of": 394,
+        "ensembles": {"new-1": {"accuracy": 0.7, "macro_f1": 0.69, "glioma_recall": 0.5}},
+        "only_first_right": 20,
+        "only_second_right": 10,
+        "mcnemar_p": 0.09,
+    }
     lines = generalisation_section(now, tmp_path / "img", before)
     text = "\n".join(lines)
     assert lines[0] == GENERALISATION_SECTION
@@ -48,6 +57,7 @@ def test_generalisation_section_names_the_worst_cell_sources_and_the_replaced_en
     assert "| IXI T1w | 50 | `run-no-IXI` |" in text and "`old-1` (never trained on it)" in text
     assert "| `run-a` | 90.0 % | glioma × T2: 50.0 % (12) |" in text
     assert (tmp_path / "img" / "sequence-groups-accuracy.png").stat().st_size > 0
+    assert "| `new-1` | 70.0 % | 0.690 | 0.50 |" in text and "exact McNemar p 0.09" in text
 
 
 def test_trust_section_reports_coverage_and_flags_per_split() -> None:
@@ -76,3 +86,27 @@ def test_update_replaces_the_sections_in_place(tmp_path: Path) -> None:
     text = (docs / "evaluation.md").read_text()
     assert text.count(GENERALISATION_SECTION) == 1 and text.count(TRUST_SECTION) == 1
     assert text.index(GENERALISATION_SECTION) < text.index(TRUST_SECTION) < text.index("## Calibration")
+
+
+def test_fresh_test_scores_ensembles_on_testing_images_no_training_image_copies(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from service.runtime import Ensemble
+    from tests.utils import MRI_FIXTURES, make_tiny_ensemble
+    from trainer.data.dataset import TEST, prepare
+    from trainer.evaluation.generalisation import fresh_test
+
+    data = tmp_path / "data"
+    shutil.copytree(MRI_FIXTURES, data)
+    copied = sorted((data / "Testing" / "glioma_tumor").glob("*.jpg"))[0]
+    shutil.copy(copied, data / "Training" / "glioma_tumor" / "copy of a test image.jpg")
+    p = prepare(data, tmp_path / "cache")
+    make_tiny_ensemble(tmp_path / "a")
+    make_tiny_ensemble(tmp_path / "b", n_models=1)
+    raw = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps({**raw, "model_version": "test-2"}))
+    r = fresh_test([Ensemble.load(tmp_path / "a"), Ensemble.load(tmp_path / "b")], p)
+    assert r["of"] == int((p.split == TEST).sum()) and r["n"] == r["of"] - 1  # the copied one is left out
+    assert list(r["ensembles"]) == ["test-1", "test-2"]
+    assert r["only_first_right"] + r["only_second_right"] <= r["n"] and 0 <= r["mcnemar_p"] <= 1

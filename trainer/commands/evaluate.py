@@ -149,6 +149,9 @@ def run_generalisation(args: argparse.Namespace) -> int:
         ensemble, p, groups
     )
     figures["runs"] = gen.run_groups(args.work / "report", p, groups)
+    if args.baseline is not None:  # the replaced ensemble, on the Testing images neither trained on
+        figures["fresh_test"] = gen.fresh_test([ensemble, Ensemble.load(args.baseline)], p)
+        print(f"fresh Testing images: {figures['fresh_test']}")
     report = args.work / "report"
     print(f"wrote {gen.write(report, figures)}")
     before = None
@@ -183,6 +186,13 @@ def add_generalisation(sub: Subparsers) -> None:
     p.add_argument("--weights", type=Path, default=Path("out/weights/efficientnet_lite0_imagenet_notop.weights.h5"))
     p.add_argument("--write-manifest", action="store_true", help="also put the figures into the manifest")
     p.add_argument("--docs", type=Path, default=None, help="also replace those sections of <docs>/evaluation.md")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another exported ensemble (e.g. the one this replaces): both scored on the Testing images neither "
+        "trained on, nor on a copy of them, with the paired McNemar test",
+    )
     p.add_argument(
         "--compare",
         type=Path,

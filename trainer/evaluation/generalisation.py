@@ -109,6 +109,31 @@ def run_groups(report_dir: Path, p: Prepared, groups: np.ndarray) -> list[dict[s
     return sorted(out, key=lambda r: -(r["worst"].get("accuracy") or 0.0))
 
 
+FRESH_TEST = "official Testing images with no exact or near duplicate among the Training images of any data root"
+
+
+def fresh_test(ensembles: list[Ensemble], p: Prepared) -> dict[str, Any]:
+    """The ensembles compared on the Testing images none of them can have trained on, nor on a copy of them
+    (an official-protocol ensemble trains on near-duplicates of 192 Testing groups, a clean one on none): per
+    ensemble accuracy, macro-F1 and glioma recall, and the paired counts with the exact McNemar p of the first
+    two."""
+    from trainer.data.dataset import TEST, TRAIN
+    from trainer.evaluation.tta import paired_counts, scored_vote
+
+    trained_groups = np.unique(p.group[p.split == TRAIN])
+    idx = np.nonzero((p.split == TEST) & ~np.isin(p.group, trained_groups))[0]
+    out: dict[str, Any] = {"split": FRESH_TEST, "n": len(idx), "of": int((p.split == TEST).sum()), "ensembles": {}}
+    right = []
+    for ensemble in ensembles:
+        summary, ok = scored_vote(ensemble.predict_images(p.x[idx]), p.y[idx], FRESH_TEST)
+        out["ensembles"][ensemble.manifest.model_version] = summary
+        right.append(ok)
+    if len(right) >= 2:
+        first, second, pvalue = paired_counts(right[0], right[1])
+        out["only_first_right"], out["only_second_right"], out["mcnemar_p"] = first, second, round(pvalue, 4)
+    return out
+
+
 def write(report_dir: Path, figures: dict[str, Any]) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / FILE

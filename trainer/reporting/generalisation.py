@@ -75,6 +75,23 @@ def generalisation_section(figures: dict[str, Any], img: Path, before: dict[str,
             old_mean = sum(old[r["source"]]["accuracy"] for r in cross) / len(cross)
             lines[-1] += f" The replaced ensemble on the same images: {_pct(old_mean)}."
         lines.append("")
+    fresh = figures.get("fresh_test")
+    if fresh:
+        lines += [
+            f"On the {fresh['n']} of {fresh['of']} {fresh['split']} (no ensemble can have learned them or a copy):",
+            "",
+            "| ensemble | accuracy | macro-F1 | glioma recall |",
+            "|---|---|---|---|",
+        ]
+        for version, m in fresh["ensembles"].items():
+            lines.append(f"| `{version}` | {_pct(m['accuracy'])} | {m['macro_f1']:.3f} | {m['glioma_recall']:.2f} |")
+        if "mcnemar_p" in fresh:
+            lines += [
+                "",
+                f"Right only by the first: {fresh['only_first_right']}, only by the second: "
+                f"{fresh['only_second_right']} (exact McNemar p {fresh['mcnemar_p']}).",
+            ]
+        lines.append("")
     runs = figures.get("runs", [])
     if runs:
         lines += [
