@@ -26,9 +26,12 @@ def _worst(w: dict[str, Any]) -> str:
     return f"{w['class'].replace('_', ' ')} × {w['group']}: {_pct(w['accuracy'])} ({w['n']})"
 
 
-def generalisation_section(figures: dict[str, Any], img: Path, before: dict[str, Any] | None = None) -> list[str]:
+def generalisation_section(
+    figures: dict[str, Any], img: Path, before: dict[str, Any] | None = None, role: str = "The ensemble it replaces"
+) -> list[str]:
     """Per split, the vote's accuracy by class × sequence group (table and heatmap), each source scored by a model
-    that never saw it, and each voting recipe's worst cell on validation; `before`: the previous ensemble's."""
+    that never saw it, and each voting recipe's worst cell on validation; `before`: another ensemble's figures
+    (by default the one this replaces; `role` says which), shown beside."""
     lines = [
         GENERALISATION_SECTION,
         "",
@@ -45,7 +48,7 @@ def generalisation_section(figures: dict[str, Any], img: Path, before: dict[str,
         lines += [f"**{SPLIT_TITLES.get(key, key)}** ({fig['split']}): worst cell {_worst(fig['worst'])}", ""]
         lines += [*format_groups(fig), ""]
     if before and before.get("sequence_groups"):
-        lines.append(f"The ensemble it replaces, `{before['model_version']}`, on its own splits:")
+        lines.append(f"{role}, `{before['model_version']}`, on its own splits:")
         lines.append("")
         for key, fig in before["sequence_groups"].items():
             lines.append(f"- {SPLIT_TITLES.get(key, key)}: worst cell {_worst(fig['worst'])}")
@@ -73,7 +76,7 @@ def generalisation_section(figures: dict[str, Any], img: Path, before: dict[str,
         lines += ["", f"Mean over the {len(cross)} sources: {_pct(mean)}."]
         if old and all(r["source"] in old for r in cross):
             old_mean = sum(old[r["source"]]["accuracy"] for r in cross) / len(cross)
-            lines[-1] += f" The replaced ensemble on the same images: {_pct(old_mean)}."
+            lines[-1] += f" {role} on the same images: {_pct(old_mean)}."
         lines.append("")
     fresh = figures.get("fresh_test")
     if fresh:
@@ -86,9 +89,10 @@ def generalisation_section(figures: dict[str, Any], img: Path, before: dict[str,
         for version, m in fresh["ensembles"].items():
             lines.append(f"| `{version}` | {_pct(m['accuracy'])} | {m['macro_f1']:.3f} | {m['glioma_recall']:.2f} |")
         if "mcnemar_p" in fresh:
+            first, second = (f"`{v}`" for v in list(fresh["ensembles"])[:2])
             lines += [
                 "",
-                f"Right only by the first: {fresh['only_first_right']}, only by the second: "
+                f"Right only by {first}: {fresh['only_first_right']}, only by {second}: "
                 f"{fresh['only_second_right']} (exact McNemar p {fresh['mcnemar_p']}).",
             ]
         lines.append("")

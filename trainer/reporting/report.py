@@ -92,7 +92,11 @@ def load_generalisation(work: Path) -> tuple[dict[str, Any], dict[str, Any] | No
 
 
 def update_generalisation_docs(
-    figures: dict[str, Any], manifest: Manifest, docs: Path, before: dict[str, Any] | None = None
+    figures: dict[str, Any],
+    manifest: Manifest,
+    docs: Path,
+    before: dict[str, Any] | None = None,
+    role: str = "The ensemble it replaces",
 ) -> Path:
     """Replace (or insert before the calibration section) the trust and the generalisation sections."""
     from trainer.reporting.generalisation import TRUST_SECTION, generalisation_section, trust_section
@@ -100,9 +104,8 @@ def update_generalisation_docs(
     trust = trust_section(manifest)
     if trust:
         replace_section(docs, trust, [CALIBRATION_SECTION])
-    return replace_section(
-        docs, generalisation_section(figures, docs / "img", before), [TRUST_SECTION, CALIBRATION_SECTION]
-    )
+    lines = generalisation_section(figures, docs / "img", before, role)
+    return replace_section(docs, lines, [TRUST_SECTION, CALIBRATION_SECTION])
 
 
 def load_robustness(work: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
