@@ -279,6 +279,10 @@ def test_openapi_examples_come_from_the_served_ensemble_and_settings(tiny_models
     assert messages["413"] == [f"Request body too large: the limit is {LIMIT:,} bytes."]
     flat = [m for ms in messages.values() for m in ms]
     assert len(set(flat)) == len(flat)  # each status its own message
+    # the schema states the one meaning of `uncertain`, as README and docs/api.md do (tests/test_docs.py)
+    uncertain = schema["components"]["schemas"]["PredictResponse"]["properties"]["uncertain"]["description"]
+    for condition in ("prediction set holds more than one class", "unlike the training images", "not a brain MRI"):
+        assert condition in uncertain
 
 
 def test_metrics_label_every_route_by_its_path(client: TestClient, mri_jpeg: bytes) -> None:
