@@ -111,20 +111,12 @@ def test_a_schema_1_manifest_with_free_text_notes_still_loads(models_copy: Path)
 def test_python_m_service_announces_a_url_to_open(tiny_models: Path) -> None:
     """`make serve` binds 0.0.0.0; what it prints to click is the localhost address, once the models are ready."""
     from service.__main__ import local_url
-    from tests.utils import free_port
+    from tests.utils import start_server
 
     assert local_url("0.0.0.0", 8000) == "http://localhost:8000/"
     assert local_url("127.0.0.1", 9) == "http://127.0.0.1:9/" and local_url("::1", 9) == "http://[::1]:9/"
-    port = free_port()
-    env = {**os.environ, "MRI_MODELS_DIR": str(tiny_models), "HOST": "0.0.0.0", "PORT": str(port)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, url = start_server(tiny_models, HOST="0.0.0.0")
+    port = url.rsplit(":", 1)[1]
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -51,6 +51,11 @@ def ensemble_parser(sub: Subparsers, name: str, **kwargs: Any) -> argparse.Argum
     return p
 
 
+def docs_option(p: argparse.ArgumentParser) -> None:
+    """--docs: also replace the command's section of <docs>/evaluation.md."""
+    p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
+
+
 class Refused(Exception):
     """A command refuses its arguments; main prints the reason and exits with 2."""
 

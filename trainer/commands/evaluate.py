@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.commands.common import Refused, Subparsers, common, ensemble_parser, prepare, shipped
+from trainer.commands.common import Refused, Subparsers, common, docs_option, ensemble_parser, prepare, shipped
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -85,7 +85,7 @@ def add_nonmri(sub: Subparsers) -> None:
         "nonmri",
         help="measure the not-an-MRI warnings (Testing false flags, non-MRI catches) of an exported ensemble",
     )
-    p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
+    docs_option(p)
     p.set_defaults(func=run_nonmri)
 
 
@@ -113,7 +113,7 @@ def add_robustness(sub: Subparsers) -> None:
         "robustness",
         help="accuracy of an exported ensemble under brightness/contrast/blur/noise/rotation/... shifts",
     )
-    p.add_argument("--docs", type=Path, default=None, help="also replace that section of <docs>/evaluation.md")
+    docs_option(p)
     p.add_argument(
         "--compare",
         type=Path,
