@@ -63,6 +63,9 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[sync_api.Page]:
 
 
 def classify(page: sync_api.Page, *files: Path) -> None:
+    """Upload files and wait for their answers (the previous answers are cleared first, so none is mistaken
+    for a new one)."""
+    page.evaluate("document.getElementById('results').replaceChildren()")
     page.set_input_files("#file", [str(f) for f in files])
     page.click("#go")
     page.wait_for_function(f"document.querySelectorAll('[data-testid=result]').length === {len(files)}", timeout=20_000)
