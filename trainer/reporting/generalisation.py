@@ -39,7 +39,7 @@ def generalisation_section(
         "(`trainer sequences`: T1-like, T1 with contrast-like, T2/FLAIR-like; how it was checked is in "
         "docs/experiments.md). In the training data sequence and class are tied (most no-tumour slices are "
         "T2-like, most gliomas T1 with contrast), so the mean hides where a model fails: the worst class × group "
-        "cell (at least 10 images) is the figure the ensemble is chosen by.",
+        "cell (at least 10 images) is the first figure a new ensemble is chosen by (docs/experiments.md).",
         "",
     ]
     groups = figures.get("sequence_groups", {})
