@@ -79,16 +79,21 @@ def update_non_mri_docs(r: dict[str, Any], docs: Path) -> Path:
     return replace_section(docs, non_mri_section(r), [NON_MRI_NEXT])
 
 
-def load_generalisation(work: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-    """(<work>/report/generalisation.json, generalisation-compare.json or None), or None without the first."""
+def load_with_compare(work: Path, stem: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """(<work>/report/<stem>.json, <stem>-compare.json or None), or None without the first: a measurement of
+    the ensemble and, if kept beside it, the same measurement of another one."""
     report = work / "report"
-    if not (report / "generalisation.json").exists():
+    if not (report / f"{stem}.json").exists():
         return None
-    other = report / "generalisation-compare.json"
+    other = report / f"{stem}-compare.json"
     return (
-        json.loads((report / "generalisation.json").read_text()),
+        json.loads((report / f"{stem}.json").read_text()),
         json.loads(other.read_text()) if other.exists() else None,
     )
+
+
+def load_generalisation(work: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    return load_with_compare(work, "generalisation")
 
 
 def update_generalisation_docs(
@@ -109,15 +114,7 @@ def update_generalisation_docs(
 
 
 def load_robustness(work: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-    """(<work>/report/robustness.json, robustness-compare.json or None), or None without the first."""
-    report = work / "report"
-    if not (report / "robustness.json").exists():
-        return None
-    other = report / "robustness-compare.json"
-    return (
-        json.loads((report / "robustness.json").read_text()),
-        json.loads(other.read_text()) if other.exists() else None,
-    )
+    return load_with_compare(work, "robustness")
 
 
 def update_robustness_docs(r: dict[str, Any], docs: Path, other: dict[str, Any] | None = None) -> Path:
