@@ -9,7 +9,8 @@ from trainer.commands.common import Subparsers, common, ensemble_parser, prepare
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from trainer.export.bundle import export_top, load_leaderboard
+    from trainer.evaluation.evaluate import load_leaderboard
+    from trainer.export.bundle import export_top
 
     manifest = export_top(
         load_leaderboard(args.work / "report"),

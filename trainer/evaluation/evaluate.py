@@ -178,3 +178,11 @@ def evaluate_all(runs_dir: Path, p: Prepared, report_dir: Path) -> list[dict[str
         rows.append(row)
     write_leaderboard(rows, report_dir)
     return rows
+
+
+def load_leaderboard(report_dir: Path) -> list[dict[str, Any]]:
+    """The rows evaluate_all wrote to <report_dir>/leaderboard.json."""
+    path = report_dir / "leaderboard.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `python -m trainer evaluate` first")
+    return list(json.loads(path.read_text()))

@@ -84,14 +84,13 @@ def held_out_sources(runs_dir: Path, p: Prepared, groups: np.ndarray) -> list[di
 def run_groups(report_dir: Path, p: Prepared, groups: np.ndarray) -> list[dict[str, Any]]:
     """Each evaluated run that may vote (not a leave-one-source-out run): its validation accuracy and its worst
     class × sequence group on validation, best worst cell first — what each recipe buys where it fails most."""
-    from trainer.evaluation.evaluate import validation_probabilities
+    from trainer.evaluation.evaluate import load_leaderboard, validation_probabilities
     from trainer.training.train import evaluation_indices
 
-    board = report_dir / "leaderboard.json"
-    if not board.exists():
+    if not (report_dir / "leaderboard.json").exists():
         return []
     out = []
-    for row in json.loads(board.read_text()):
+    for row in load_leaderboard(report_dir):
         if row["config"].get("exclude_source"):
             continue
         va, _ = evaluation_indices(p, row["config"])

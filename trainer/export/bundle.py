@@ -354,10 +354,3 @@ def previous_changelog(previous: Path | None) -> list[dict[str, Any]]:
     if previous is None or not (previous / "manifest.json").exists():
         return []
     return [c.model_dump() for c in load_manifest(previous).changelog]
-
-
-def load_leaderboard(report_dir: Path) -> list[dict[str, Any]]:
-    path = report_dir / "leaderboard.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run `python -m trainer evaluate` first")
-    return list(json.loads(path.read_text()))
