@@ -147,6 +147,11 @@ def preprocessing_version(params: Mapping[str, Any]) -> int:
 
 
 UNSUPPORTED_MESSAGE = "Unsupported media type: by its content this is not a JPEG, PNG or DICOM image."
+EMPTY_MESSAGE = "The upload is empty (0 bytes)."
+
+
+def undecodable_message(fmt: str) -> str:
+    return f"The {fmt.upper()} data could not be decoded (truncated or corrupt)."
 
 
 class ImageDecodeError(ValueError):
@@ -255,7 +260,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int |
     `frame` picks the slice of a multi-frame DICOM file; other formats ignore it.
     """
     if not data:
-        raise ImageDecodeError("The upload is empty (0 bytes).")
+        raise ImageDecodeError(EMPTY_MESSAGE)
     from service.dicom import DicomError, decode_dicom, is_dicom
 
     if is_dicom(data):
@@ -279,7 +284,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int |
     # libjpeg turns CMYK/YCCK JPEGs into BGR for us.
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
-        raise ImageDecodeError(f"The {fmt.upper()} data could not be decoded (truncated or corrupt).")
+        raise ImageDecodeError(undecodable_message(fmt))
     return to_rgb_uint8(img)
 
 

@@ -90,13 +90,16 @@ def extract_images(content_type: str | None, body: bytes) -> list[tuple[str | No
     return files
 
 
+MISSING_FIELD = f"Missing form field '{FIELD}': send the image as multipart field '{FIELD}'."
+
+
 def extract_image(content_type: str | None, body: bytes) -> bytes:
     """The uploaded image bytes, or UploadError with the HTTP status to answer."""
     ctype, params = parse_options_header(content_type or "")
     if ctype == b"multipart/form-data":
         files = _form_files(params, body)
         if not files:
-            raise UploadError(f"Missing form field '{FIELD}': send the image as multipart field '{FIELD}'.")
+            raise UploadError(MISSING_FIELD)
         if len(files) > 1:
             raise UploadError(
                 f"Send exactly one image in field '{FIELD}'; got {len(files)} (several: POST /v1/predict/batch)."

@@ -44,6 +44,13 @@ def key_matches(given: str | None, expected: SecretStr) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
+WRONG_KEY = "Missing or wrong X-API-Key header."
+
+
+def not_ready_message(reason: str) -> str:
+    return f"Models not ready: {reason}."
+
+
 def require_api_key(
     request: Request, x_api_key: str | None = Header(None, description="Needed when the server sets MRI_API_KEY.")
 ) -> None:
@@ -51,11 +58,11 @@ def require_api_key(
     if expected is None:
         return
     if not key_matches(x_api_key, expected):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Missing or wrong X-API-Key header.")
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, WRONG_KEY)
 
 
 def ready_ensemble(request: Request) -> Ensemble:
     state = get_state(request)
     if not state.ready or state.ensemble is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"Models not ready: {state.not_ready_reason}.")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, not_ready_message(state.not_ready_reason))
     return state.ensemble

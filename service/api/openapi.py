@@ -11,11 +11,12 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service import DISCLAIMER
+from service.api.deps import WRONG_KEY, not_ready_message
 from service.config import Settings
 from service.middleware import late_body_message, late_work_message, too_large_message
-from service.preprocessing import UNSUPPORTED_MESSAGE
+from service.preprocessing import EMPTY_MESSAGE, UNSUPPORTED_MESSAGE, undecodable_message
 from service.runtime import Ensemble
-from service.upload import FIELD
+from service.upload import MISSING_FIELD
 
 # the example answer: two of three models vote for the first class, the second is also plausible
 EXAMPLE_MEAN = (0.62, 0.31, 0.04, 0.03)
@@ -25,16 +26,16 @@ def error_examples(settings: Settings) -> dict[int, dict[str, str]]:
     """Per status, examples of the `detail` this server sends (name → message)."""
     t = settings.request_timeout_s
     return {
-        401: {"no key": "Missing or wrong X-API-Key header."},
+        401: {"no key": WRONG_KEY},
         408: {"slow upload": late_body_message(t)},
         413: {"too large": too_large_message(settings.max_upload_bytes)},
         415: {"not an image": UNSUPPORTED_MESSAGE},
         422: {
-            "empty": "The upload is empty (0 bytes).",
-            "no field": f"Missing form field '{FIELD}': send the image as multipart field '{FIELD}'.",
-            "damaged": "The JPEG data could not be decoded (truncated or corrupt).",
+            "empty": EMPTY_MESSAGE,
+            "no field": MISSING_FIELD,
+            "damaged": undecodable_message("jpeg"),
         },
-        503: {"loading": "Models not ready: loading models from models."},
+        503: {"loading": not_ready_message("loading models from models")},
         504: {"too slow": late_work_message(t)},
     }
 
