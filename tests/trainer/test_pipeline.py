@@ -317,24 +317,13 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="pooled-protocol export with an official-protocol one"):
         unseen_by_both(Loaded.load(shipped), Loaded.load(models), p)
+
+    def refused_pooled(work: Path) -> subprocess.CompletedProcess[str]:
+        cmd = ["pooled", "--data", str(MRI_FIXTURES), "--work", str(work), "--docs", str(docs)]
+        return subprocess.run([sys.executable, "-m", "trainer", *cmd], cwd=ROOT, capture_output=True, text=True)
+
     empty = tmp_path / "empty"
-    failed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer",
-            "pooled",
-            "--data",
-            str(MRI_FIXTURES),
-            "--work",
-            str(empty),
-            "--docs",
-            str(docs),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    failed = refused_pooled(empty)
     assert failed.returncode == 2 and "export the pooled runs first" in failed.stderr
     official_models = tmp_path / "official" / "models"  # an export without pooled_test metrics: refused too
     official_models.mkdir(parents=True)
@@ -343,23 +332,7 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
         official.model_copy(update={"ensemble": official.ensemble.model_copy(update={"metrics": kept})}),
         official_models,
     )
-    failed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer",
-            "pooled",
-            "--data",
-            str(MRI_FIXTURES),
-            "--work",
-            str(official_models.parent),
-            "--docs",
-            str(docs),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    failed = refused_pooled(official_models.parent)
     assert failed.returncode == 2 and "not a pooled-protocol export" in failed.stderr, failed.stderr[-2000:]
 
 
