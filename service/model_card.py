@@ -152,7 +152,7 @@ head and resized to 150×150 (preprocessing version {escape(str(m.preprocessing.
 <h2>Limits</h2><ul>
 <li>Trained on public collections of 2-D slices; images from other scanners, sequences or hospitals can be
 answered wrongly, often without a flag. The test rows above show how much accuracy drops on another collection.</li>
-<li>Only four classes: other tumours and lesions get one of the four labels.</li>
+<li>Only {len(m.classes)} classes: other tumours and lesions get one of these labels.</li>
 <li>One slice at a time; no patient context, no 3-D information.</li>
 </ul><p class="muted">{escape(DISCLAIMER)}</p></main></body></html>
 """

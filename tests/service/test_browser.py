@@ -76,6 +76,9 @@ def test_an_unflagged_answer_leads_with_its_class_in_words(tmp_path: Path) -> No
     with serving(tmp_path / "models", thresholds=1.0) as url, chromium() as page:
         page.goto(url + "/")
         assert "not for clinical use" in page.inner_text("#disclaimer")
+        # the intro names the manifest's classes in words and its number of models
+        page.wait_for_function("document.getElementById('intro').textContent.startsWith('3 ONNX')", timeout=10_000)
+        assert page.inner_text("#intro") == "3 ONNX models vote on glioma, meningioma, no tumour or pituitary."
         classify(page, GLIOMA)
         notice = page.locator("[data-testid=notice]")
         assert notice.get_attribute("class") == "notice ok"

@@ -86,10 +86,12 @@ def test_one_meaning_of_uncertain() -> None:
 
 def test_model_card_renders_the_manifest_readably(tmp_path: Path) -> None:
     make_tiny_ensemble(tmp_path)
-    html = render(load_manifest(tmp_path))
+    manifest = load_manifest(tmp_path)
+    html = render(manifest)
     assert "<h1>" in html and "test-1" in html and "not for clinical use" in html.lower()
     assert "no tumour" in html  # class names in words
     assert "95 %" in html  # the prediction sets' stated level
+    assert f"Only {len(manifest.classes)} classes" in html  # counted from the manifest, not typed
     with make_client(tmp_path) as c:
         r = c.get("/model-card")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
