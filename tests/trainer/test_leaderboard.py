@@ -114,14 +114,22 @@ def test_update_merges_official_rows_and_rewrites_only_its_section(tmp_path: Pat
         f"{leaderboard.NEXT_SECTION}\n\nkept below\n"
     )
     leaderboard.save(leaderboard.merge([], [row("ann-d0-u32", 0.4)]), docs)
-    fresh = [row("cnn-c1-f32-d0", 0.7), row("cnn-c1-f32-d0-pooled", 0.99, protocol="pooled")]
+    fresh = [
+        row("cnn-c1-f32-d0", 0.7),
+        row("cnn-c1-f32-d0-pooled", 0.99, protocol="pooled"),
+        row("cnn-c1-f32-d0-clean", 0.95, protocol="clean", data_hash="three roots"),
+    ]
     (work / "report" / "leaderboard.json").write_text(json.dumps(fresh))
     board = leaderboard.update(work, docs)
-    assert [r["name"] for r in board] == ["cnn-c1-f32-d0", "ann-d0-u32"]  # the pooled row is not mixed in
+    assert [r["name"] for r in board] == ["cnn-c1-f32-d0", "ann-d0-u32"]  # pooled and clean rows are not mixed in
     assert json.loads((docs / "leaderboard.json").read_text()) == board
+    # clean rows (other data: they would be refused by the official board) keep a file and a table of their own
+    clean = json.loads((docs / "leaderboard-clean.json").read_text())
+    assert [r["name"] for r in clean] == ["cnn-c1-f32-d0-clean"]
     text = (docs / "evaluation.md").read_text()
     assert "kept above" in text and "kept below" in text and "old table" not in text
     assert "| 1 | cnn-c1-f32-d0 |" in text and "| 2 | ann-d0-u32 |" in text
+    assert text.index("### Protocol clean") < text.index("| 1 | cnn-c1-f32-d0-clean |") < text.index("kept below")
     assert (docs / "img" / "leaderboard.png").stat().st_size > 1000
 
 
@@ -130,7 +138,7 @@ def test_committed_leaderboard_matches_the_report() -> None:
     board = leaderboard.load(ROOT / "docs")
     assert board, "docs/leaderboard.json is missing or empty"
     text = (ROOT / "docs" / "evaluation.md").read_text()
-    assert "\n".join(leaderboard.section(board)) in text
+    assert "\n".join(leaderboard.section(board, leaderboard.load(ROOT / "docs", "clean"))) in text
 
 
 def test_ensembles_tried_section_counts_what_the_export_scored(tmp_path: Path) -> None:

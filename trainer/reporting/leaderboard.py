@@ -21,6 +21,10 @@ from trainer.evaluation.evaluate import LEADERBOARD_COLUMNS
 from trainer.training.grid import load_grid
 
 FILE = "leaderboard.json"
+# Each protocol ranks on its own data and validation split, so each keeps its own file: `official` (the original
+# dataset's Training/Testing) and `clean` (any data roots, nothing near a Testing image trained on). Pooled runs
+# are reported in their own section.
+FILES = {"official": FILE, "clean": "leaderboard-clean.json"}
 SECTION = "## Leaderboard: every configuration tried"
 NEXT_SECTION = "## Provenance"
 KEPT = [c for c in LEADERBOARD_COLUMNS if c != "rank"] + [
@@ -102,13 +106,16 @@ def merge(committed: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[
     return rank(list(by_name.values()))
 
 
-def load(docs: Path) -> list[dict[str, Any]]:
-    path = docs / FILE
+def load(docs: Path, protocol: str = "official") -> list[dict[str, Any]]:
+    path = docs / FILES[protocol]
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def save(board: list[dict[str, Any]], docs: Path) -> Path:
-    path = docs / FILE
+def save(board: list[dict[str, Any]], docs: Path, protocol: str = "official") -> Path | None:
+    """Write the protocol's board (a protocol with no rows writes no file)."""
+    if not board and protocol != "official":
+        return None
+    path = docs / FILES[protocol]
     path.write_text(json.dumps(board, indent=1) + "\n")
     return path
 
@@ -141,7 +148,44 @@ def grid_coverage(board: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def section(board: list[dict[str, Any]]) -> list[str]:
+TABLE_HEAD = [
+    "| # | model | prep. | params | epochs | train s | aug | val acc | val F1 | test acc | test F1 | test glioma recall |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def _table(board: list[dict[str, Any]]) -> list[str]:
+    return [
+        *TABLE_HEAD,
+        *(
+            f"| {i} | {r['name']} | v{version_of(r)} | {r['params']:,} | {r['epochs_run']} | "
+            f"{r['train_seconds']:.0f} | {'yes' if r['augment'] else 'no'} | {r['val_accuracy']:.3f} | "
+            f"{r['val_macro_f1']:.3f} | {r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | "
+            f"{r['test_glioma_recall']:.3f} |"
+            for i, r in enumerate(board, 1)
+        ),
+    ]
+
+
+def clean_section(board: list[dict[str, Any]]) -> list[str]:
+    """The protocol-clean models (`docs/leaderboard-clean.json`), a table of their own."""
+    if not board:
+        return []
+    return [
+        "### Protocol clean: every data root, nothing near a Testing image",
+        "",
+        f"{len(board)} models trained on every data root given to `trainer train` under protocol `clean`, ranked by",
+        "validation macro-F1. Their validation split is carved from all roots, so these scores do not rank with",
+        "the table above; a run named `no-<source>` left that source out of training and validation (its",
+        "cross-source score is in the generalisation section). Test: the official Testing split, none of whose",
+        "images has an exact or near copy among these models' training images.",
+        "",
+        *_table(board),
+        "",
+    ]
+
+
+def section(board: list[dict[str, Any]], clean: list[dict[str, Any]] | None = None) -> list[str]:
     """The leaderboard section of docs/evaluation.md (without the section after it)."""
     lines = [
         SECTION,
@@ -155,21 +199,12 @@ def section(board: list[dict[str, Any]]) -> list[str]:
         "",
         *grid_coverage(board),
         "",
-        "| # | model | prep. | params | epochs | train s | aug | val acc | val F1 | test acc | test F1 | "
-        "test glioma recall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *_table(board),
     ]
-    for r in board:
-        lines.append(
-            f"| {r['rank']} | {r['name']} | v{version_of(r)} | {r['params']:,} | {r['epochs_run']} | "
-            f"{r['train_seconds']:.0f} | "
-            f"{'yes' if r['augment'] else 'no'} | {r['val_accuracy']:.3f} | {r['val_macro_f1']:.3f} | "
-            f"{r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | {r['test_glioma_recall']:.3f} |"
-        )
-    return [*lines, "", "![leaderboard](img/leaderboard.png)", ""]
+    return [*lines, "", "![leaderboard](img/leaderboard.png)", "", *clean_section(clean or [])]
 
 
-def update_docs(board: list[dict[str, Any]], docs: Path) -> Path:
+def update_docs(board: list[dict[str, Any]], docs: Path, clean: list[dict[str, Any]] | None = None) -> Path:
     """Replace the leaderboard section of docs/evaluation.md and redraw docs/img/leaderboard.png."""
     from trainer.evaluation.plots import plot_leaderboard
 
@@ -178,25 +213,27 @@ def update_docs(board: list[dict[str, Any]], docs: Path) -> Path:
     start, end = text.find(SECTION), text.find(NEXT_SECTION)
     if start < 0 or end < start:
         raise ValueError(f"{report}: no '{SECTION}' section followed by '{NEXT_SECTION}'")
-    report.write_text(text[:start] + "\n".join(section(board)) + "\n" + text[end:])
+    report.write_text(text[:start] + "\n".join(section(board, clean)) + "\n" + text[end:])
     (docs / "img").mkdir(exist_ok=True)
     plot_leaderboard(board, docs / "img" / "leaderboard.png")
     return report
 
 
-def merged(work: Path, docs: Path) -> list[dict[str, Any]]:
-    """docs/leaderboard.json with the official-protocol rows of <work>/report/leaderboard.json merged in (the
-    pooled protocol's models are reported in their own section)."""
+def merged(work: Path, docs: Path, protocol: str = "official") -> list[dict[str, Any]]:
+    """The protocol's committed board (FILES) with that protocol's rows of <work>/report/leaderboard.json
+    merged in."""
     fresh_path = work / "report" / FILE
     fresh = json.loads(fresh_path.read_text()) if fresh_path.exists() else []
-    return merge(load(docs), [r for r in fresh if r.get("protocol", "official") == "official"])
+    return merge(load(docs, protocol), [r for r in fresh if r.get("protocol", "official") == protocol])
 
 
 def update(work: Path, docs: Path) -> list[dict[str, Any]]:
-    """Merge <work>/report/leaderboard.json into docs/leaderboard.json and refresh docs/evaluation.md."""
-    board = merged(work, docs)
+    """Merge <work>/report/leaderboard.json into docs/leaderboard.json and docs/leaderboard-clean.json and
+    refresh docs/evaluation.md. Returns the official board."""
+    board, clean = merged(work, docs), merged(work, docs, "clean")
     if not board:
         raise FileNotFoundError(f"nothing to merge: no {work / 'report' / FILE} and no {docs / FILE}")
     save(board, docs)
-    update_docs(board, docs)
+    save(clean, docs, "clean")
+    update_docs(board, docs, clean)
     return board

@@ -152,8 +152,9 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     data = json.loads((work / "data_report.json").read_text())
-    board = leaderboard.merged(work, docs)
+    board, clean = leaderboard.merged(work, docs), leaderboard.merged(work, docs, "clean")
     leaderboard.save(board, docs)
+    leaderboard.save(clean, docs, "clean")
     manifest = load_manifest(models_dir)
     plot_leaderboard(board, img / "leaderboard.png")
     for key, title in (("validation", "validation"), ("official_test", "official Testing split")):
@@ -171,7 +172,7 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         "dataset": dataset_section(data),
         "ensemble": ensemble_section(manifest),
         "measurements": _measurements(work, models_dir, img, p, manifest, pooled, dataset),
-        "leaderboard": leaderboard.section(board),
+        "leaderboard": leaderboard.section(board, clean),
         "provenance": provenance_section(manifest),
         "shift_limits": shift_limits(manifest.preprocessing),
     }
