@@ -31,3 +31,18 @@ def test_uncertain_has_one_documented_meaning(doc: Path) -> None:
     for reason in ("several_classes_possible", "unlike_training_images", "probably_not_brain_mri", "prediction_set"):
         assert reason in text, f"{doc.name} does not name {reason}"
     assert "disagreement sets `uncertain`" not in text
+
+
+def test_readme_and_evaluation_describe_the_bundled_ensemble() -> None:
+    """A new export into models/ must come with the README's and docs/evaluation.md's figures of it."""
+    import json
+
+    manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
+    version = manifest["model_version"]
+    readme = (ROOT / "README.md").read_text()
+    bundled = readme.split("### The bundled ensemble", 1)[1].split("\n## ", 1)[0]
+    assert f"`{version}`" in bundled, "README's bundled-ensemble section names another model_version"
+    assert f'"model_version": "{version}"' in readme, "README's example answer comes from another ensemble"
+    assert f"Ensemble `{version}`" in (ROOT / "docs" / "evaluation.md").read_text()
+    for m in manifest["models"]:
+        assert f"`{m['name']}`" in bundled, f"README's table lacks {m['name']}"
