@@ -10,20 +10,17 @@ from typing import Any
 from service.manifest import Manifest
 from trainer.evaluation.groups import format_groups
 from trainer.evaluation.plots import plot_group_cells
+from trainer.reporting.markdown import pct
 
 GENERALISATION_SECTION = "## Generalisation: MRI sequence groups and other sources"
 TRUST_SECTION = "## When to trust an answer: prediction sets and flags"
 SPLIT_TITLES = {"validation": "validation", "official_test": "official Testing", "pooled_test": "pooled hold-out"}
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f} %"
-
-
 def _worst(w: dict[str, Any]) -> str:
     if not w:
         return "–"
-    return f"{w['class'].replace('_', ' ')} × {w['group']}: {_pct(w['accuracy'])} ({w['n']})"
+    return f"{w['class'].replace('_', ' ')} × {w['group']}: {pct(w['accuracy'])} ({w['n']})"
 
 
 def generalisation_section(
@@ -68,15 +65,15 @@ def generalisation_section(
             rule += "---|"
         lines += ["Cross-source: each source scored by a model that never saw it.", "", head, rule]
         for r in cross:
-            row = f"| {r['source']} | {r['n']} | `{r['model']}` | {_pct(r['accuracy'])} |"
+            row = f"| {r['source']} | {r['n']} | `{r['model']}` | {pct(r['accuracy'])} |"
             if old:
-                row += f" {_pct(old[r['source']]['accuracy']) if r['source'] in old else '–'} |"
+                row += f" {pct(old[r['source']]['accuracy']) if r['source'] in old else '–'} |"
             lines.append(row)
         mean = sum(r["accuracy"] for r in cross) / len(cross)
-        lines += ["", f"Mean over the {len(cross)} sources: {_pct(mean)}."]
+        lines += ["", f"Mean over the {len(cross)} sources: {pct(mean)}."]
         if old and all(r["source"] in old for r in cross):
             old_mean = sum(old[r["source"]]["accuracy"] for r in cross) / len(cross)
-            lines[-1] += f" {role} on the same images: {_pct(old_mean)}."
+            lines[-1] += f" {role} on the same images: {pct(old_mean)}."
         lines.append("")
     fresh = figures.get("fresh_test")
     if fresh:
@@ -87,7 +84,7 @@ def generalisation_section(
             "|---|---|---|---|",
         ]
         for version, m in fresh["ensembles"].items():
-            lines.append(f"| `{version}` | {_pct(m['accuracy'])} | {m['macro_f1']:.3f} | {m['glioma_recall']:.2f} |")
+            lines.append(f"| `{version}` | {pct(m['accuracy'])} | {m['macro_f1']:.3f} | {m['glioma_recall']:.2f} |")
         if "mcnemar_p" in fresh:
             first, second = (f"`{v}`" for v in list(fresh["ensembles"])[:2])
             lines += [
@@ -104,7 +101,7 @@ def generalisation_section(
             "| run | val accuracy | worst class × group |",
             "|---|---|---|",
         ]
-        lines += [f"| `{r['name']}` | {_pct(r['val_accuracy'])} | {_worst(r['worst'])} |" for r in runs]
+        lines += [f"| `{r['name']}` | {pct(r['val_accuracy'])} | {_worst(r['worst'])} |" for r in runs]
         lines.append("")
     lines.append("Recompute: `python -m trainer generalisation --models-dir models --data … --docs docs`.")
     lines.append("")
@@ -126,7 +123,7 @@ def trust_section(manifest: Manifest) -> list[str]:
         "the sets meet within a point when fitted and checked on halves of validation). `uncertain` is true when "
         "the set holds more than one class, the image is unlike the training images (shift score above the "
         "threshold that flags "
-        + (f"{_pct(e.shift.flag_share)} of validation images" if e.shift else "–")
+        + (f"{pct(e.shift.flag_share)} of validation images" if e.shift else "–")
         + ") or it is probably not a brain MRI. The coverage guarantee holds only for images like the "
         "calibration images; the test rows show how far it falls elsewhere.",
         "",
@@ -135,8 +132,8 @@ def trust_section(manifest: Manifest) -> list[str]:
     ]
     for key, t in e.trust.items():
         lines.append(
-            f"| {key.replace('_', ' ')} | {t.get('split', '')} | {t.get('n', '–')} | {_pct(t.get('coverage'))} | "
-            f"{t.get('mean_set_size', '–')} | {_pct(t.get('flagged_share'))} | {_pct(t.get('unflagged_accuracy'))} |"
+            f"| {key.replace('_', ' ')} | {t.get('split', '')} | {t.get('n', '–')} | {pct(t.get('coverage'))} | "
+            f"{t.get('mean_set_size', '–')} | {pct(t.get('flagged_share'))} | {pct(t.get('unflagged_accuracy'))} |"
         )
     cross = e.trust.get("validation", {}).get("cross_fitted", {})
     if cross:
@@ -146,8 +143,8 @@ def trust_section(manifest: Manifest) -> list[str]:
             if not isinstance(fits, dict) or "marginal" not in fits:
                 continue
             m, k = fits["marginal"], fits["class_conditional"]
-            marginal = f"{_pct(m['coverage'])} / {m['mean_set_size']}"
-            lines.append(f"| {level} | {marginal} | {_pct(k['coverage'])} / {k['mean_set_size']} |")
+            marginal = f"{pct(m['coverage'])} / {m['mean_set_size']}"
+            lines.append(f"| {level} | {marginal} | {pct(k['coverage'])} / {k['mean_set_size']} |")
     shifts = e.trust.get("validation", {}).get("under_shifts", {})
     if shifts:
         lines += [
@@ -159,8 +156,8 @@ def trust_section(manifest: Manifest) -> list[str]:
         ]
         for name, f in shifts.items():
             lines.append(
-                f"| {name} | {_pct(f['accuracy'])} | {_pct(f['flagged_share'])} | "
-                f"{_pct(f['unlike_training_share'])} | {_pct(f['unflagged_accuracy'])} |"
+                f"| {name} | {pct(f['accuracy'])} | {pct(f['flagged_share'])} | "
+                f"{pct(f['unlike_training_share'])} | {pct(f['unflagged_accuracy'])} |"
             )
     lines.append("")
     return lines
