@@ -28,7 +28,11 @@ def _figures(version: str, seed: int) -> dict:
     return {
         "model_version": version,
         "sequence_groups": {"validation": group_figures(y, pred, groups, CLASSES, "validation (test)")},
-        "cross_source": [cross_source_figures("IXI T1w", "run-no-IXI", y[:50], pred[:50], groups[:50], CLASSES)],
+        "cross_source": [
+            cross_source_figures("IXI T1w", "app-no-IXI_T1w-clean", y[:50], pred[:50], groups[:50], CLASSES),
+            cross_source_figures("br35h", "app-no-br35h-clean", y[50:80], y[50:80], groups[50:80], CLASSES),
+            cross_source_figures("IXI T1w", "base-no-IXI_T1w-clean", y[:50], y[:50], groups[:50], CLASSES),
+        ],
         "runs": [
             {
                 "name": "run-a",
@@ -57,7 +61,11 @@ def test_generalisation_section_names_the_worst_cell_sources_and_the_replaced_en
     text = "\n".join(lines)
     assert lines[0] == GENERALISATION_SECTION
     assert "worst cell no tumor × T1C: 0.0 %" in text
-    assert "| IXI T1w | 50 | `run-no-IXI` |" in text and "`old-1` (never trained on it)" in text
+    assert "| IXI T1w | 50 | `app-no-IXI_T1w-clean` |" in text and "`old-1` (never trained on it)" in text
+    # one mean per recipe, over the sources its runs held out
+    app = now["cross_source"][0]["accuracy"]
+    assert f"- `app-clean`: mean over its 2 held-out sources {100 * (app + 1) / 2:.1f} %." in text
+    assert "- `base-clean`: mean over its 1 held-out source 100.0 %." in text
     assert "| `run-a` | 90.0 % | glioma × T2: 50.0 % (12) |" in text
     assert (tmp_path / "img" / "sequence-groups-accuracy.png").stat().st_size > 0
     assert "| `new-1` | 70.0 % | 0.690 | 0.50 |" in text

@@ -50,6 +50,26 @@ def cross_source_figures(
     }
 
 
+def recipe_of(row: dict[str, Any]) -> str:
+    """The recipe a cross-source row measures: its leave-one-source-out run's name without `-no-<source>`, or
+    the ensemble that scored it."""
+    model = str(row["model"])
+    return model.replace(f"-no-{str(row['source']).replace(' ', '_')}", "").split(" (never trained on")[0]
+
+
+def recipe_means(cross: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per recipe, the mean accuracy over the sources its runs were scored on, and those sources."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in cross:
+        r = out.setdefault(recipe_of(row), {"sources": [], "accuracies": []})
+        r["sources"].append(row["source"])
+        r["accuracies"].append(row["accuracy"])
+    return {
+        k: {"sources": v["sources"], "mean": round(sum(v["accuracies"]) / len(v["accuracies"]), 4)}
+        for k, v in out.items()
+    }
+
+
 def format_groups(fig: dict[str, Any]) -> list[str]:
     """A Markdown table of group_figures: rows classes, columns sequence groups, cells `accuracy (n)`."""
 

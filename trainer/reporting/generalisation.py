@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from service.manifest import Manifest
-from trainer.evaluation.groups import format_groups
+from trainer.evaluation.groups import format_groups, recipe_means
 from trainer.evaluation.plots import plot_group_cells
 from trainer.reporting.markdown import pct
 
@@ -69,11 +69,14 @@ def generalisation_section(
             if old:
                 row += f" {pct(old[r['source']]['accuracy']) if r['source'] in old else '–'} |"
             lines.append(row)
-        mean = sum(r["accuracy"] for r in cross) / len(cross)
-        lines += ["", f"Mean over the {len(cross)} sources: {pct(mean)}."]
-        if old and all(r["source"] in old for r in cross):
-            old_mean = sum(old[r["source"]]["accuracy"] for r in cross) / len(cross)
-            lines[-1] += f" {role} on the same images: {pct(old_mean)}."
+        lines.append("")
+        for recipe, m in recipe_means(cross).items():
+            n = len(m["sources"])
+            line = f"- `{recipe}`: mean over its {n} held-out source{'s' * (n != 1)} {pct(m['mean'])}."
+            if old and all(src in old for src in m["sources"]):
+                old_mean = sum(old[src]["accuracy"] for src in m["sources"]) / len(m["sources"])
+                line += f" {role} on the same images: {pct(old_mean)}."
+            lines.append(line)
         lines.append("")
     fresh = figures.get("fresh_test")
     if fresh:

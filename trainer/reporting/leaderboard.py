@@ -149,7 +149,8 @@ def grid_coverage(board: list[dict[str, Any]]) -> list[str]:
 
 
 TABLE_HEAD = [
-    "| # | model | prep. | params | epochs | train s | aug | val acc | val F1 | test acc | test F1 | test glioma recall |",
+    "| # | model | prep. | params | epochs | train s | aug | val acc | val F1 | test acc | test F1 | "
+    "test glioma recall |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
