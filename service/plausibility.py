@@ -37,7 +37,10 @@ def colourfulness(rgb: np.ndarray) -> float:
     """Mean over pixels of (max − min) over the colour channels, scaled to 0–1 (0 for a grey image)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
-    spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2).astype(np.int16)
+    # element-wise over the three channel planes: numpy's reductions along a length-3 last axis cost about ten
+    # times as much per request, for the same integers
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    spread = np.maximum(np.maximum(r, g), b).astype(np.int16) - np.minimum(np.minimum(r, g), b).astype(np.int16)
     return float(spread.mean() / 255.0)
 
 
@@ -45,7 +48,10 @@ def _grey_percentiles(images: np.ndarray, percentiles: list[float]) -> np.ndarra
     """(len(percentiles), N) grey-level (mean over channels) percentiles of a (N, H, W, 3) batch."""
     if images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"expected RGB images (N, H, W, 3), got shape {images.shape}")
-    grey = images.mean(axis=3).reshape(len(images), -1)
+    # the channel mean as a sum of planes: the same float64 values as images.mean(axis=3) (sums of three
+    # integers are exact), several times faster
+    grey = (images[..., 0].astype(np.float64) + images[..., 1] + images[..., 2]) / 3.0
+    grey = grey.reshape(len(images), -1)
     return np.asarray(np.percentile(grey, percentiles, axis=1), np.float64)
 
 

@@ -13,6 +13,7 @@ from service.plausibility import (
     backdrop_spreads,
     background_level,
     background_levels,
+    colourfulness,
     input_warnings,
     lack_backdrop,
 )
@@ -100,3 +101,16 @@ def test_mri_slices_on_a_flat_grey_backdrop_pass_and_on_a_textured_bright_one_do
     crops = np.stack([preprocess_bytes(p.read_bytes()).image for p in FIXTURES])
     expected = [NO_DARK_BACKGROUND in input_warnings(c, False, [], [], background_threshold=20.0) for c in crops]
     assert lack_backdrop(crops, 20.0).tolist() == expected
+
+
+def test_channel_measures_equal_numpys_reductions_along_the_channel_axis() -> None:
+    """colourfulness and the grey percentiles work on channel planes for speed; the values are the reductions'."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (6, 40, 50, 3), dtype=np.uint8)
+    images[0] = images[0, :, :, :1]  # a grey one
+    for im in images:
+        spread = im.max(axis=2).astype(np.int16) - im.min(axis=2).astype(np.int16)
+        assert colourfulness(im) == float(spread.mean() / 255.0)
+    grey = images.mean(axis=3).reshape(len(images), -1)
+    assert np.array_equal(background_levels(images), np.percentile(grey, [10], axis=1)[0])
+    assert colourfulness(images[0]) == 0.0
