@@ -18,7 +18,7 @@ from service.ensemble import majority_vote
 from service.manifest import Manifest
 from service.runtime import Ensemble
 from trainer.data.dataset import CLASSES, PRIMARY_SOURCE, Prepared
-from trainer.evaluation.groups import cross_source_figures, group_figures
+from trainer.evaluation.groups import cross_source_figures, group_figures, unseen_label
 from trainer.evaluation.splits import eval_splits
 
 FILE = "generalisation.json"
@@ -49,7 +49,7 @@ def unseen_sources(ensemble: Ensemble, p: Prepared, groups: np.ndarray) -> list[
         if name in seen:
             continue
         idx = np.nonzero(p.source == name)[0]
-        model = f"ensemble {ensemble.manifest.model_version} (never trained on {name})"
+        model = unseen_label(ensemble.manifest.model_version, str(name))
         out.append(cross_source_figures(str(name), model, p.y[idx], vote(ensemble, p.x[idx]), groups[idx], CLASSES))
     return out
 

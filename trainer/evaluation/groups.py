@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from trainer.models.sequence import SEQUENCE_GROUPS
+from trainer.training.recipe import held_out_tag
 
 MIN_CELL = 10  # a class × group cell needs this many images to count as the worst one
 
@@ -50,11 +51,18 @@ def cross_source_figures(
     }
 
 
+UNSEEN_BY = " (never trained on "
+
+
+def unseen_label(model_version: str, source: str) -> str:
+    """The `model` of a cross-source row scored by a whole ensemble that never trained on the source."""
+    return f"ensemble {model_version}{UNSEEN_BY}{source})"
+
+
 def recipe_of(row: dict[str, Any]) -> str:
     """The recipe a cross-source row measures: its leave-one-source-out run's name without `-no-<source>`, or
     the ensemble that scored it."""
-    model = str(row["model"])
-    return model.replace(f"-no-{str(row['source']).replace(' ', '_')}", "").split(" (never trained on")[0]
+    return str(row["model"]).replace(f"-{held_out_tag(str(row['source']))}", "").split(UNSEEN_BY)[0]
 
 
 def recipe_means(cross: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -28,6 +28,11 @@ class GridError(ValueError):
     """A grid file (or a stored config) that breaks a recipe rule; the message names the file, table and key."""
 
 
+def held_out_tag(source: str) -> str:
+    """The run-name part that marks a leave-one-source-out run: `no-<source>`, spaces as underscores."""
+    return f"no-{source.replace(' ', '_')}"
+
+
 class Recipe(BaseModel):
     """A training recipe: the model family with its shape, and how it is trained and evaluated.
 
@@ -144,7 +149,7 @@ class Recipe(BaseModel):
         if self.balance == "class_group":
             parts.append("bal")
         if self.exclude_source:
-            parts.append(f"no-{self.exclude_source.replace(' ', '_')}")
+            parts.append(held_out_tag(self.exclude_source))
         if self.init_seed is not None:
             parts.append(f"s{self.init_seed}")
         if not self.augment:
