@@ -87,10 +87,12 @@ def run_groups(report_dir: Path, p: Prepared, groups: np.ndarray) -> list[dict[s
     from trainer.evaluation.evaluate import load_leaderboard, validation_probabilities
     from trainer.training.train import evaluation_indices
 
-    if not (report_dir / "leaderboard.json").exists():
+    try:
+        rows = load_leaderboard(report_dir)
+    except FileNotFoundError:  # nothing evaluated in this work dir
         return []
     out = []
-    for row in load_leaderboard(report_dir):
+    for row in rows:
         if row["config"].get("exclude_source"):
             continue
         va, _ = evaluation_indices(p, row["config"])
