@@ -53,6 +53,11 @@ def test_bundled_ensemble_loads_and_predicts() -> None:
 @pytest.mark.skipif(not DATASET.is_dir(), reason=f"dataset not found at {DATASET}")
 def test_manifest_metrics_recompute_from_the_onnx_files(tmp_path: Path) -> None:
     manifest = load_manifest(MODELS)
+    # every data root the ensemble learned from (they sit beside the original dataset), in the manifest's order
+    roots = [DATASET.parent / r for r in dict.fromkeys(s.root for s in manifest.training.sources)] or [DATASET]
+    missing = [r for r in roots if not r.is_dir()]
+    if missing:
+        pytest.skip(f"data roots not found: {missing}")
     proc = subprocess.run(
         [
             sys.executable,
@@ -61,8 +66,7 @@ def test_manifest_metrics_recompute_from_the_onnx_files(tmp_path: Path) -> None:
             "evaluate",
             "--models-dir",
             str(MODELS),
-            "--data",
-            str(DATASET),
+            *(a for r in roots for a in ("--data", str(r))),
             "--work",
             str(tmp_path),
         ],
