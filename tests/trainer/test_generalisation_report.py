@@ -32,6 +32,7 @@ def _figures(version: str, seed: int) -> dict:
             cross_source_figures("IXI T1w", "app-no-IXI_T1w-clean", y[:50], pred[:50], groups[:50], CLASSES),
             cross_source_figures("br35h", "app-no-br35h-clean", y[50:80], y[50:80], groups[50:80], CLASSES),
             cross_source_figures("IXI T1w", "base-no-IXI_T1w-clean", y[:50], y[:50], groups[:50], CLASSES),
+            cross_source_figures("IXI T1w", "base-no-IXI_T1w-s7-clean", y[:50], y[:50], groups[:50], CLASSES),
         ],
         "runs": [
             {
@@ -65,7 +66,7 @@ def test_generalisation_section_names_the_worst_cell_sources_and_the_replaced_en
     # one mean per recipe, over the sources its runs held out
     app = now["cross_source"][0]["accuracy"]
     assert f"- `app-clean`: mean over its 2 held-out sources {100 * (app + 1) / 2:.1f} %." in text
-    assert "- `base-clean`: mean over its 1 held-out source 100.0 %." in text
+    assert "- `base-clean`: mean over its 1 held-out source and 2 seeds 100.0 %." in text
     assert "| `run-a` | 90.0 % | glioma × T2: 50.0 % (12) |" in text
     assert (tmp_path / "img" / "sequence-groups-accuracy.png").stat().st_size > 0
     assert "| `new-1` | 70.0 % | 0.690 | 0.50 |" in text

@@ -77,3 +77,24 @@ def test_group_figures_find_the_worst_cell_with_enough_images() -> None:
     cross = cross_source_figures("ixi", "m", y, pred, groups, classes)
     assert cross["n"] == 60 and cross["accuracy"] == round(49 / 60, 4)
     assert cross["per_class"]["glioma"] == {"n": 30, "accuracy": round(22 / 30, 4)}
+
+
+def test_recipe_means_pool_the_seeds_of_a_recipe_and_keep_ensembles_apart() -> None:
+    from trainer.evaluation.groups import recipe_means, recipe_of, unseen_label
+
+    def row(model: str, source: str, accuracy: float) -> dict:
+        return {"model": model, "source": source, "accuracy": accuracy}
+
+    cross = [
+        row("t-ft-sh4-no-IXI_T1w-clean", "IXI T1w", 0.9),
+        row("t-ft-sh4-no-br35h-clean", "br35h", 0.8),
+        row("t-ft-sh4-no-IXI_T1w-s7-clean", "IXI T1w", 1.0),
+        row("t-ft-sh4-no-br35h-s7-clean", "br35h", 0.7),
+        row("t-ft-sh6-app-no-br35h-s11-clean", "br35h", 0.6),
+        row(unseen_label("v1", "br35h"), "br35h", 0.5),
+    ]
+    assert recipe_of(cross[2]) == "t-ft-sh4-clean" and recipe_of(cross[4]) == "t-ft-sh6-app-clean"
+    means = recipe_means(cross)
+    assert means["t-ft-sh4-clean"] == {"sources": ["IXI T1w", "br35h"] * 2, "seeds": 2, "mean": 0.85}
+    assert means["t-ft-sh6-app-clean"] == {"sources": ["br35h"], "seeds": 1, "mean": 0.6}
+    assert means["ensemble v1"]["mean"] == 0.5

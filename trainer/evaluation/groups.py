@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from trainer.models.sequence import SEQUENCE_GROUPS
 from trainer.training.recipe import held_out_tag
 
+SEED_TAG = re.compile(r"-s\d+(?=-|$)")  # a run name's initialisation seed (Recipe.name)
 MIN_CELL = 10  # a class × group cell needs this many images to count as the worst one
 
 
@@ -60,20 +62,28 @@ def unseen_label(model_version: str, source: str) -> str:
 
 
 def recipe_of(row: dict[str, Any]) -> str:
-    """The recipe a cross-source row measures: its leave-one-source-out run's name without `-no-<source>`, or
-    the ensemble that scored it."""
-    return str(row["model"]).replace(f"-{held_out_tag(str(row['source']))}", "").split(UNSEEN_BY)[0]
+    """The recipe a cross-source row measures: its leave-one-source-out run's name without `-no-<source>` and
+    without its initialisation seed (`-s<seed>`: seeds of one recipe pool), or the ensemble that scored it."""
+    name = str(row["model"]).replace(f"-{held_out_tag(str(row['source']))}", "").split(UNSEEN_BY)[0]
+    return SEED_TAG.sub("", name)
 
 
 def recipe_means(cross: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per recipe, the mean accuracy over the sources its runs were scored on, and those sources."""
+    """Per recipe, the mean accuracy over its runs (every source it held out, every seed), the sources of those
+    runs (one entry per run) and how many seeds there were."""
     out: dict[str, dict[str, Any]] = {}
     for row in cross:
-        r = out.setdefault(recipe_of(row), {"sources": [], "accuracies": []})
+        r = out.setdefault(recipe_of(row), {"sources": [], "accuracies": [], "seeds": set()})
         r["sources"].append(row["source"])
         r["accuracies"].append(row["accuracy"])
+        seed = SEED_TAG.search(str(row["model"]))
+        r["seeds"].add(seed.group(0) if seed else "")
     return {
-        k: {"sources": v["sources"], "mean": round(sum(v["accuracies"]) / len(v["accuracies"]), 4)}
+        k: {
+            "sources": v["sources"],
+            "seeds": len(v["seeds"]),
+            "mean": round(sum(v["accuracies"]) / len(v["accuracies"]), 4),
+        }
         for k, v in out.items()
     }
 

@@ -71,8 +71,9 @@ def generalisation_section(
             lines.append(row)
         lines.append("")
         for recipe, m in recipe_means(cross).items():
-            n = len(m["sources"])
-            line = f"- `{recipe}`: mean over its {n} held-out source{'s' * (n != 1)} {pct(m['mean'])}."
+            n, k = len(set(m["sources"])), m["seeds"]
+            line = f"- `{recipe}`: mean over its {n} held-out source{'s' * (n != 1)}"
+            line += f" and {k} seeds {pct(m['mean'])}." if k > 1 else f" {pct(m['mean'])}."
             if old and all(src in old for src in m["sources"]):
                 old_mean = sum(old[src]["accuracy"] for src in m["sources"]) / len(m["sources"])
                 line += f" {role} on the same images: {pct(old_mean)}."
