@@ -93,6 +93,9 @@ def test_recipe_means_pool_the_seeds_of_a_recipe_and_keep_ensembles_apart() -> N
         row("t-ft-sh6-app-no-br35h-s11-clean", "br35h", 0.6),
         row(unseen_label("v1", "br35h"), "br35h", 0.5),
     ]
+    from trainer.training.recipe import SEED_TAG, seed_tag
+
+    assert SEED_TAG.sub("", f"t-ft-sh4-{seed_tag(7)}-clean") == "t-ft-sh4-clean"  # the pattern finds the tag
     assert recipe_of(cross[2]) == "t-ft-sh4-clean" and recipe_of(cross[4]) == "t-ft-sh6-app-clean"
     means = recipe_means(cross)
     assert means["t-ft-sh4-clean"] == {"sources": ["IXI T1w", "br35h"] * 2, "seeds": 2, "mean": 0.85}

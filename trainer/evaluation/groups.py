@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
 from trainer.models.sequence import SEQUENCE_GROUPS
-from trainer.training.recipe import held_out_tag
+from trainer.training.recipe import SEED_TAG, held_out_tag
 
-SEED_TAG = re.compile(r"-s\d+(?=-|$)")  # a run name's initialisation seed (Recipe.name)
 MIN_CELL = 10  # a class × group cell needs this many images to count as the worst one
 
 

@@ -7,6 +7,7 @@ file, the table and the key (`GridError`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +32,14 @@ class GridError(ValueError):
 def held_out_tag(source: str) -> str:
     """The run-name part that marks a leave-one-source-out run: `no-<source>`, spaces as underscores."""
     return f"no-{source.replace(' ', '_')}"
+
+
+def seed_tag(seed: int) -> str:
+    """The run-name part that marks an initialisation seed other than the split's: `s<seed>` (SEED_TAG finds it)."""
+    return f"s{seed}"
+
+
+SEED_TAG = re.compile(r"-s\d+(?=-|$)")  # seed_tag inside a run name
 
 
 class Recipe(BaseModel):
@@ -151,7 +160,7 @@ class Recipe(BaseModel):
         if self.exclude_source:
             parts.append(held_out_tag(self.exclude_source))
         if self.init_seed is not None:
-            parts.append(f"s{self.init_seed}")
+            parts.append(seed_tag(self.init_seed))
         if not self.augment:
             parts.append("noaug")
         if self.protocol != "official":
