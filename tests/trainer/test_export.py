@@ -154,3 +154,18 @@ def test_not_an_mri_thresholds_flag_no_image_of_the_training_pool(tmp_path: Path
     assert odd_score is not None and odd_score[0] > entry.ood_threshold
     (recalibrated,) = calibrate(models, dataclasses.replace(p, x=x)).models
     assert recalibrated.ood_threshold is not None and recalibrated.ood_threshold >= odd_score[0]
+
+
+def test_models_readme_is_the_manifest_s_and_names_the_weights_licence() -> None:
+    """models/README.md is generated from the manifest; weights trained on share-alike images say so."""
+    from trainer.export.bundle import _models_readme
+
+    m = load_manifest(ROOT / "models")
+    assert (ROOT / "models" / "README.md").read_text() == _models_readme(m)
+    ixi = m.training.model_copy(
+        update={"sources": [*m.training.sources, m.training.sources[0].model_copy(update={"licence": "CC BY-SA 3.0"})]}
+    )
+    text = _models_readme(m.model_copy(update={"training": ixi}))
+    assert "these weights are shared under CC BY-SA 3.0" in text
+    plain = m.training.model_copy(update={"sources": [s for s in m.training.sources if "SA" not in s.licence]})
+    assert "shared under" not in _models_readme(m.model_copy(update={"training": plain}))

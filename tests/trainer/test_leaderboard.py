@@ -168,3 +168,15 @@ def test_the_report_template_is_filled_by_renderers_and_drops_nothing() -> None:
     names = set(re.findall(r"^\{\{(\w+)\}\}$", TEMPLATE.read_text(), flags=re.M))
     assert {"headline", "ensemble", "measurements", "leaderboard", "provenance"} <= names
     assert not re.search(r"\d\.\d{3}", TEMPLATE.read_text())  # no measured score typed into the template
+
+
+def test_ensembles_tried_section_of_a_named_export_claims_no_choice(tmp_path: Path) -> None:
+    """An ensemble a rule named was not chosen among combinations: an earlier export's record must not show."""
+    from trainer.reporting.sections import ensembles_tried_section
+
+    (tmp_path / "report").mkdir()
+    row = {"models": ["x", "y", "z"], "val_macro_f1": 0.9, "val_accuracy": 0.91, "size_mb": 85.0}
+    (tmp_path / "report" / "ensembles_tried.json").write_text(json.dumps([row, row]))
+    text = "\n".join(ensembles_tried_section(tmp_path, named=["a", "b", "c"]))
+    assert "exported the 3 models a rule written before their training named" in text
+    assert "x + y + z" not in text and "combinations of three" not in text

@@ -33,6 +33,7 @@ from trainer.export.selection import (
     bytes_per_param,
     choose_ensemble,
     choose_models,
+    describe_sources,
     ensemble_bytes,
     has_sidecar,
     training_info,
@@ -321,6 +322,7 @@ def _models_readme(m: Manifest) -> str:
         f"- intended use: {m.intended_use}",
         f"- chosen: {m.training.selection or '-'}",
         f"- grids: {', '.join(f'`{g}`' for g in m.training.grids) or '-'}",
+        *_data_lines(m),
         "",
         f"| model | weights origin | val macro-F1 | {TEST_TITLES[test_key(m)]} acc | parity |",
         "|---|---|---|---|---|",
@@ -347,6 +349,20 @@ def _models_readme(m: Manifest) -> str:
             f"Ensemble (majority vote) on the {t.split} (n={t.n}): accuracy {t.accuracy}, macro-F1 {t.macro_f1}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _data_lines(m: Manifest) -> list[str]:
+    """The data the weights learned from, with licences; a share-alike source binds the weights too."""
+    if not m.training.sources:
+        return []
+    lines = [f"- data: {describe_sources(m.training.sources)}"]
+    share_alike = sorted({s.licence for s in m.training.sources if s.licence.startswith("CC BY-SA")})
+    if share_alike:
+        lines.append(
+            f"- these weights are shared under {' and '.join(share_alike)} (share-alike: they were trained on "
+            "images under that licence); the code is MIT"
+        )
+    return lines
 
 
 def previous_changelog(previous: Path | None) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from service.manifest import SourceInfo
 from trainer.data.dataset import CLASSES, Prepared
 from trainer.evaluation.evaluate import split_names
 from trainer.models.builders import build_backbone, fine_tune_prefixes
@@ -190,6 +191,16 @@ def grids_of(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(found)
 
 
+NAMED_SELECTION = "trainer export --names"
+
+
+def describe_sources(sources: list[SourceInfo]) -> str:
+    """The manifest's data sources in one line: name (images, licence); … (counts include validation and test)."""
+    return "; ".join(f"{s.name} ({s.images} images, {s.licence})" for s in sources) + (
+        " (image counts include the validation and test sides)"
+    )
+
+
 def training_info(
     chosen: list[dict[str, Any]],
     select: str,
@@ -209,7 +220,7 @@ def training_info(
             "grids": grids_of(chosen),
             "protocol": recipe.protocol,
             "validation": f"{cfg['val_fraction']:g} of the training pool, duplicate groups whole (seed {cfg['seed']})",
-            "selection": "trainer export --names: the models a written rule named (docs/experiments.md)",
+            "selection": f"{NAMED_SELECTION}: the models a written rule named (docs/experiments.md)",
         }
     return {
         "grids": grids_of(chosen),

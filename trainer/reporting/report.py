@@ -12,6 +12,7 @@ from service.manifest import Manifest, load_manifest
 from service.runtime import Ensemble
 from trainer.data.dataset import DataRoots, Prepared
 from trainer.evaluation.plots import plot_confusion, plot_leaderboard
+from trainer.export.selection import NAMED_SELECTION
 from trainer.reporting import leaderboard
 from trainer.reporting.pooled import pooled_section, pooled_summary
 from trainer.reporting.sections import (
@@ -197,7 +198,8 @@ def _measurements(
         lines += ["", *tta_section(json.loads(tta.read_text()))]
     if pooled is not None:
         lines += ["", *pooled_section(work / "pooled", pooled, img, len(p.y), manifest)]
-    lines += ["", *ensembles_tried_section(work)]
+    named = [m.name for m in manifest.models] if manifest.training.selection.startswith(NAMED_SELECTION) else None
+    lines += ["", *ensembles_tried_section(work, named=named)]
     generalisation = load_generalisation(work)
     if generalisation is not None and generalisation[0].get("model_version") == manifest.model_version:
         from trainer.reporting.generalisation import generalisation_section

@@ -17,6 +17,7 @@ from trainer.data.dataset import Prepared, class_rows
 from trainer.evaluation.plots import plot_reliability
 from trainer.export.bundle import raw_probabilities
 from trainer.export.calibration import ECE_BINS, reliability
+from trainer.export.selection import describe_sources
 from trainer.reporting.markdown import pct, per_class_table
 from trainer.reporting.pooled import pooled_label
 
@@ -143,8 +144,18 @@ def non_mri_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def ensembles_tried_section(work: Path, top: int = 15) -> list[str]:
-    """The combinations the export scored on validation (what choosing the ensemble cost)."""
+def ensembles_tried_section(work: Path, top: int = 15, named: list[str] | None = None) -> list[str]:
+    """The combinations the export scored on validation (what choosing the ensemble cost); `named`: the models
+    of an ensemble exported by name (`trainer export --names`), which scored no combination."""
+    if named:
+        return [
+            ENSEMBLES_TRIED_SECTION,
+            "",
+            f"`python -m trainer export --names` exported the {len(named)} models a rule written before their "
+            "training named (docs/experiments.md): no combination was scored to choose them, and the official "
+            "Testing split was not consulted.",
+            "",
+        ]
     path = work / "report" / "ensembles_tried.json"
     if not path.exists():
         return []
@@ -334,8 +345,10 @@ def provenance_section(manifest: Manifest) -> list[str]:
         f"- Intended use: {manifest.intended_use}",
         f"- Chosen: {manifest.training.selection or '–'}",
         f"- Grids: {', '.join(f'`{g}`' for g in manifest.training.grids) or '–'}",
-        f"- Validation: {manifest.training.validation or '–'}",
+        f"- Protocol: {manifest.training.protocol}; validation: {manifest.training.validation or '–'}",
     ]
+    if manifest.training.sources:
+        lines.append(f"- Data: {describe_sources(manifest.training.sources)}")
     if manifest.changelog:
         lines += ["", "| model_version | date | change |", "|---|---|---|"]
         lines += [f"| `{c.model_version}` | {c.date} | {c.change} |" for c in manifest.changelog]
