@@ -106,7 +106,7 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     # manifest records, and the discordant counts account for the accuracy difference
     single = tmp_path / "single"
     run_trainer("export", *common, "--models-dir", str(single), "--names", board[0]["name"], cwd=ROOT)
-    # exported by name: the report of it says no combination was scored (not the ensemble export's record)
+    # exported by name: its manifest says so, which the report's "Ensembles tried" section reads
     assert load_manifest(single).training.selection.startswith("trainer export --names")
     out = run_trainer("compare", *common, "--models-dir", str(models), "--candidate", str(single), cwd=ROOT)
     compared = json.loads((work / "report" / "compare.json").read_text())
