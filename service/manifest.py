@@ -198,6 +198,12 @@ class TrainingInfo(BaseModel):
         default_factory=list, description="Every data root and source the models learned from, with its licence."
     )
 
+    @property
+    def share_alike(self) -> list[str]:
+        """The share-alike licences among the sources: what is derived from such data, the weights too, is shared
+        under the same licence."""
+        return sorted({s.licence for s in self.sources if "BY-SA" in s.licence})
+
 
 class PublicManifest(BaseModel):
     """What GET /v1/models shows: the manifest without file paths."""

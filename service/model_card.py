@@ -127,8 +127,8 @@ def render(m: Manifest) -> str:
             ["source", "images", "licence", "citation"],
             [[s.name, s.images, s.licence or "–", s.citation or "–"] for s in m.training.sources],
         )
-        share_alike = sorted({s.licence for s in m.training.sources if "BY-SA" in s.licence})
-        if share_alike:  # what is derived from such data is shared alike: the weights too
+        share_alike = m.training.share_alike
+        if share_alike:
             sources += (
                 f"<p>Part of the training data is licensed {escape(', '.join(share_alike))}: these models, derived "
                 "from it, are shared under the same licence.</p>"

@@ -356,7 +356,7 @@ def _data_lines(m: Manifest) -> list[str]:
     if not m.training.sources:
         return []
     lines = [f"- data: {describe_sources(m.training.sources)}"]
-    share_alike = sorted({s.licence for s in m.training.sources if s.licence.startswith("CC BY-SA")})
+    share_alike = m.training.share_alike
     if share_alike:
         lines.append(
             f"- these weights are shared under {' and '.join(share_alike)} (share-alike: they were trained on "
