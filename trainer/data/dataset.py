@@ -47,7 +47,16 @@ CLASS_ALIASES: dict[str, str] = {
     "normal": "no_tumor",
     "pituitary_tumor": "pituitary",
     "pituitary": "pituitary",
+    "tumor": "tumor",
+    "tumour": "tumor",
 }
+# A folder of tumours whose type is not given (`tumor`): a partial label, "one of the tumour classes". Its images
+# carry the label index ANY_TUMOUR, one past the classes; a model is right on one when it answers any tumour class.
+ANY_TUMOUR_NAME = "tumor"
+ANY_TUMOUR = len(CLASSES)
+NO_TUMOUR = "no_tumor"  # the one class that is not a tumour
+# A root's files.csv may give each image a `split`: rows marked VAL_SPLIT are for checking and choosing only.
+VAL_SPLIT = "val"
 SPLITS = ("Training", "Testing")
 TRAIN, TEST = 0, 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -79,10 +88,23 @@ class Prepared:
     dataset_hash: str  # of the files, labels and splits only: scores under any preprocessing compare
     # str: where each image came from (files.csv's source, else its root's name)
     source: np.ndarray = field(default_factory=lambda: np.zeros(0, str))
+    # str: the MRI sequence its root's files.csv gives (T1, T1C, FLAIR, T2…), '' where none is given
+    sequence: np.ndarray = field(default_factory=lambda: np.zeros(0, str))
+    # str: the split its root's files.csv gives ('train', VAL_SPLIT), '' where none is given
+    listed_split: np.ndarray = field(default_factory=lambda: np.zeros(0, str))
 
     def __post_init__(self) -> None:
         if len(self.source) != len(self.paths):
             self.source = np.array([source_of_path(str(rel)) for rel in self.paths])
+        if len(self.sequence) != len(self.paths):
+            self.sequence = np.full(len(self.paths), "", dtype=object).astype(str)
+        if len(self.listed_split) != len(self.paths):
+            self.listed_split = np.full(len(self.paths), "", dtype=object).astype(str)
+
+    @property
+    def held(self) -> np.ndarray:
+        """Images their root puts in its `val` split: checked and chosen on, never trained on."""
+        return self.listed_split == VAL_SPLIT
 
     def subset(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.x[mask], self.y[mask]
@@ -102,31 +124,66 @@ PRIMARY_SOURCE = "brain-tumor-mri"
 DataRoots = Path | Sequence[Path]
 
 
+def label_index(name: str) -> int:
+    """The label index of a class name of CLASS_ALIASES' values: its place in CLASSES, or ANY_TUMOUR."""
+    return ANY_TUMOUR if name == ANY_TUMOUR_NAME else CLASSES.index(name)
+
+
+def label_sets(classes: Sequence[str] = CLASSES) -> np.ndarray:
+    """(len(classes) + 1, len(classes)) bool: which classes each label index admits. A class admits itself; the
+    partial label ANY_TUMOUR admits every class but NO_TUMOUR."""
+    admits = np.zeros((len(classes) + 1, len(classes)), bool)
+    admits[np.arange(len(classes)), np.arange(len(classes))] = True
+    admits[len(classes)] = [c != NO_TUMOUR for c in classes]
+    return admits
+
+
+def correct(y: np.ndarray, pred: np.ndarray, classes: Sequence[str] = CLASSES) -> np.ndarray:
+    """Whether each answer is right under its (possibly partial) label."""
+    y, pred = np.asarray(y, np.int64), np.asarray(pred, np.int64)
+    return label_sets(classes)[y, pred] if len(y) else np.zeros(0, bool)
+
+
 def _class_dirs(root: Path) -> list[tuple[Path, int]]:
-    """(folder, class index) for every class folder directly under root (names from CLASS_ALIASES)."""
+    """(folder, label index) for every class folder directly under root (names from CLASS_ALIASES)."""
     return sorted(
-        (d, CLASSES.index(CLASS_ALIASES[d.name.lower()]))
+        (d, label_index(CLASS_ALIASES[d.name.lower()]))
         for d in root.iterdir()
         if d.is_dir() and d.name.lower() in CLASS_ALIASES
     )
 
 
-def _listed_sources(root: Path) -> dict[str, str]:
-    """{path relative to root: source} from root/files.csv (columns path and source), if there is one."""
+@dataclass(frozen=True)
+class Listed:
+    """What a root's files.csv says of one image (each column optional)."""
+
+    source: str = ""
+    sequence: str = ""
+    split: str = ""
+
+
+def _listing(root: Path) -> dict[str, Listed]:
+    """{path relative to root: Listed} from root/files.csv (columns path, source, sequence, split), if any."""
     listing = root / "files.csv"
     if not listing.is_file():
         return {}
     with listing.open(newline="") as f:
-        return {row["path"]: row["source"] for row in csv.DictReader(f) if row.get("source")}
+        return {
+            row["path"]: Listed(row.get("source") or "", row.get("sequence") or "", row.get("split") or "")
+            for row in csv.DictReader(f)
+        }
 
 
-def scan(roots: DataRoots, limit_per_class: int | None = None, with_source: bool = False) -> list[tuple[Any, ...]]:
-    """(relative path, split, class index[, source]) for every image of every data root.
+def scan(
+    roots: DataRoots, limit_per_class: int | None = None, with_source: bool = False, with_listing: bool = False
+) -> list[tuple[Any, ...]]:
+    """(relative path, split, label index[, source[, sequence, held]]) for every image of every data root.
 
     A root holds either {Training,Testing}/<class>/ (the official split) or <class>/ folders (all training
     images); it may hold only some classes, under any name of CLASS_ALIASES. The first root's paths are relative
     to it; a later root's start with EXTRA_ROOT_PREFIX and its folder name. An image's source is what the root's
-    files.csv says, else the root's folder name (PRIMARY_SOURCE for the first root without one).
+    files.csv says, else the root's folder name (PRIMARY_SOURCE for the first root without one); `with_listing`
+    adds its sequence and the split its files.csv gives ('' where not given).
     """
     roots = [Path(roots)] if isinstance(roots, str | Path) else [Path(r) for r in roots]
     if len({r.name for r in roots[1:]}) != len(roots[1:]):
@@ -136,7 +193,7 @@ def scan(roots: DataRoots, limit_per_class: int | None = None, with_source: bool
         if not root.is_dir():
             raise FileNotFoundError(f"data folder not found: {root}")
         prefix = "" if i == 0 else f"{EXTRA_ROOT_PREFIX}{root.name}/"
-        listed = _listed_sources(root)
+        listed = _listing(root)
         default_source = PRIMARY_SOURCE if i == 0 else root.name
         if all((root / s).is_dir() for s in SPLITS):
             parts = [(root / split_name, split_index) for split_index, split_name in enumerate(SPLITS)]
@@ -155,7 +212,12 @@ def scan(roots: DataRoots, limit_per_class: int | None = None, with_source: bool
                 for p in files:
                     rel = str(p.relative_to(root))
                     item: tuple[Any, ...] = (prefix + rel, split_index, class_index)
-                    found.append((*item, listed.get(rel, default_source)) if with_source else item)
+                    row = listed.get(rel, Listed())
+                    if with_source or with_listing:
+                        item = (*item, row.source or default_source)
+                    if with_listing:
+                        item = (*item, row.sequence, row.split)
+                    found.append(item)
         if len(found) == n_before:
             raise ValueError(f"no images found under {root}")
     return found
@@ -230,13 +292,20 @@ def duplicate_groups(
     return exact_group, group
 
 
-def _cache_key(files: list[tuple[str, int, int]], digests: list[str], preprocessing: Mapping[str, Any] | None) -> str:
-    """The data hash (with `preprocessing`) or, with None, the dataset hash (the images and labels alone)."""
+def _cache_key(
+    files: list[tuple[str, int, int]],
+    digests: list[str],
+    preprocessing: Mapping[str, Any] | None,
+    held: Sequence[bool] | None = None,
+) -> str:
+    """The data hash (with `preprocessing`) or, with None, the dataset hash (the images, labels and splits alone;
+    a root's `val` rows are marked, so that moving an image into or out of them makes other data)."""
     h = hashlib.sha256()
     if preprocessing is not None:
         h.update(json.dumps({"format": CACHE_FORMAT, "preprocessing": preprocessing}).encode())
-    for (rel, split, label), digest in zip(files, digests, strict=True):
-        h.update(f"{rel}\0{split}\0{label}\0{digest}\n".encode())
+    marks = held if held is not None else [False] * len(files)
+    for (rel, split, label), digest, mark in zip(files, digests, marks, strict=True):
+        h.update(f"{rel}\0{split}\0{label}\0{digest}{chr(0) + VAL_SPLIT if mark else ''}\n".encode())
     return h.hexdigest()
 
 
@@ -250,24 +319,30 @@ def prepare(
     the current version); reuse the .npz cache when the inputs' content hash and the preprocessing match. The
     duplicate finder runs across all roots and splits at once."""
     preprocessing_version(preprocessing)  # ValueError for one this code does not implement
-    scanned = scan(root, limit_per_class, with_source=True)
-    files = [(rel, split, label) for rel, split, label, _ in scanned]
+    scanned = scan(root, limit_per_class, with_listing=True)
+    files = [(rel, split, label) for rel, split, label, *_ in scanned]
+    held = np.array([s == VAL_SPLIT for *_, s in scanned], bool)
     blobs_digest = []
     for rel, _, _ in progress(files, len(files), "hashing"):
         blobs_digest.append(hashlib.sha256(image_path(root, rel).read_bytes()).hexdigest())
-    key = _cache_key(files, blobs_digest, preprocessing)
+    key = _cache_key(files, blobs_digest, preprocessing, held)
     identity: dict[str, Any] = {
         "data_hash": key,
         "preprocessing": dict(preprocessing),
-        "dataset_hash": _cache_key(files, blobs_digest, None),
+        "dataset_hash": _cache_key(files, blobs_digest, None, held),
     }
-    source = np.array([s for *_, s in scanned])
+    source = np.array([row[3] for row in scanned])
+    listing = {
+        "source": source,
+        "sequence": np.array([row[4] for row in scanned], dtype=object).astype(str),
+        "listed_split": np.array([row[5] for row in scanned], dtype=object).astype(str),
+    }
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"prepared-{key[:16]}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files if k not in ("data_hash", "source")}
-            return Prepared(**arrays, **identity, source=source)
+            return Prepared(**arrays, **identity, **listing)
     n = len(files)
     x = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     hashes = np.zeros(n, np.uint64)
@@ -290,10 +365,10 @@ def prepare(
         fallback=fallback,
         group=group,
         **identity,
-        source=source,
+        **listing,
     )
     tmp = cache.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **{k: v for k, v in prepared.__dict__.items() if k not in identity and k != "source"})
+    np.savez_compressed(tmp, **{k: v for k, v in prepared.__dict__.items() if k not in identity and k not in listing})
     tmp.replace(cache)
     return prepared
 
@@ -326,8 +401,9 @@ def report(p: Prepared) -> dict:
         _, counts = np.unique(p.group[in_class], return_counts=True)
         row["near_duplicate_images"] = int(counts[counts > 1].sum())
         per_class[name] = row
+    labels = [*enumerate(CLASSES), (ANY_TUMOUR, ANY_TUMOUR_NAME)]
     sources = {
-        str(name): {c: int(((p.source == name) & (p.y == k)).sum()) for k, c in enumerate(CLASSES)}
+        str(name): {c: int(((p.source == name) & (p.y == k)).sum()) for k, c in labels}
         for name in dict.fromkeys(p.source.tolist())
     }
     return {

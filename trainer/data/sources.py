@@ -30,6 +30,18 @@ SOURCES: dict[str, tuple[str, str]] = {
         "IXI dataset, brain-development.org/ixi-dataset (T1-weighted, one mid-axial slice per subject, as exported "
         "by ci-ber/THOR_DDPM)",
     ),
+    "TCGA-LGG": (
+        "CC BY 3.0",
+        "TCGA-LGG collection, The Cancer Imaging Archive (CC BY 3.0); 2-D slices and FLAIR-abnormality masks as "
+        "published by M. Buda, A. Saha, M. Mazurowski, Association of genomic subtypes of lower-grade gliomas with "
+        "shape features automatically extracted by a deep learning algorithm, Computers in Biology and Medicine 109 "
+        "(2019), as copied in hua2980/brain-tumor-segmentation (kaggle_3m)",
+    ),
+    "br35h-yes": (
+        "no terms stated (images collected from the web)",
+        "A. Hamada, Br35H :: Brain Tumor Detection 2020 (Kaggle), the tumour ('yes') half, as copied in "
+        "ss8319/Br35H-Brain-Tumor-Detection; tumour type not given (label: any tumour)",
+    ),
 }
 
 
@@ -37,7 +49,7 @@ def source_table(
     source: np.ndarray, paths: np.ndarray, y: np.ndarray, classes: list[str], first_root: str = ""
 ) -> list[dict[str, Any]]:
     """One row per source (in order of first appearance): its root, image count per class, licence and citation."""
-    from trainer.data.dataset import EXTRA_ROOT_PREFIX
+    from trainer.data.dataset import ANY_TUMOUR, ANY_TUMOUR_NAME, EXTRA_ROOT_PREFIX
 
     rows = []
     for name in dict.fromkeys(source.tolist()):
@@ -51,7 +63,9 @@ def source_table(
                 "root": root,
                 "images": int(mask.sum()),
                 "per_class": {
-                    c: int((mask & (y == k)).sum()) for k, c in enumerate(classes) if (mask & (y == k)).any()
+                    c: int((mask & (y == k)).sum())
+                    for k, c in [*enumerate(classes), (ANY_TUMOUR, ANY_TUMOUR_NAME)]
+                    if (mask & (y == k)).any()
                 },
                 "licence": licence,
                 "citation": citation,

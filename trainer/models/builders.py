@@ -12,6 +12,7 @@ from typing import Any
 import keras
 from keras import layers
 
+from trainer.models import losses  # noqa: F401  (registers the partial-label loss: models compiled with it load)
 from trainer.models.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite
 
 INPUT_NAME = "image"
@@ -359,9 +360,10 @@ def build_transfer(
     return keras.Model(inputs, outputs, name=f"{backbone}_transfer")
 
 
-def unfreeze_top(model: keras.Model, backbone: str, blocks: int = 1) -> int:
-    """Phase 2: make the backbone's top `blocks` blocks trainable (BatchNorm stays frozen). Returns #layers."""
-    prefixes = fine_tune_prefixes(backbone, blocks)
+def unfreeze_top(model: keras.Model, backbone: str, blocks: int | None = 1) -> int:
+    """Phase 2: make the backbone's top `blocks` blocks trainable, or every layer with None (BatchNorm stays
+    frozen either way). Returns #layers."""
+    prefixes = fine_tune_prefixes(backbone, blocks) if blocks is not None else ("",)
     base = backbone_of(model)
     base.trainable = True
     count = 0

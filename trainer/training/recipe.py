@@ -59,6 +59,15 @@ class Recipe(BaseModel):
         balance: class (each class weighs the same) or class_group (each class × MRI sequence group cell, softened:
             weight ∝ 1/√count, so a model cannot lean on sequence where the classes come in different sequences).
         fine_tune_blocks / fine_tune_on: phase 2 unfreezes this many top blocks, trained on the cache or images.
+        fine_tune_all: phase 2 trains every backbone layer but BatchNorm, end to end on images (training.online:
+            crops drawn and randomised anew each epoch); per-epoch checkpoints are scored on validation and the
+            tie-broken check and one is kept by `checkpoint`.
+        appearance_p: (fine_tune_all) share of training crops given a random appearance (training.appearance) on
+            the fly; the others get an acquisition shift (p 0.5) or none, mirrored half the time.
+        sampling: (fine_tune_all) shuffle (every training image once an epoch) or balanced (drawn with weight
+            ∝ 1/√count of its source × class × sequence cell, so that no root's look decides).
+        checkpoint: (fine_tune_all) last, or check: among the epochs' weights and their mean over the second
+            half, the one with the best worst tie-broken check cell (training.online.choose_checkpoint).
         reduce_lr_patience: epochs without a lower val_loss before the learning rate is divided by 3 (0: never).
     """
 
@@ -96,6 +105,10 @@ class Recipe(BaseModel):
     exclude_source: str | None = None
     balance: Literal["class", "class_group"] = "class"
     backbone_input: int | None = Field(None, ge=32)
+    fine_tune_all: bool = False
+    appearance_p: float = Field(0.0, ge=0, le=1)
+    sampling: Literal["shuffle", "balanced"] = "shuffle"
+    checkpoint: Literal["last", "check"] = "last"
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Recipe:
@@ -114,6 +127,11 @@ class Recipe(BaseModel):
                 "shift_views needs cache_features: a frozen head (no fine_tune_epochs), a multiscale head, or "
                 "fine-tuning on the cache"
             )
+        online = (self.appearance_p > 0, self.sampling != "shuffle", self.checkpoint != "last")
+        if any(online) and not self.fine_tune_all:
+            raise ValueError("appearance_p, sampling and checkpoint apply to fine_tune_all entries only")
+        if self.fine_tune_all and not (transfer and self.fine_tune_epochs and self.fine_tune_on == "images"):
+            raise ValueError("fine_tune_all needs a transfer entry with fine_tune_epochs and fine_tune_on = images")
         if self.balance == "class_group" and not (transfer and self.cache_features):
             raise ValueError("balance = class_group needs a transfer entry with cache_features")
         return self
@@ -150,11 +168,20 @@ class Recipe(BaseModel):
                 parts.append(f"sh{self.shift_views}")
             if self.fine_tune_epochs:
                 blocks = str(self.fine_tune_blocks) if self.fine_tune_blocks > 1 else ""
-                parts.append(("ftimg" if self.fine_tune_on == "images" else "ft") + blocks)
+                if self.fine_tune_all:
+                    parts.append("ftall")
+                else:
+                    parts.append(("ftimg" if self.fine_tune_on == "images" else "ft") + blocks)
                 if self.shift_views:
                     parts.append(f"sh{self.shift_views}")
         if self.shift_kind == "appearance":
             parts.append("app")
+        if self.appearance_p:
+            parts.append(f"app{round(100 * self.appearance_p)}")
+        if self.sampling == "balanced":
+            parts.append("bal3")
+        if self.checkpoint == "check":
+            parts.append("ckck")
         if self.balance == "class_group":
             parts.append("bal")
         if self.exclude_source:

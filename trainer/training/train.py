@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.data.dataset import CLASSES, Prepared, protocol_split, split_train_val
+from trainer.data.dataset import ANY_TUMOUR, CLASSES, Prepared, protocol_split, split_train_val
 from trainer.models.builders import (
     BACKBONES,
     build_from_config,
@@ -28,6 +28,7 @@ from trainer.models.builders import (
     weights_origin,
 )
 from trainer.models.features import pooled_feature_model
+from trainer.models.losses import PartialLabelLoss, partial_label_accuracy
 from trainer.training.distribute import scope
 from trainer.training.grid import FAMILY_DEFAULTS
 from trainer.training.recipe import Recipe
@@ -72,8 +73,11 @@ def make_dataset(
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    counts = np.bincount(y, minlength=n_classes).astype(float)
-    return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
+    """Each label index (the classes, and the partial label ANY_TUMOUR where present) weighs the same in all."""
+    n_labels = max(n_classes, int(y.max()) + 1 if len(y) else 0)
+    counts = np.bincount(y, minlength=n_labels).astype(float)
+    present = int((counts > 0).sum()) or 1
+    return {c: float(len(y) / (present * counts[c])) if counts[c] else 0.0 for c in range(n_labels)}
 
 
 def cell_weights(y: np.ndarray, groups: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -91,13 +95,23 @@ def train_val_indices(
     """Indices into the prepared arrays; validation carved (duplicate-aware) from the protocol's training
     pool — the official Training split (with every other root's images), or the pooled protocol's 80 %.
     Images of `exclude_source`, and every image in a duplicate group with one of them, are left out of both:
-    a cross-source run tests on them."""
+    a cross-source run tests on them.
+
+    A root that lists a split (files.csv) is not carved: its `train` rows train and its `val` rows are the
+    tie-broken check (evaluation.tiebroken), never trained on; no image in a duplicate group with a validation or
+    checked image trains."""
     train_pool, _ = protocol_split(p, protocol)
     if exclude_source:
         held = p.source == exclude_source
         train_pool = train_pool[~np.isin(p.group[train_pool], np.unique(p.group[held]))]
-    tr, va = split_train_val(p.y[train_pool], p.group[train_pool], val_fraction, seed)
-    return train_pool[tr], train_pool[va]
+    listed = p.listed_split[train_pool] != ""
+    carve = train_pool[~listed]
+    tr, va = split_train_val(p.y[carve], p.group[carve], val_fraction, seed)
+    if not listed.any():
+        return carve[tr], carve[va]
+    train = np.concatenate([carve[tr], train_pool[listed & ~p.held[train_pool]]])
+    kept_out = np.unique(np.concatenate([p.group[carve[va]], p.group[p.held]]))
+    return train[~np.isin(p.group[train], kept_out)], carve[va]
 
 
 def evaluation_indices(p: Prepared, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -341,15 +355,21 @@ def train_entry(
 
         sample_w, weights = cell_weights(p.y, prepared_groups(p.x, p.data_hash, cache_dir), tr), None
     lr_patience = recipe.reduce_lr_patience
+    # partial labels (a tumour of unknown type) need the loss on the summed tumour probabilities
+    partial = bool((p.y[tr] == ANY_TUMOUR).any())
+    loss: Any = PartialLabelLoss(CLASSES) if partial else "sparse_categorical_crossentropy"
+    metric: Any = partial_label_accuracy if partial else "accuracy"
 
-    def fit(target: keras.Model, lr: float, epochs: int, phase: str, train: Any, val: Any, **kw: Any) -> dict:
-        target.compile(
-            optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-        )
+    def fit(
+        target: keras.Model, lr: float, epochs: int, phase: str, train: Any, val: Any, more: Any = (), **kw: Any
+    ) -> dict:
+        target.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=[metric])
         callbacks = [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(cfg["patience"]), restore_best_weights=True),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / phase)),
         ]
+        if more:  # fixed epochs, every one checkpointed and scored (no early stopping)
+            callbacks = [callbacks[1], *more]
         if lr_patience:  # divide the learning rate by 3 when val_loss stalls (recipes from scratch)
             callbacks.append(
                 keras.callbacks.ReduceLROnPlateau(
@@ -389,10 +409,13 @@ def train_entry(
     ft_epochs = int(cfg.get("fine_tune_epochs", 0))
     if cfg["family"] == "transfer" and ft_epochs > 0 and BACKBONES[cfg["backbone"]].fine_tune_prefix:
         blocks = recipe.fine_tune_blocks
-        n = unfreeze_top(model, cfg["backbone"], blocks)
-        print(f"[{cfg['name']}] fine-tuning {n} layers of the top {blocks} backbone block(s), up to {ft_epochs} epochs")
+        n = unfreeze_top(model, cfg["backbone"], None if recipe.fine_tune_all else blocks)
+        what = "the whole backbone" if recipe.fine_tune_all else f"the top {blocks} backbone block(s)"
+        print(f"[{cfg['name']}] fine-tuning {n} layers of {what}, up to {ft_epochs} epochs")
         ft_lr = float(cfg["fine_tune_learning_rate"])
-        if cached and fine_tune_cut_of(cfg["backbone"], blocks) and recipe.fine_tune_on == "cache":
+        if recipe.fine_tune_all:
+            ft = _fine_tune_all(model, recipe, p, tr, va, run_dir, cache_dir, fit, cfg["name"], bs, seed)
+        elif cached and fine_tune_cut_of(cfg["backbone"], blocks) and recipe.fine_tune_on == "cache":
             # Train the top block(s) + head on the cached output of the frozen layers below; the views
             # (identity, horizontal flip) are the augmentation of this phase.
             bottom, top = split_at_cut(model, cfg["backbone"], blocks)
@@ -417,12 +440,56 @@ def train_entry(
         "train_seconds": round(seconds, 1),
         "weights_origin": weights_origin(cfg),
         "n_train": len(tr),
+        **_checkpoint_of(run_dir),
         "n_val": len(va),
         **({"grid": grid} if grid else {}),
     }
     result_path.write_text(json.dumps(result, indent=1))
     print(f"[{cfg['name']}] done in {seconds:.0f}s, {result['epochs_run']} epochs")
     return result
+
+
+def _fine_tune_all(
+    model: keras.Model,
+    recipe: Recipe,
+    p: Prepared,
+    tr: np.ndarray,
+    va: np.ndarray,
+    run_dir: Path,
+    cache_dir: Path,
+    fit: Callable[..., dict],
+    name: str,
+    batch_size: int,
+    seed: int,
+) -> dict:
+    """Phase 2 of a fine_tune_all recipe: the whole network on crops randomised anew each epoch (training.online),
+    sampled by the recipe; every epoch checkpointed and scored; the kept weights loaded into `model`."""
+    from trainer.training.online import Checkpoints, OnlineSampler, balanced_weights, sequence_cells
+
+    probabilities = None
+    if recipe.sampling == "balanced":
+        from trainer.models.sequence import prepared_groups
+
+        seq = sequence_cells(p, prepared_groups(p.x, p.data_hash, cache_dir))
+        cells = np.char.add(np.char.add(p.source.astype(str), "|" + p.y.astype(str) + "|"), seq)
+        probabilities = balanced_weights(cells[tr])
+    sampler = OnlineSampler(
+        p.x, p.y, tr, batch_size, seed, recipe.appearance_p, probabilities, workers=2, use_multiprocessing=False
+    )
+    epochs = recipe.fine_tune_epochs
+    checkpoints = Checkpoints(p, va, run_dir / "checkpoints", average_from=epochs // 2 + 1, log=f"[{name}] ")
+    history = fit(model, recipe.fine_tune_learning_rate, epochs, "fine_tune", (sampler,), None, more=[checkpoints])
+    checkpoints.finish(choose=recipe.checkpoint == "check")
+    return history
+
+
+def _checkpoint_of(run_dir: Path) -> dict[str, Any]:
+    """The kept checkpoint of a fine_tune_all run and its scores (validation, tie-broken check), for result.json."""
+    path = run_dir / "checkpoints" / "scores.json"
+    if not path.exists():
+        return {}
+    scores = json.loads(path.read_text())
+    return {"checkpoint": scores["chosen"], "checkpoint_scores": scores["scores"][scores["chosen"]]}
 
 
 def train_grid(
