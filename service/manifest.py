@@ -137,6 +137,12 @@ class EnsembleInfo(BaseModel):
         default_factory=list,
         description="Each data source scored by the ensemble's recipe trained without it (leave one source out).",
     )
+    tie_broken: TieBrokenCheck | None = Field(
+        default=None,
+        description="The tie-broken check: held-out images where the MRI sequence does not give the class "
+        "(TCGA-LGG gliomas and tumour-free slices of the same patients in FLAIR, T1 and T1 with contrast; Br35H "
+        "tumours of mixed sequences), per class × sequence; null: not measured.",
+    )
 
 
 class GroupCell(BaseModel):
@@ -166,6 +172,31 @@ class CrossSource(BaseModel):
     accuracy: float
     per_class: dict[str, GroupCell] = Field(default_factory=dict)
     by_group: dict[str, GroupCell] = Field(default_factory=dict, description="By MRI sequence group.")
+
+
+class CheckedSource(BaseModel):
+    """One source of the tie-broken check."""
+
+    source: str
+    n: int
+    accuracy: float | None = None
+    cells: dict[str, dict[str, GroupCell]] = Field(
+        default_factory=dict, description="class → the sequence the source gives (FLAIR, T1, T1C…) → cell."
+    )
+    partial_n: int | None = Field(None, description="Images labelled only 'a tumour' (type not given).")
+    answered_tumour: float | None = Field(None, description="Share of those answered as one of the tumour classes.")
+
+
+class TieBrokenCheck(BaseModel):
+    """The vote on images where sequence does not give the class (trainer.evaluation.tiebroken)."""
+
+    split: str = Field(description="Which images: the `val` rows of the data roots that list a split.")
+    n: int
+    sources: list[CheckedSource] = Field(default_factory=list)
+    worst: dict[str, Any] = Field(
+        default_factory=dict, description="The class × sequence cell with the lowest accuracy (at least min_n images)."
+    )
+    min_n: int = 10
 
 
 class ChangelogEntry(BaseModel):

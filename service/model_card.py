@@ -118,6 +118,41 @@ def _groups(m: Manifest) -> str:
     return intro + "".join(parts)
 
 
+def _tie_broken(m: Manifest) -> str:
+    """The vote where MRI sequence does not give the class: per source, class × sequence, and partial labels."""
+    check = m.ensemble.tie_broken
+    if check is None:
+        return ""
+    parts = [
+        "<h2>Where sequence does not give the class</h2><p>Held-out images chosen so that a model which tells the "
+        "classes by MRI sequence fails: tumour and tumour-free slices of the same patients in each sequence, and "
+        f"tumours of mixed sequences labelled only as a tumour ({check.n} images; {escape(check.split)}).</p>"
+    ]
+    for src in check.sources:
+        if src.cells:
+            seqs = sorted({s for row in src.cells.values() for s in row})
+            rows = [
+                [m.class_words.get(c, c), *(f"{_pct(row[s].accuracy)} ({row[s].n})" if s in row else "–" for s in seqs)]
+                for c, row in src.cells.items()
+            ]
+            parts.append(f"<p class='muted'>{escape(src.source)}, accuracy by class × sequence:</p>")
+            parts.append(_table(["class", *seqs], rows))
+        if src.partial_n:
+            parts.append(
+                f"<p class='muted'>{escape(src.source)}: {_pct(src.answered_tumour)} of {src.partial_n} tumours of "
+                "unknown type answered as a tumour.</p>"
+            )
+    w = check.worst
+    if w:
+        parts.append(
+            "<p>Worst cell: "
+            + escape(f"{w.get('class')} on {w.get('sequence')} ({w.get('source')}), ")
+            + escape(f"{_pct(w.get('accuracy'))} of {w.get('n')}")
+            + ".</p>"
+        )
+    return "".join(parts)
+
+
 def render(m: Manifest) -> str:
     """The model card of the served ensemble, as one HTML page."""
     models = _table(["model", "family", "weights origin"], [[x.name, x.family, x.weights_origin] for x in m.models])
@@ -148,7 +183,7 @@ head and resized to 150×150 (preprocessing version {escape(str(m.preprocessing.
 {escape(m.created)}; chosen by: {escape(m.training.selection or "–")}</p>
 <h2>Data and licences</h2><p>Protocol: {escape(m.training.protocol)}; validation:
 {escape(m.training.validation or "–")}.</p>{sources}
-{_figures(m)}{_trust(m)}{_groups(m)}
+{_figures(m)}{_trust(m)}{_tie_broken(m)}{_groups(m)}
 <h2>Limits</h2><ul>
 <li>Trained on public collections of 2-D slices; images from other scanners, sequences or hospitals can be
 answered wrongly, often without a flag. The test rows above show how much accuracy drops on another collection.</li>

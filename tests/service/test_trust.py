@@ -137,3 +137,30 @@ def test_model_card_names_every_source_with_its_licence_and_the_share_alike_duty
     raw["training"]["sources"] = raw["training"]["sources"][:1]
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     assert "shared under the same licence" not in render(load_manifest(tmp_path))
+
+
+def test_the_tie_broken_check_is_served_and_on_the_model_card(tmp_path: Path) -> None:
+    """The check where sequence does not give the class: a manifest's figures reach /v1/models and the card."""
+    import json
+
+    from trainer.evaluation.tiebroken import check_figures
+
+    make_tiny_ensemble(tmp_path)
+    y = np.array([0] * 10 + [2] * 10 + [4] * 4)
+    pred = np.array([2] * 3 + [0] * 7 + [2] * 10 + [3, 2, 2, 2])
+    seq = np.array(["FLAIR"] * 10 + ["T1C"] * 10 + [""] * 4)
+    src = np.array(["TCGA-LGG"] * 20 + ["br35h-yes"] * 4)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    raw["ensemble"]["tie_broken"] = check_figures(y, pred, src, seq)
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    html = render(load_manifest(tmp_path))
+    assert "Where sequence does not give the class" in html
+    assert "70.0 % (10)" in html and "25.0 % of 4 tumours of unknown type" in html
+    assert "Worst cell: glioma on FLAIR (TCGA-LGG), 70.0 % of 10" in html
+    with make_client(tmp_path) as c:
+        check = c.get("/v1/models").json()["ensemble"]["tie_broken"]
+    assert check["worst"] == {"source": "TCGA-LGG", "class": "glioma", "sequence": "FLAIR", "n": 10, "accuracy": 0.7}
+    assert check["sources"][1]["answered_tumour"] == 0.25
+    raw["ensemble"].pop("tie_broken")
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    assert "Where sequence does not give the class" not in render(load_manifest(tmp_path))

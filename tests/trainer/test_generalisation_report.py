@@ -123,3 +123,26 @@ def test_fresh_test_scores_ensembles_on_testing_images_no_training_image_copies(
     assert r["of"] == int((p.split == TEST).sum()) and r["n"] == r["of"] - 1  # the copied one is left out
     assert list(r["ensembles"]) == ["test-1", "test-2"]
     assert r["only_first_right"] + r["only_second_right"] <= r["n"] and 0 <= r["mcnemar_p"] <= 1
+
+
+def test_the_tie_broken_check_is_shown_beside_the_ensemble_it_replaces_with_every_candidate(tmp_path: Path) -> None:
+    from trainer.evaluation.tiebroken import check_figures
+
+    y = np.array([0] * 12 + [2] * 12 + [4] * 5)
+    seq = np.array(["FLAIR"] * 12 + ["T1C"] * 12 + [""] * 5)
+    src = np.array(["TCGA-LGG"] * 24 + ["br35h-yes"] * 5)
+    good, bad = y.copy(), y.copy()
+    good[24:] = 1
+    bad[:12], bad[24:] = 2, 2  # gliomas on FLAIR called no tumour, tumours of unknown type too
+    now = {**_figures("new-1", 0), "tie_broken": check_figures(y, good, src, seq)}
+    now["tie_broken_baseline"] = {"model_version": "old-1", **check_figures(y, bad, src, seq)}
+    now["run_checks"] = [{"name": "run-a", "checkpoint": "mean-3", **check_figures(y, good, src, seq)}]
+    text = "\n".join(generalisation_section(now, tmp_path / "img"))
+    assert "### The tie-broken check" in text
+    assert "| TCGA-LGG | glioma | FLAIR | 100.0 % (12) | 0.0 % (12) |" in text
+    assert "| br35h-yes | any tumour (answered as one) | mixed | 100.0 % (5) | 0.0 % (5) |" in text
+    assert "Worst cell: glioma × FLAIR: 100.0 % (12) (old-1: glioma × FLAIR: 0.0 % (12))." in text
+    assert "| `run-a` | mean-3 | glioma × FLAIR: 100.0 % (12) | 100.0 % (5) |" in text
+    assert (tmp_path / "img" / "tie-broken-check.png").stat().st_size > 1000
+    without = "\n".join(generalisation_section(_figures("new-1", 0), tmp_path / "img2"))
+    assert "tie-broken" not in without

@@ -57,3 +57,20 @@ def test_figures_and_shifts_are_measured_as_the_service_answers(tmp_path: Path) 
     assert shifts["none"]["accuracy"] == f["accuracy"]
     assert shifts["brightness ×1.4"]["unlike_training_share"] >= shifts["none"]["unlike_training_share"]
     assert all(0 <= v["flagged_share"] <= 1 for v in shifts.values())
+
+
+def test_a_partial_label_is_right_and_covered_by_any_tumour_class(tmp_path: Path) -> None:
+    """Br35H tumours of unknown type (label ANY_TUMOUR): right when the vote is any tumour class, covered when the
+    prediction set holds one; the same images labelled no tumour score the opposite."""
+    from trainer.data.dataset import ANY_TUMOUR, CLASSES
+
+    ensemble = Ensemble.load(make_cam_ensemble(tmp_path / "models"))
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 60, (6, 150, 150, 3), dtype=np.uint8)
+    voted = np.array([p.label for p in ensemble.predict_batch(images)])
+    tumour = np.array([CLASSES[k] != "no_tumor" for k in voted])
+    partial = answer_figures(ensemble, images, np.zeros(6, bool), np.full(6, ANY_TUMOUR), "check")
+    assert partial["accuracy"] == round(float(tumour.mean()), 4)
+    no_tumour = answer_figures(ensemble, images, np.zeros(6, bool), np.full(6, CLASSES.index("no_tumor")), "check")
+    assert no_tumour["accuracy"] == round(1 - float(tumour.mean()), 4)
+    assert partial["coverage"] >= partial["accuracy"]  # a set covers whenever its answer is right

@@ -149,9 +149,17 @@ def run_generalisation(args: argparse.Namespace) -> int:
         ensemble, p, groups
     )
     figures["runs"] = gen.run_groups(args.work / "report", p, groups)
+    check = gen.tie_broken(ensemble, p)
+    if check is not None:  # images where sequence does not give the class, for the ensemble and every candidate
+        figures["tie_broken"] = check
+        figures["run_checks"] = gen.run_checks(args.work / "runs", p)
     if args.baseline is not None:  # the replaced ensemble, on the Testing images neither trained on
-        figures["fresh_test"] = gen.fresh_test([ensemble, Ensemble.load(args.baseline)], p)
+        baseline = Ensemble.load(args.baseline)
+        figures["fresh_test"] = gen.fresh_test([ensemble, baseline], p)
         print(f"fresh Testing images: {figures['fresh_test']}")
+        baseline_check = gen.tie_broken(baseline, p)
+        if baseline_check is not None:
+            figures["tie_broken_baseline"] = {"model_version": baseline.manifest.model_version, **baseline_check}
     report = args.work / "report"
     print(f"wrote {gen.write(report, figures)}")
     before = None
@@ -166,6 +174,17 @@ def run_generalisation(args: argparse.Namespace) -> int:
         print(f"cross-source {row['source']}: {row['accuracy']:.1%} of {row['n']} ({row['model']})")
     for row in figures["runs"]:
         print(f"run {row['name']}: val accuracy {row['val_accuracy']:.1%}, worst {row['worst']}")
+    if "tie_broken" in figures:
+        from trainer.evaluation.tiebroken import headline
+
+        print(f"tie-broken check, {manifest.model_version}: {headline(figures['tie_broken'])}")
+        if "tie_broken_baseline" in figures:
+            print(
+                f"tie-broken check, {figures['tie_broken_baseline']['model_version']}: "
+                f"{headline(figures['tie_broken_baseline'])}"
+            )
+        for row in figures["run_checks"]:
+            print(f"tie-broken check, run {row['name']}: {headline(row)}")
     if args.write_manifest:
         manifest = write_generalisation(args.models_dir, figures)
         print(f"updated {args.models_dir / 'manifest.json'}")

@@ -296,7 +296,7 @@ def _cache_key(
     files: list[tuple[str, int, int]],
     digests: list[str],
     preprocessing: Mapping[str, Any] | None,
-    held: Sequence[bool] | None = None,
+    held: Sequence[bool] | np.ndarray | None = None,
 ) -> str:
     """The data hash (with `preprocessing`) or, with None, the dataset hash (the images, labels and splits alone;
     a root's `val` rows are marked, so that moving an image into or out of them makes other data)."""
@@ -332,7 +332,7 @@ def prepare(
         "dataset_hash": _cache_key(files, blobs_digest, None, held),
     }
     source = np.array([row[3] for row in scanned])
-    listing = {
+    listing: dict[str, Any] = {
         "source": source,
         "sequence": np.array([row[4] for row in scanned], dtype=object).astype(str),
         "listed_split": np.array([row[5] for row in scanned], dtype=object).astype(str),
@@ -401,11 +401,11 @@ def report(p: Prepared) -> dict:
         _, counts = np.unique(p.group[in_class], return_counts=True)
         row["near_duplicate_images"] = int(counts[counts > 1].sum())
         per_class[name] = row
-    labels = [*enumerate(CLASSES), (ANY_TUMOUR, ANY_TUMOUR_NAME)]
-    sources = {
-        str(name): {c: int(((p.source == name) & (p.y == k)).sum()) for k, c in labels}
-        for name in dict.fromkeys(p.source.tolist())
-    }
+    sources: dict[str, dict[str, int]] = {}
+    for name in dict.fromkeys(p.source.tolist()):
+        per_label = {c: int(((p.source == name) & (p.y == k)).sum()) for k, c in enumerate(CLASSES)}
+        partial = int(((p.source == name) & (p.y == ANY_TUMOUR)).sum())
+        sources[str(name)] = {**per_label, ANY_TUMOUR_NAME: partial} if partial else per_label
     return {
         "data_hash": p.data_hash,
         "images": len(p.y),

@@ -110,6 +110,46 @@ def run_groups(report_dir: Path, p: Prepared, groups: np.ndarray) -> list[dict[s
     return sorted(out, key=lambda r: -(r["worst"].get("accuracy") or 0.0))
 
 
+def tie_broken(ensemble: Ensemble, p: Prepared) -> dict[str, Any] | None:
+    """The ensemble's vote on the tie-broken check (evaluation.tiebroken; None when p holds no checked images)."""
+    from trainer.evaluation.tiebroken import check_indices, figures_of
+
+    idx = check_indices(p)
+    if not len(idx):
+        return None
+    return figures_of(p, vote(ensemble, p.x[idx]), idx)
+
+
+def run_checks(runs_dir: Path, p: Prepared, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Each trained run that may vote (not leave-one-source-out) on the tie-broken check, best worst cell first:
+    its kept checkpoint's scores where training recorded them on the same data, else computed here."""
+    import keras
+
+    import trainer.models.builders  # noqa: F401  (registers the custom layers for loading)
+    from trainer.evaluation.tiebroken import check_indices, figures_of
+
+    idx = check_indices(p)
+    if not len(idx):
+        return []
+    out = []
+    for result in sorted(Path(runs_dir).glob("*/result.json")):
+        done = json.loads(result.read_text())
+        cfg = done["config"]
+        if cfg.get("exclude_source") or not (result.parent / "model.keras").exists():
+            continue
+        if names is not None and cfg["name"] not in names:
+            continue
+        stored = done.get("checkpoint_scores")
+        if stored and done.get("data_hash") == p.data_hash:
+            fig = stored["check"]
+        else:
+            model = keras.models.load_model(result.parent / "model.keras")
+            pred = np.asarray(model.predict(p.x[idx].astype(np.float32), batch_size=64, verbose=0)).argmax(1)
+            fig = figures_of(p, pred, idx)
+        out.append({"name": cfg["name"], "checkpoint": done.get("checkpoint"), **fig})
+    return sorted(out, key=lambda r: -((r["worst"] or {}).get("accuracy") or 0.0))
+
+
 FRESH_TEST = "official Testing images with no exact or near duplicate among the Training images of any data root"
 
 

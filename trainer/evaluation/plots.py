@@ -112,9 +112,13 @@ def plot_crop_boxes(
     plt.close(fig)
 
 
-def plot_group_cells(panels: list[tuple[str, dict[str, Any]]], path: Path) -> None:
+def plot_group_cells(
+    panels: list[tuple[str, dict[str, Any]]],
+    path: Path,
+    title: str = "accuracy by class × MRI sequence group (faint: fewer images than counts for the worst cell)",
+) -> None:
     """Accuracy per class × MRI sequence group as heatmaps, one panel per (title, group_figures); cells with
-    fewer than the figures' min_n images are hatched, empty ones blank."""
+    fewer than the figures' min_n images are faint, empty ones blank."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
@@ -148,9 +152,7 @@ def plot_group_cells(panels: list[tuple[str, dict[str, Any]]], path: Path) -> No
         ax.set_xticks(range(len(groups)), groups)
         ax.set_yticks(range(len(classes)), [c.replace("_", " ") for c in classes])
         ax.set_title(title, fontsize=9)
-    fig.suptitle(
-        "accuracy by class × MRI sequence group (faint: fewer images than counts for the worst cell)", fontsize=9
-    )
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -296,6 +296,8 @@ def write_generalisation(models_dir: Path, figures: dict[str, Any]) -> Manifest:
     update = {"cross_source": figures.get("cross_source", [])}
     if "sequence_groups" in figures:
         update["sequence_groups"] = figures["sequence_groups"]
+    if "tie_broken" in figures:
+        update["tie_broken"] = figures["tie_broken"]
     manifest = manifest.model_copy(
         update={"ensemble": manifest.ensemble.model_validate({**manifest.ensemble.model_dump(), **update})}
     )
@@ -347,6 +349,17 @@ def _models_readme(m: Manifest) -> str:
         lines += [
             "",
             f"Ensemble (majority vote) on the {t.split} (n={t.n}): accuracy {t.accuracy}, macro-F1 {t.macro_f1}.",
+        ]
+    check = m.ensemble.tie_broken
+    if check is not None:
+        w = check.worst
+        worst = f"{w['class']} × {w['sequence']} ({w['source']}) {w['accuracy']} of {w['n']}" if w else "-"
+        shares = [f"{s.source} {s.answered_tumour} of {s.partial_n}" for s in check.sources if s.partial_n]
+        lines += [
+            "",
+            f"Tie-broken check (sequence does not give the class; {check.n} held-out images): worst class × sequence "
+            f"cell {worst}"
+            + (f"; tumours of unknown type answered as a tumour: {', '.join(shares)}." if shares else "."),
         ]
     return "\n".join(lines) + "\n"
 

@@ -13,9 +13,11 @@ from service.ensemble import majority_vote
 from service.manifest import Manifest, write_manifest
 from service.runtime import Ensemble
 from service.trust import UNLIKE_TRAINING, ConformalRule, ShiftRule, conformal_thresholds, prediction_sets, shift_scores
-from trainer.data.dataset import CLASS_WORDS, Prepared
+from trainer.data.dataset import CLASS_WORDS, Prepared, correct, label_sets
 from trainer.evaluation.nonmri import non_mri_verdicts
 from trainer.evaluation.splits import eval_splits
+from trainer.evaluation.tiebroken import SPLIT as CHECK_SPLIT
+from trainer.evaluation.tiebroken import check_indices
 
 LEVELS = (0.9, 0.95, 0.98, 0.99)  # the coverages a prediction set may state (`level` None: chosen on validation)
 FLAG_SHARE = 0.05  # the share of validation images the shift check flags
@@ -117,9 +119,10 @@ def answer_figures(ensemble: Ensemble, images: np.ndarray, fallback: np.ndarray,
             labels.append(pred.label)
     label = np.array(labels)
     flagged = np.array([v.uncertain for v in verdicts])
-    right = label == y
+    right = correct(y, label, classes)  # a partial label (a tumour of unknown type) admits every tumour class
     sets = [v.prediction_set or [classes[c]] for v, c in zip(verdicts, label, strict=True)]
-    covered = np.array([classes[t] in s for t, s in zip(y, sets, strict=True)])
+    admits = label_sets(classes)
+    covered = np.array([any(admits[t, classes.index(c)] for c in s) for t, s in zip(y, sets, strict=True)], dtype=bool)
     reasons: dict[str, int] = {}
     for v in verdicts:
         for r in v.reasons:
@@ -184,6 +187,9 @@ def apply_trust(models_dir: Any, p: Prepared, level: float | None = None, flag_s
     trust: dict[str, dict[str, Any]] = {}
     for key, (split, idx) in eval_splits(ensemble, p).items():
         trust[key] = answer_figures(ensemble, p.x[idx], p.fallback[idx], p.y[idx], split)
+    check = check_indices(p)
+    if len(check):  # where sequence does not give the class: fitted elsewhere, measured here
+        trust["tie_broken"] = answer_figures(ensemble, p.x[check], p.fallback[check], p.y[check], CHECK_SPLIT)
     trust["validation"]["cross_fitted"] = compared  # by level and method: what chose the rule
     _, va = eval_splits(ensemble, p)["validation"]
     trust["validation"]["under_shifts"] = shifted_figures(ensemble, p.x[va], p.y[va])

@@ -97,6 +97,7 @@ def generalisation_section(
                 f"{fresh['only_second_right']} (exact McNemar p {fresh['mcnemar_p']}).",
             ]
         lines.append("")
+    lines += tie_broken_lines(figures, img, before, role)
     runs = figures.get("runs", [])
     if runs:
         lines += [
@@ -109,6 +110,84 @@ def generalisation_section(
         lines.append("")
     lines.append("Recompute: `python -m trainer generalisation --models-dir models --data … --docs docs`.")
     lines.append("")
+    return lines
+
+
+def _check_worst(fig: dict[str, Any]) -> str:
+    w = fig.get("worst") or {}
+    if not w:
+        return "–"
+    return f"{w['class'].replace('_', ' ')} × {w['sequence']}: {pct(w['accuracy'])} ({w['n']})"
+
+
+def _tumour_share(fig: dict[str, Any]) -> str:
+    shares = [f"{pct(r['answered_tumour'])} ({r['partial_n']})" for r in fig.get("sources", []) if "partial_n" in r]
+    return ", ".join(shares) or "–"
+
+
+def tie_broken_lines(
+    figures: dict[str, Any], img: Path, before: dict[str, Any] | None = None, role: str = "The ensemble it replaces"
+) -> list[str]:
+    """The tie-broken check (evaluation.tiebroken): the vote per class × the sequence the source gives, beside the
+    ensemble it replaces (`before`, or the baseline measured in the same run) as a table and heatmaps, and each
+    candidate run's worst cell."""
+    check = figures.get("tie_broken")
+    if not check:
+        return []
+    other = figures.get("tie_broken_baseline") or (before or {}).get("tie_broken")
+    other_version = (other or {}).get("model_version") or (before or {}).get("model_version", "")
+    lines = [
+        "### The tie-broken check: sequence does not give the class",
+        "",
+        f"{check['split'][0].upper()}{check['split'][1:]} ({check['n']} images): TCGA-LGG gliomas and tumour-free "
+        "slices of the same patients, each slice in every sequence it has, and Br35H tumours of mixed sequences "
+        "labelled only 'a tumour' (right when answered as any tumour class). Here a model that tells the classes by "
+        "sequence fails; the worst cell is the first figure an ensemble is chosen by (docs/experiments.md).",
+        "",
+    ]
+    cols = [f"`{figures['model_version']}`"] + ([f"`{other_version}` ({role.lower()})"] if other else [])
+    lines += ["| source | class | sequence | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
+    old_rows = {r["source"]: r for r in (other or {}).get("sources", [])}
+    panels = []
+    for row in check["sources"]:
+        old = old_rows.get(row["source"], {})
+        for c, by_seq in row.get("cells", {}).items():
+            for seq, cell in by_seq.items():
+                vals = [f"{pct(cell['accuracy'])} ({cell['n']})"]
+                if other:
+                    o = old.get("cells", {}).get(c, {}).get(seq)
+                    vals.append(f"{pct(o['accuracy'])} ({o['n']})" if o else "–")
+                lines.append(f"| {row['source']} | {c.replace('_', ' ')} | {seq} | " + " | ".join(vals) + " |")
+        if "partial_n" in row:
+            vals = [f"{pct(row['answered_tumour'])} ({row['partial_n']})"]
+            if other:
+                vals.append(f"{pct(old['answered_tumour'])} ({old['partial_n']})" if "partial_n" in old else "–")
+            lines.append(f"| {row['source']} | any tumour (answered as one) | mixed | " + " | ".join(vals) + " |")
+        if row.get("cells"):
+            panels.append((f"{figures['model_version']} — {row['source']}", {"cells": row["cells"], "min_n": 10}))
+            if old.get("cells"):
+                panels.append((f"{other_version} — {row['source']}", {"cells": old["cells"], "min_n": 10}))
+    lines += [
+        "",
+        f"Worst cell: {_check_worst(check)}" + (f" ({other_version}: {_check_worst(other)})." if other else "."),
+    ]
+    lines.append("")
+    if panels:
+        img.mkdir(parents=True, exist_ok=True)
+        title = "tie-broken check: accuracy by class × sequence (the sequence the source gives)"
+        plot_group_cells(panels, img / "tie-broken-check.png", title)
+        lines += ["![tie-broken check by class × sequence](img/tie-broken-check.png)", ""]
+    runs = figures.get("run_checks", [])
+    if runs:
+        lines += [
+            "Each candidate run on the check (single models; a run's kept checkpoint was chosen on it):",
+            "",
+            "| run | kept checkpoint | worst class × sequence | tumours answered as a tumour |",
+            "|---|---|---|---|",
+        ]
+        for r in runs:
+            lines.append(f"| `{r['name']}` | {r.get('checkpoint') or '–'} | {_check_worst(r)} | {_tumour_share(r)} |")
+        lines.append("")
     return lines
 
 
