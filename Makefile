@@ -17,7 +17,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help serve test lint train train-smoke vgg16-weights weights install-service install-dev clean docker-smoke scale-smoke loadtest bench
+.PHONY: help serve test lint train train-smoke vgg16-weights weights install-service install-dev clean docker-smoke scale-smoke loadtest bench soak fuzz
 
 help:
 	@echo "make serve        install the service and start it on models/ (HOST=$(HOST) PORT=$(PORT))"
@@ -27,6 +27,8 @@ help:
 	@echo "make train-smoke OUT=/tmp/x   the whole trainer pipeline on a small real subset"
 	@echo "make loadtest     32 clients, 2000 mixed uploads against the service on models/"
 	@echo "make bench        floor vs service vs Keras vs hardware (docs/performance.md)"
+	@echo "make soak         a fixed rate near the knee for SOAK_MINUTES (30): memory, descriptors, p99 per minute"
+	@echo "make fuzz         FUZZ_CASES (50000) mutated uploads against the bundled models: no 5xx, no hang"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +95,17 @@ clean:
 # Sustained load on loopback (docs/operations.md): fails on any unexpected status, connection error or ≥ 10 % memory growth.
 loadtest: $(VENV)/.dev
 	$(BIN)/python -m bench.loadtest --clients 32 --requests 2000
+
+# Time (docs/operations.md): a fixed rate for SOAK_MINUTES; fails on memory or descriptor growth, p99 drift or errors.
+SOAK_MINUTES ?= 30
+soak: $(VENV)/.dev
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --plot bench/results/soak.png
+
+# Hostile uploads (docs/operations.md): seeded mutations of JPEG, PNG, DICOM and multipart framing; any 5xx fails.
+FUZZ_CASES ?= 50000
+FUZZ_SEED ?= 1
+fuzz: $(VENV)/.dev
+	$(BIN)/python -m bench.fuzz --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --models-dir models
 
 # Speed (docs/performance.md): prints overhead, speedup and efficiency against their targets.
 # BASELINE: the ensemble the service's p50 is compared with in the same run (E, the last HED-VGG16 ensemble)

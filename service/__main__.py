@@ -35,6 +35,8 @@ def main() -> None:
         access_log=False,
         log_config=None,
         timeout_keep_alive=5,
+        # SIGTERM: uvicorn stops accepting and waits for the requests in flight, at most this long
+        timeout_graceful_shutdown=settings.drain_timeout_s,
     )
 
 

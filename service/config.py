@@ -31,6 +31,20 @@ class Settings(BaseSettings):
     max_batch: int = Field(
         16, ge=1, description="Most requests run through the models as one batch (1 = one at a time)."
     )
+    max_waiting: int = Field(
+        64,
+        ge=1,
+        description="Most images admitted to wait for or run in the models at once; past it a model route answers "
+        "503 with Retry-After at once. 64 is about 1 s of work at the 2-core throughput of `make bench` (~64 images/s "
+        "with 16 clients): an admitted request waits about limit / throughput.",
+    )
+    retry_after_s: int = Field(1, ge=0, description="The Retry-After (seconds) of a 503 for overload.")
+    drain_timeout_s: int = Field(
+        20,
+        ge=0,
+        description="On SIGTERM: stop accepting, finish the requests in flight for at most this long, then exit. "
+        "Below the 30 s grace period of docker-compose.yml and deploy/k8s, less the k8s preStop pause (5 s).",
+    )
     max_files: int = Field(
         32, ge=1, description="Most images in one POST /v1/predict/batch (or /v2 infer) request (413 above)."
     )

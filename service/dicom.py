@@ -62,7 +62,36 @@ def _window(values: np.ndarray, ds: Any) -> np.ndarray:
 
 
 def decode_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> np.ndarray:
-    """DICOM bytes → uint8 RGB (H, W, 3). Raises DicomError with the HTTP status (415 or 422)."""
+    """DICOM bytes → uint8 RGB (H, W, 3). Raises DicomError with the HTTP status (415 or 422).
+
+    pydicom reads elements lazily, so a damaged element (a length that does not fit its value representation, a
+    truncated value) raises wherever it is first touched; every such parse error of the upload is a 422."""
+    import struct
+
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    try:
+        return _decode(data, max_pixels, frame)
+    except DicomError:
+        raise
+    except (
+        BytesLengthException,
+        InvalidDicomError,
+        struct.error,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        EOFError,
+        OSError,
+        NotImplementedError,  # an unknown value representation in a damaged header
+    ) as e:
+        raise DicomError(f"The DICOM file is damaged: {e}") from e
+
+
+def _decode(data: bytes, max_pixels: int, frame: int | None) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, pixel_array
 
     ds = _read(data)

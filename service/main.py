@@ -14,11 +14,12 @@ from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from service import DISCLAIMER, __version__, repository
+from service.admission import Admission, AdmissionMiddleware, Overloaded, model_route
 from service.api.deps import AppState
 from service.api.openapi import live_openapi
 from service.api.routes import explain, info, predict, v2
 from service.config import Settings
-from service.middleware import BodyLimitMiddleware, TimeoutMiddleware
+from service.middleware import BodyLimitMiddleware, TimeoutMiddleware, error_body
 from service.observability import Metrics, MetricsMiddleware
 
 log = logging.getLogger("service")
@@ -71,7 +72,8 @@ def create_app(settings: Settings | None = None, url: str | None = None) -> Fast
         docs_url=None,  # served below from bundled assets, so Swagger UI works offline too
         redoc_url=None,
     )
-    app.state.mri = AppState(settings=settings, metrics=metrics)
+    admission = Admission(settings.max_waiting, settings.retry_after_s)
+    app.state.mri = AppState(settings=settings, metrics=metrics, admission=admission)
     app.openapi = lambda: live_openapi(app)  # type: ignore[method-assign]
     app.include_router(predict.router)
     app.include_router(explain.router)
@@ -89,6 +91,12 @@ def create_app(settings: Settings | None = None, url: str | None = None) -> Fast
             swagger_favicon_url="data:,",
         )
 
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        metrics.refused.labels(model_route(request.url.path) or "other").inc()
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return JSONResponse(error_body(request.url.path, str(exc)), status_code=503, headers=headers)
+
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
@@ -101,6 +109,14 @@ def create_app(settings: Settings | None = None, url: str | None = None) -> Fast
         drain_seconds=settings.upload_drain_s,
     )
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s)
+    # outside the body limit and the deadline: a refused upload is never parsed, nor timed
+    app.add_middleware(
+        AdmissionMiddleware,
+        admission=admission,
+        refused=metrics.refused,
+        drain_bytes=settings.max_upload_bytes,
+        drain_seconds=settings.upload_drain_s,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: a request deadline (408/504) and a body limit (413 before anything is parsed)."""
+"""Pure-ASGI middleware: a request deadline (408/504) and a body limit (413 before anything is parsed); the body
+drain and error shapes they share with admission (503)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,44 @@ import json
 from typing import Any
 
 
-async def send_json(send: Any, status: int, payload: dict[str, Any]) -> None:
+async def send_json(
+    send: Any, status: int, payload: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def error_body(path: str, message: str) -> dict[str, str]:
+    """Each API's error shape: {"error": …} on /v2 (Open Inference Protocol), {"detail": …} elsewhere."""
+    return {"error": message} if path.startswith("/v2/") else {"detail": message}
+
+
+async def drain(receive: Any, limit_bytes: int, seconds: float, received: int = 0) -> None:
+    """Read and drop the rest of a request body, up to `limit_bytes` and `seconds`: a client that sends its whole
+    body before it reads the answer would otherwise see a connection reset (the kernel answers unread data with
+    one), which discards the status in flight."""
+
+    async def read() -> None:
+        total = received
+        while total <= limit_bytes:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
+            total += len(message.get("body", b""))
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(read(), seconds)
 
 
 def too_large_message(max_bytes: int) -> str:
@@ -48,28 +77,10 @@ class BodyLimitMiddleware:
         self.drain_bytes = drain_bytes
         self.drain_seconds = drain_seconds
 
-    def _too_large(self, path: str) -> dict[str, str]:
-        message = too_large_message(self.max_bytes)
-        return {"error": message} if path.startswith("/v2/") else {"detail": message}  # each API's error shape
-
-    async def _drain(self, receive: Any, received: int) -> None:
-        """Read and drop the rest of the body within the drain bounds."""
-
-        async def drain() -> None:
-            total = received
-            while total <= self.drain_bytes:
-                message = await receive()
-                if message["type"] == "http.disconnect" or not message.get("more_body", False):
-                    return
-                total += len(message.get("body", b""))
-
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(drain(), self.drain_seconds)
-
     async def _refuse(self, scope: Any, send: Any, receive: Any, received: int, expects_continue: bool) -> None:
         if not expects_continue:
-            await self._drain(receive, received)
-        await send_json(send, 413, self._too_large(scope["path"]))
+            await drain(receive, self.drain_bytes, self.drain_seconds, received)
+        await send_json(send, 413, error_body(scope["path"], too_large_message(self.max_bytes)))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):

@@ -32,6 +32,12 @@ class Metrics:
         self.predictions = Counter(
             "mri_predictions", "Ensemble predictions by voted label", ["label"], registry=self.registry
         )
+        self.refused = Counter(
+            "mri_refused_requests",
+            "Model requests refused with 503 because MRI_MAX_WAITING images were already admitted, by route",
+            ["endpoint"],
+            registry=self.registry,
+        )
         self.inference = Histogram(
             "mri_inference_seconds",
             "Preprocessing + ensemble inference time per image",
@@ -65,6 +71,9 @@ def endpoint_of(scope: Any) -> str:
     """The metrics label of a handled request: the path template of the route that served it (FastAPI sets
     scope["route"] once routing matched), so /v2/models/{model_name}/infer is one label however it is called and
     unmatched paths cannot grow the label set; "other" when no route matched."""
+    refused = (scope.get("state") or {}).get("endpoint")
+    if refused:  # refused before routing (admission): the route it asked for
+        return str(refused)
     route = scope.get("route")
     template = getattr(route, "path", None)
     if isinstance(template, str) and template:

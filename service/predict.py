@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings() if args.models_dir is None else Settings(models_dir=args.models_dir)
+    # a missing path named like an image file gets its own row; one named like a folder stops the run (a mistyped
+    # folder is not "1 file refused")
+    folders = [p for p in args.paths if not p.exists() and p.suffix.lower() not in SUFFIXES]
+    if folders:
+        print(f"no such file or folder: {', '.join(str(p) for p in folders)}", file=sys.stderr)
+        return 2
     files = find_files(args.paths)
     if not files:
         print("no image files found (.jpg, .jpeg, .png, .dcm)", file=sys.stderr)

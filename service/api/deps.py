@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from fastapi import Header, HTTPException, Request, status
 from pydantic import SecretStr
 
+from service.admission import Admission
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.observability import Metrics
@@ -21,6 +22,7 @@ class AppState:
     metrics: Metrics
     ensemble: Ensemble | None = None
     batcher: MicroBatcher | None = None
+    admission: Admission = field(default_factory=lambda: Admission(64))
     ready: bool = False
     not_ready_reason: str = "starting"
     extra: dict[str, object] = field(default_factory=dict)

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
 
-from service.dicom import decode_dicom, is_dicom
+from service.dicom import DicomError, decode_dicom, is_dicom
 from service.preprocessing import decode_image, preprocess_bytes
 from tests.service.test_service import make_client
 from tests.utils import MRI_FIXTURES
@@ -152,3 +152,16 @@ def test_rle_compressed_dicom_decodes_or_is_415() -> None:
     ds.save_as(buf)
     rgb = decode_image(buf.getvalue())
     assert np.abs(rgb[:, :, 0].astype(int) - grey_fixture()).max() <= 1
+
+
+def test_a_dicom_with_a_damaged_element_is_a_422_wherever_pydicom_trips() -> None:
+    """Found by bench/fuzz.py: pydicom reads elements lazily and raised BytesLengthException or NotImplementedError
+    (unknown VR) from inside the decoder, which became 500s."""
+    data = make_dicom([grey_fixture()])
+    group_length = data.index(b"UL", 128)  # (0002,0000) UL: its 2-byte length made odd
+    odd = data[: group_length + 2] + b"\x03" + data[group_length + 3 :]
+    unknown_vr = data.replace(b"US", b"U\xff", 1)
+    for damaged in (odd, unknown_vr):
+        with pytest.raises(DicomError) as e:
+            decode_dicom(damaged, 10**8)
+        assert e.value.status == 422

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
@@ -81,3 +82,14 @@ def test_exit_status_and_messages(tiny_models: Path, tmp_path: Path) -> None:
     )
     assert r.returncode == 0 and r.stdout.startswith("file,label,") and len(r.stdout.splitlines()) == 2
     assert "not for clinical use" in r.stderr and "1/1 files" in r.stderr
+
+
+def test_a_folder_that_does_not_exist_is_named_and_nothing_runs(
+    tiny_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = MRI_FIXTURES / "Testing" / "glioma_tumor" / "image(1).jpg"
+    code = main(
+        [str(image), str(tmp_path / "scnas"), "--csv", str(tmp_path / "o.csv"), "--models-dir", str(tiny_models)]
+    )
+    assert code == 2 and f"no such file or folder: {tmp_path / 'scnas'}" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()

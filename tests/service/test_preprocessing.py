@@ -257,3 +257,23 @@ def test_version_4_crop_holds_under_gamma_in_both_directions() -> None:
     for g in (0.6, 1.6):
         v3, v4 = (np.mean([moved(p, g, pre) for p in fixtures]) for pre in (PREPROCESSING_V3, PREPROCESSING_V4))
         assert v4 > v3 + 0.02, (g, v3, v4)
+
+
+def test_a_png_chunk_longer_than_the_file_is_refused_before_decoding() -> None:
+    """Found by bench/fuzz.py: a 6 KB PNG whose IDAT declares 4 GB kept libpng busy for seconds."""
+    import struct
+    import time
+
+    import cv2
+    import numpy as np
+
+    from service.preprocessing import ImageDecodeError, decode_image
+
+    png = cv2.imencode(".png", np.full((96, 96), 80, np.uint8))[1].tobytes()
+    idat = png.index(b"IDAT") - 4
+    bomb = png[:idat] + struct.pack(">I", 0xFFFF1DDD) + png[idat + 4 :]
+    start = time.perf_counter()
+    with pytest.raises(ImageDecodeError, match="'IDAT' chunk declares 4,294,909,405 bytes") as e:
+        decode_image(bomb)
+    assert e.value.status == 422 and time.perf_counter() - start < 0.5
+    assert decode_image(png).shape == (96, 96, 3)  # an intact PNG still decodes

@@ -55,7 +55,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "Missing field, empty, truncated, undecodable, too many pixels, or a multi-frame DICOM "
         "without a valid `frame`.",
     },
-    503: {"model": ErrorResponse, "description": "Models not loaded yet."},
+    503: {
+        "model": ErrorResponse,
+        "description": "Models not loaded yet, or busy: MRI_MAX_WAITING images already wait for the models. A busy "
+        "answer carries Retry-After (seconds): wait that long, then retry, backing off on repeats.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying (busy only).",
+                "schema": {"type": "integer"},
+            }
+        },
+    },
     504: {"model": ErrorResponse, "description": "The answer was not ready within MRI_REQUEST_TIMEOUT_S."},
 }
 
@@ -161,9 +171,11 @@ BATCH_DOC: dict[str, Any] = {
 async def predict_images(request: Request, images: list[Any], ensemble: Ensemble) -> list[Prediction]:
     """Predictions of `ensemble` for its input-size crops, submitted together so that its micro-batcher runs
     them as one batch (after a reload, still the ensemble the request started with)."""
-    batcher = get_state(request).batcher_for(ensemble)
+    state = get_state(request)
+    batcher = state.batcher_for(ensemble)
     if batcher is None:
         raise HTTPException(503, "Models not ready: the inference thread is not running.")
+    state.admission.acquire_more(request.scope, len(images) - 1)  # the request itself was admitted as one
     futures = [asyncio.wrap_future(f) for f in batcher.submit_many(images)]
     return list(await asyncio.gather(*futures))
 
