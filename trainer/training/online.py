@@ -137,28 +137,42 @@ def choose_checkpoint(scores: dict[str, dict[str, Any]]) -> str:
 
 class Checkpoints(keras.callbacks.Callback):
     """After each epoch: score the weights (validation + tie-broken check), save them, and keep a running mean of
-    the weights from epoch `average_from` on (scored as `mean` at the end)."""
+    the weights from epoch `average_from` on (scored as `mean` at the end). `scored`: the full model on images, when
+    the model being fitted is its top on cached tensors (they share layers); default the fitted model."""
 
-    def __init__(self, p: Prepared, va: np.ndarray, folder: Path, average_from: int, log: str = "") -> None:
+    def __init__(
+        self,
+        p: Prepared,
+        va: np.ndarray,
+        folder: Path,
+        average_from: int,
+        log: str = "",
+        scored: keras.Model | None = None,
+    ) -> None:
         super().__init__()
         self.p, self.va, self.folder, self.average_from, self.log = p, va, folder, average_from, log
+        self.scored = scored
         self.scores: dict[str, dict[str, Any]] = {}
         self.mean: list[np.ndarray] | None = None
         self.averaged = 0
         folder.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def full(self) -> keras.Model:
+        return self.scored if self.scored is not None else self.model
+
     def _record(self, name: str) -> None:
         from trainer.evaluation.tiebroken import headline
 
-        s = score(self.model, self.p, self.va)
+        s = score(self.full, self.p, self.va)
         self.scores[name] = s
-        self.model.save_weights(self.folder / f"{name}.weights.h5")
+        self.full.save_weights(self.folder / f"{name}.weights.h5")
         print(f"{self.log}[{name}] val macro-F1 {s['val_macro_f1']}, check: {headline(s['check'])}", flush=True)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._record(f"epoch-{epoch + 1:02d}")
         if epoch + 1 >= self.average_from:
-            w = [np.asarray(v, np.float64) for v in self.model.get_weights()]
+            w = [np.asarray(v, np.float64) for v in self.full.get_weights()]
             self.averaged += 1
             self.mean = (
                 w if self.mean is None else [m + (v - m) / self.averaged for m, v in zip(self.mean, w, strict=True)]
@@ -169,11 +183,11 @@ class Checkpoints(keras.callbacks.Callback):
         the last epoch's without `choose`) into the model, write scores.json; returns the checkpoint's name."""
         last_epoch = list(self.scores)[-1]
         if self.mean is not None and self.averaged > 1:
-            last = self.model.get_weights()
-            self.model.set_weights([m.astype(v.dtype) for m, v in zip(self.mean, last, strict=True)])
+            last = self.full.get_weights()
+            self.full.set_weights([m.astype(v.dtype) for m, v in zip(self.mean, last, strict=True)])
             self._record(f"mean-{self.averaged}")
         chosen = choose_checkpoint(self.scores) if choose else last_epoch
-        self.model.load_weights(self.folder / f"{chosen}.weights.h5")
+        self.full.load_weights(self.folder / f"{chosen}.weights.h5")
         (self.folder / "scores.json").write_text(json.dumps({"chosen": chosen, "scores": self.scores}, indent=1))
         print(f"{self.log}kept checkpoint {chosen}", flush=True)
         return chosen

@@ -57,7 +57,8 @@ class Recipe(BaseModel):
             inversion, gamma and bias field inside the head, then an acquisition shift).
         exclude_source: a source (Prepared.source) left out of training and validation: a cross-source run.
         balance: class (each class weighs the same) or class_group (each class × MRI sequence group cell, softened:
-            weight ∝ 1/√count, so a model cannot lean on sequence where the classes come in different sequences).
+            weight ∝ 1/√count, so a model cannot lean on sequence where the classes come in different sequences), or
+            source_class_sequence (each source × class × sequence cell, the same softening: no root's look decides).
         fine_tune_blocks / fine_tune_on: phase 2 unfreezes this many top blocks, trained on the cache or images.
         fine_tune_all: phase 2 trains every backbone layer but BatchNorm, end to end on images (training.online:
             crops drawn and randomised anew each epoch); per-epoch checkpoints are scored on validation and the
@@ -66,8 +67,8 @@ class Recipe(BaseModel):
             the fly; the others get an acquisition shift (p 0.5) or none, mirrored half the time.
         sampling: (fine_tune_all) shuffle (every training image once an epoch) or balanced (drawn with weight
             ∝ 1/√count of its source × class × sequence cell, so that no root's look decides).
-        checkpoint: (fine_tune_all) last, or check: among the epochs' weights and their mean over the second
-            half, the one with the best worst tie-broken check cell (training.online.choose_checkpoint).
+        checkpoint: (fine-tuning) last, or check: every epoch's weights scored on validation and the tie-broken
+            check; among them and their mean over the second half, the one training.online.choose_checkpoint picks.
         reduce_lr_patience: epochs without a lower val_loss before the learning rate is divided by 3 (0: never).
     """
 
@@ -103,7 +104,7 @@ class Recipe(BaseModel):
     shift_views: int = Field(0, ge=0)
     shift_kind: Literal["acquisition", "appearance"] = "acquisition"
     exclude_source: str | None = None
-    balance: Literal["class", "class_group"] = "class"
+    balance: Literal["class", "class_group", "source_class_sequence"] = "class"
     backbone_input: int | None = Field(None, ge=32)
     fine_tune_all: bool = False
     appearance_p: float = Field(0.0, ge=0, le=1)
@@ -127,13 +128,15 @@ class Recipe(BaseModel):
                 "shift_views needs cache_features: a frozen head (no fine_tune_epochs), a multiscale head, or "
                 "fine-tuning on the cache"
             )
-        online = (self.appearance_p > 0, self.sampling != "shuffle", self.checkpoint != "last")
+        online = (self.appearance_p > 0, self.sampling != "shuffle")
         if any(online) and not self.fine_tune_all:
-            raise ValueError("appearance_p, sampling and checkpoint apply to fine_tune_all entries only")
+            raise ValueError("appearance_p and sampling apply to fine_tune_all entries only")
+        if self.checkpoint != "last" and not (self.fine_tune_all or on_cache):
+            raise ValueError("checkpoint applies to fine_tune_all entries and to fine-tuning on the cache")
         if self.fine_tune_all and not (transfer and self.fine_tune_epochs and self.fine_tune_on == "images"):
             raise ValueError("fine_tune_all needs a transfer entry with fine_tune_epochs and fine_tune_on = images")
-        if self.balance == "class_group" and not (transfer and self.cache_features):
-            raise ValueError("balance = class_group needs a transfer entry with cache_features")
+        if self.balance != "class" and not (transfer and self.cache_features):
+            raise ValueError(f"balance = {self.balance} needs a transfer entry with cache_features")
         return self
 
     @property
@@ -184,6 +187,8 @@ class Recipe(BaseModel):
             parts.append("ckck")
         if self.balance == "class_group":
             parts.append("bal")
+        if self.balance == "source_class_sequence":
+            parts.append("bal3")
         if self.exclude_source:
             parts.append(held_out_tag(self.exclude_source))
         if self.init_seed is not None:

@@ -354,6 +354,8 @@ def train_entry(
         from trainer.models.sequence import prepared_groups
 
         sample_w, weights = cell_weights(p.y, prepared_groups(p.x, p.data_hash, cache_dir), tr), None
+    elif recipe.balance == "source_class_sequence":  # per source × class × sequence cell, 1/√count, mean 1
+        sample_w, weights = _cell3_weights(p, tr, cache_dir), None
     lr_patience = recipe.reduce_lr_patience
     # partial labels (a tumour of unknown type) need the loss on the summed tumour probabilities
     partial = bool((p.y[tr] == ANY_TUMOUR).any())
@@ -424,7 +426,15 @@ def train_entry(
             # plus randomly shifted views: one clean and one shifted per image and epoch
             shifted = shifted_cut_features(bottom, cfg, p, cache_dir) if recipe.shift_views else None
             train_on, kw = view_batches(cut, shifted, tr, p.y, bs, seed, sample_w)
-            ft = fit(top, ft_lr, ft_epochs, "fine_tune", train_on, val_cut, **kw)
+            if recipe.checkpoint == "check":  # every epoch scored (on images, by the full model) and kept
+                from trainer.training.online import Checkpoints
+
+                folder = run_dir / "checkpoints"
+                checkpoints = Checkpoints(p, va, folder, ft_epochs // 2 + 1, f"[{cfg['name']}] ", scored=model)
+                ft = fit(top, ft_lr, ft_epochs, "fine_tune", train_on, val_cut, more=[checkpoints], **kw)
+                checkpoints.finish()
+            else:
+                ft = fit(top, ft_lr, ft_epochs, "fine_tune", train_on, val_cut, **kw)
         else:  # end to end on images, with the training augmentation
             ft = fit(model, ft_lr, ft_epochs, "fine_tune", *image_datasets())
         history = _merge(history, ft)
@@ -449,6 +459,19 @@ def train_entry(
     return result
 
 
+def _cell3_weights(p: Prepared, tr: np.ndarray, cache_dir: Path) -> np.ndarray:
+    """Per-image weights (every image; mean 1 over tr) ∝ 1/√count of its source × class × sequence cell among tr;
+    the sequence is the root's, else the sequence probe's group."""
+    from trainer.models.sequence import prepared_groups
+    from trainer.training.online import balanced_weights, sequence_cells
+
+    seq = sequence_cells(p, prepared_groups(p.x, p.data_hash, cache_dir))
+    cells = np.char.add(np.char.add(p.source.astype(str), "|" + p.y.astype(str) + "|"), seq)
+    out = np.zeros(len(p.y), np.float32)
+    out[tr] = balanced_weights(cells[tr]) * len(tr)
+    return out
+
+
 def _fine_tune_all(
     model: keras.Model,
     recipe: Recipe,
@@ -464,15 +487,12 @@ def _fine_tune_all(
 ) -> dict:
     """Phase 2 of a fine_tune_all recipe: the whole network on crops randomised anew each epoch (training.online),
     sampled by the recipe; every epoch checkpointed and scored; the kept weights loaded into `model`."""
-    from trainer.training.online import Checkpoints, OnlineSampler, balanced_weights, sequence_cells
+    from trainer.training.online import Checkpoints, OnlineSampler
 
     probabilities = None
     if recipe.sampling == "balanced":
-        from trainer.models.sequence import prepared_groups
-
-        seq = sequence_cells(p, prepared_groups(p.x, p.data_hash, cache_dir))
-        cells = np.char.add(np.char.add(p.source.astype(str), "|" + p.y.astype(str) + "|"), seq)
-        probabilities = balanced_weights(cells[tr])
+        weights = _cell3_weights(p, tr, cache_dir)[tr]
+        probabilities = weights / weights.sum()
     sampler = OnlineSampler(
         p.x, p.y, tr, batch_size, seed, recipe.appearance_p, probabilities, workers=2, use_multiprocessing=False
     )
