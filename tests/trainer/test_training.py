@@ -234,3 +234,58 @@ def test_multiscale_head_trains_on_cached_clean_and_shifted_features(tmp_path: P
     val_loss = float(-np.log(np.clip(probs[np.arange(len(va)), p.y[va]], 1e-7, 1)).mean())
     history = json.loads((run_dir / "history.json").read_text())
     assert val_loss == pytest.approx(min(history["val_loss"]), abs=2e-2)
+
+
+def _tie_broken_data(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The fixtures plus a root with a files.csv split and sequences, and a root of partially labelled tumours."""
+    import shutil
+
+    from trainer.data.dataset import prepare
+
+    tcga, br35h = tmp_path / "tcga", tmp_path / "br35h"
+    rows = ["path,class,sha256,source,sequence,patient,slice,split"]
+    for cls, src in (("glioma", "glioma_tumor"), ("no_tumor", "no_tumor")):
+        (tcga / cls).mkdir(parents=True)
+        for i, img in enumerate(sorted((MRI_FIXTURES / "Training" / src).glob("*.jpg"))):
+            shutil.copy(img, tcga / cls / f"T1__{i}.jpg")
+            rows.append(f"{cls}/T1__{i}.jpg,{cls},x,TCGA-LGG,T1,p{i},1,{'val' if i == 0 else 'train'}")
+    (tcga / "files.csv").write_text("\n".join(rows) + "\n")
+    (br35h / "tumor").mkdir(parents=True)
+    rows = ["path,class,sha256,source,sequence,patient,slice,split"]
+    for i, img in enumerate(sorted((MRI_FIXTURES / "Testing" / "pituitary_tumor").glob("*.jpg"))):
+        shutil.copy(img, br35h / "tumor" / f"y{i}.jpg")
+        rows.append(f"tumor/y{i}.jpg,tumor,x,br35h-yes,,,,{'val' if i == 0 else 'train'}")
+    (br35h / "files.csv").write_text("\n".join(rows) + "\n")
+    return prepare([MRI_FIXTURES, tcga, br35h], tmp_path / "cache")
+
+
+@pytest.mark.parametrize("how", ["cache", "all"])
+def test_partial_labels_train_and_the_kept_checkpoint_is_chosen_on_the_check(tmp_path: Path, how: str) -> None:
+    """A partially labelled root trains with the summed-tumour loss; every fine-tuning epoch is scored on validation
+    and the tie-broken check, its weights saved, and the kept checkpoint is what model.keras holds (on the cache:
+    scored by the full model on images; whole network: on crops randomised anew each epoch)."""
+    import keras
+
+    import trainer.models.builders  # noqa: F401  (registers the loss and layers for loading)
+    from trainer.data.dataset import ANY_TUMOUR
+    from trainer.training.grid import expand
+    from trainer.training.online import score
+    from trainer.training.train import train_entry, train_val_indices
+
+    p = _tie_broken_data(tmp_path)
+    recipe = {"epochs": 1, "batch_size": 8, "val_fraction": 0.25, "fine_tune_epochs": 3, "patience": 1}
+    entry: dict = {"backbone": "efficientnet_lite0", "weights": "none", "cache_features": True, "checkpoint": "check"}
+    if how == "all":
+        entry |= {"fine_tune_on": "images", "fine_tune_all": True, "appearance_p": 0.8}
+    else:
+        entry |= {"shift_views": 1}
+    (cfg,) = expand({"defaults": recipe, "transfer": [entry]})
+    run = tmp_path / "runs" / cfg["name"]
+    result = train_entry(cfg, p, run, verbose=0, cache_dir=tmp_path / "cache")
+    tr, va = train_val_indices(p, 0.25, 42, "official")
+    assert (p.y[tr] == ANY_TUMOUR).any() and not p.held[tr].any()
+    scores = json.loads((run / "checkpoints" / "scores.json").read_text())
+    assert set(scores["scores"]) == {"epoch-01", "epoch-02", "epoch-03", "mean-2"}  # mean of epochs 2-3
+    assert result["checkpoint"] == scores["chosen"] and result["checkpoint_scores"]["check"]["n"] == int(p.held.sum())
+    model = keras.models.load_model(run / "model.keras")
+    assert score(model, p, va) == scores["scores"][scores["chosen"]]  # the saved model is the kept checkpoint
