@@ -220,3 +220,13 @@ def test_the_online_recipe_keys_need_whole_network_fine_tuning_on_images() -> No
         Recipe.of({**base, "fine_tune_on": "cache", "fine_tune_all": True})
     with pytest.raises(GridError, match="appearance_p"):
         Recipe.of({**base, "fine_tune_all": True, "appearance_p": 1.5})
+
+
+def test_a_source_never_trained_on_scores_partial_labels_as_any_tumour() -> None:
+    from trainer.evaluation.groups import cross_source_figures
+
+    y = np.array([ANY_TUMOUR] * 4 + [GLIOMA] * 2)
+    pred = np.array([GLIOMA, CLASSES.index("pituitary"), NO_TUMOUR, NO_TUMOUR, GLIOMA, NO_TUMOUR])
+    row = cross_source_figures("br35h-yes", "ensemble x", y, pred, np.zeros(6, int), CLASSES)
+    assert row["accuracy"] == 0.5
+    assert row["per_class"] == {"glioma": {"n": 2, "accuracy": 0.5}, "tumor": {"n": 4, "accuracy": 0.5}}

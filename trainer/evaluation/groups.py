@@ -39,14 +39,18 @@ def group_figures(
 def cross_source_figures(
     source: str, model: str, y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list[str]
 ) -> dict[str, Any]:
-    """A held-out source's accuracy, per class and per sequence group (the shape of service.manifest.CrossSource)."""
-    right = y == pred
+    """A held-out source's accuracy, per class and per sequence group (the shape of service.manifest.CrossSource); a
+    partial label (a tumour of unknown type) is right as any tumour class, counted under its own name."""
+    from trainer.data.dataset import ANY_TUMOUR_NAME, correct
+
+    right = correct(y, pred, classes)
+    labels = [*enumerate(classes), (len(classes), ANY_TUMOUR_NAME)]
     return {
         "source": source,
         "model": model,
         "n": len(y),
         "accuracy": round(float(right.mean()), 4) if len(y) else 0.0,
-        "per_class": {c: _cell(right[y == k]) for k, c in enumerate(classes) if (y == k).any()},
+        "per_class": {c: _cell(right[y == k]) for k, c in labels if (y == k).any()},
         "by_group": {g: _cell(right[groups == j]) for j, g in enumerate(SEQUENCE_GROUPS) if (groups == j).any()},
     }
 
