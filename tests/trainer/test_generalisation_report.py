@@ -146,3 +146,28 @@ def test_the_tie_broken_check_is_shown_beside_the_ensemble_it_replaces_with_ever
     assert (tmp_path / "img" / "tie-broken-check.png").stat().st_size > 1000
     without = "\n".join(generalisation_section(_figures("new-1", 0), tmp_path / "img2"))
     assert "tie-broken" not in without
+
+
+def test_writing_figures_into_a_manifest_keeps_cross_source_rows_measured_on_other_data(tmp_path: Path) -> None:
+    from tests.utils import make_tiny_ensemble
+    from trainer.evaluation.tiebroken import check_figures
+    from trainer.export.bundle import write_generalisation
+
+    import json
+
+    make_tiny_ensemble(tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    for entry in raw["models"]:  # what an export records of each model's recipe
+        entry["config"] = {"family": "ann", "dense_layers": 0, "units": 8, "protocol": "clean"}
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    y, groups = np.array([0, 1, 2, 3]), np.zeros(4, int)
+    loso = cross_source_figures("IXI T1w", "run-no-IXI_T1w", y, y, groups, CLASSES)
+    write_generalisation(tmp_path, {"cross_source": [loso]})
+    unseen = cross_source_figures("TCGA-LGG", "ensemble test-1", y, (y + 1) % 4, groups, CLASSES)
+    check = check_figures(np.array([0] * 10), np.array([2] * 10), np.array(["TCGA-LGG"] * 10), np.array(["T1"] * 10))
+    m = write_generalisation(tmp_path, {"cross_source": [unseen], "tie_broken": check})
+    assert [(r.source, r.accuracy) for r in m.ensemble.cross_source] == [("IXI T1w", 1.0), ("TCGA-LGG", 0.0)]
+    assert m.ensemble.tie_broken is not None and m.ensemble.tie_broken.worst["accuracy"] == 0.0
+    again = write_generalisation(tmp_path, {"cross_source": [{**loso, "accuracy": 0.5}]})
+    assert [(r.source, r.accuracy) for r in again.ensemble.cross_source] == [("TCGA-LGG", 0.0), ("IXI T1w", 0.5)]
+    assert "Tie-broken check" in (tmp_path / "README.md").read_text()

@@ -290,10 +290,14 @@ TEST_TITLES = {"official_test": "official Testing", "pooled_test": "pooled held-
 
 
 def write_generalisation(models_dir: Path, figures: dict[str, Any]) -> Manifest:
-    """Put trainer.evaluation.generalisation's figures (per class × sequence group, cross-source) into an exported
-    ensemble's manifest.json (its ONNX files unchanged)."""
+    """Put trainer.evaluation.generalisation's figures (per class × sequence group, cross-source, the tie-broken
+    check) into an exported ensemble's manifest.json (its ONNX files unchanged)."""
     manifest = load_manifest(models_dir)
-    update = {"cross_source": figures.get("cross_source", [])}
+    # a source × scorer measured now replaces its row; rows measured before on other data are kept
+    fresh = figures.get("cross_source", [])
+    measured = {(r["source"], r["model"]) for r in fresh}
+    kept = [r.model_dump() for r in manifest.ensemble.cross_source if (r.source, r.model) not in measured]
+    update: dict[str, Any] = {"cross_source": kept + list(fresh)}
     if "sequence_groups" in figures:
         update["sequence_groups"] = figures["sequence_groups"]
     if "tie_broken" in figures:
