@@ -149,11 +149,11 @@ def test_the_tie_broken_check_is_shown_beside_the_ensemble_it_replaces_with_ever
 
 
 def test_writing_figures_into_a_manifest_keeps_cross_source_rows_measured_on_other_data(tmp_path: Path) -> None:
+    import json
+
     from tests.utils import make_tiny_ensemble
     from trainer.evaluation.tiebroken import check_figures
     from trainer.export.bundle import write_generalisation
-
-    import json
 
     make_tiny_ensemble(tmp_path)
     raw = json.loads((tmp_path / "manifest.json").read_text())
