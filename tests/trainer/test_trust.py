@@ -74,3 +74,20 @@ def test_a_partial_label_is_right_and_covered_by_any_tumour_class(tmp_path: Path
     no_tumour = answer_figures(ensemble, images, np.zeros(6, bool), np.full(6, CLASSES.index("no_tumor")), "check")
     assert no_tumour["accuracy"] == round(1 - float(tumour.mean()), 4)
     assert partial["coverage"] >= partial["accuracy"]  # a set covers whenever its answer is right
+
+
+def test_an_ensemble_from_other_data_gets_its_flags_measured_on_the_check_without_a_refit(tmp_path: Path) -> None:
+    from service.manifest import load_manifest
+    from tests.trainer.test_tiebroken import _partial_root, _tie_broken_root
+    from tests.utils import MRI_FIXTURES
+    from trainer.data.dataset import prepare
+    from trainer.export.trust import measure_check
+
+    models = make_cam_ensemble(tmp_path / "models")
+    before = load_manifest(models)
+    p = prepare([MRI_FIXTURES, _tie_broken_root(tmp_path), _partial_root(tmp_path)], tmp_path / "cache")
+    after = measure_check(models, p)
+    check = after.ensemble.trust["tie_broken"]
+    assert check["n"] == int(p.held.sum()) and "never trained on" in check["split"]
+    assert after.ensemble.conformal == before.ensemble.conformal  # nothing refitted
+    assert set(before.ensemble.trust) < set(load_manifest(models).ensemble.trust)

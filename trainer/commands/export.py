@@ -130,9 +130,14 @@ def add_calibrate(sub: Subparsers) -> None:
 def run_trust(args: argparse.Namespace) -> int:
     """Fit the prediction sets and the shift check of an exported ensemble on its validation images; measure."""
     from trainer.export.bundle import write_models_readme
-    from trainer.export.trust import apply_trust
+    from trainer.export.trust import apply_trust, measure_check
 
-    manifest = apply_trust(args.models_dir, shipped(args)[1], args.level, args.flag_share)
+    if args.check_only:
+        from service.manifest import load_manifest
+
+        manifest = measure_check(args.models_dir, prepare(args, load_manifest(args.models_dir).preprocessing))
+    else:
+        manifest = apply_trust(args.models_dir, shipped(args)[1], args.level, args.flag_share)
     write_models_readme(args.models_dir, manifest)
     e = manifest.ensemble
     assert e.conformal is not None
@@ -159,6 +164,12 @@ def add_trust(sub: Subparsers) -> None:
         "cross-fitted on validation, meet within one point)",
     )
     p.add_argument("--flag-share", type=float, default=0.05, help="share of validation images the shift check flags")
+    p.add_argument(
+        "--check-only",
+        action="store_true",
+        help="refit nothing: measure the rules as they are on the tie-broken check of the data given (for an "
+        "ensemble trained on other data roots than these)",
+    )
     p.set_defaults(func=run_trust)
 
 

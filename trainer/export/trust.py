@@ -177,6 +177,20 @@ def shifted_figures(ensemble: Ensemble, images: np.ndarray, y: np.ndarray) -> di
     return out
 
 
+def measure_check(models_dir: Any, p: Prepared) -> Manifest:
+    """Measure the ensemble's prediction sets and flags, as they are, on the tie-broken check (trust["tie_broken"]);
+    nothing is refitted: for an ensemble whose own validation is not among p's splits."""
+    ensemble = Ensemble.load(models_dir)
+    check = check_indices(p)
+    if not len(check):
+        raise ValueError("the data has no checked images (no root lists a `val` split)")
+    manifest = ensemble.manifest
+    figures = answer_figures(ensemble, p.x[check], p.fallback[check], p.y[check], CHECK_SPLIT)
+    manifest.ensemble.trust = {**manifest.ensemble.trust, "tie_broken": figures}
+    write_manifest(manifest, models_dir)
+    return manifest
+
+
 def apply_trust(models_dir: Any, p: Prepared, level: float | None = None, flag_share: float = FLAG_SHARE) -> Manifest:
     """Fit the rules on validation, write them into the manifest, then measure every split through them."""
     ensemble = Ensemble.load(models_dir)
