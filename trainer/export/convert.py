@@ -67,6 +67,7 @@ def add_extras(model: keras.Model, cfg: dict[str, Any], p: Prepared, max_images:
     """Wrap a global-pooling model with class_map and ood_score outputs; the OOD statistics come from
     (up to max_images of) the images it was trained on."""
     tr, _ = train_val_indices(p, float(cfg["val_fraction"]), int(cfg["seed"]), Recipe.of(cfg).protocol)
+    tr = tr[p.y[tr] < len(CLASSES)]  # class means need a class: partial labels (a tumour of unknown type) are left out
     idx = np.random.default_rng(0).permutation(tr)[:max_images]
     feats = np.asarray(pooled_feature_model(model).predict(to_model_input(p.x[idx]), batch_size=32, verbose=0))
     means, chol = fit_mahalanobis(feats, p.y[idx], len(CLASSES))
