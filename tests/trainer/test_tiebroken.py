@@ -230,3 +230,35 @@ def test_a_source_never_trained_on_scores_partial_labels_as_any_tumour() -> None
     row = cross_source_figures("br35h-yes", "ensemble x", y, pred, np.zeros(6, int), CLASSES)
     assert row["accuracy"] == 0.5
     assert row["per_class"] == {"glioma": {"n": 2, "accuracy": 0.5}, "tumor": {"n": 4, "accuracy": 0.5}}
+
+
+def test_votes_are_ranked_by_the_check_among_those_that_keep_the_original_data(tmp_path: Path) -> None:
+    from trainer.export.selection import rank_votes_by_check
+
+    p = prepare([MRI_FIXTURES, _tie_broken_root(tmp_path), _partial_root(tmp_path)], tmp_path / "cache")
+    check = check_indices(p)
+    y_val = np.array([0, 1, 2, 3] * 5)
+    eye = np.eye(len(CLASSES))
+
+    def val(right: int) -> np.ndarray:  # one-hot answers right on the first `right` of 20 images
+        pred = np.where(np.arange(20) < right, y_val, (y_val + 1) % 4)
+        return eye[pred]
+
+    def on_check(answer: int) -> np.ndarray:
+        return np.tile(eye[answer], (len(check), 1))
+
+    tumour, clean = CLASSES.index("glioma"), CLASSES.index("no_tumor")
+    # a, b, c right on validation, d and e wrong everywhere; on the check a and b call everything clean
+    val_probs = {"a": val(20), "b": val(20), "c": val(20), "d": val(0), "e": val(0)}
+    check_probs = {k: on_check(clean if k in "ab" else tumour) for k in val_probs}
+    ranked = rank_votes_by_check(val_probs, check_probs, y_val, "validation", p, check, min_macro_f1=0.95)
+    assert len(ranked) == 10
+    keeps = [t["val_macro_f1"] >= 0.95 for t in ranked]
+    assert keeps == sorted(keeps, reverse=True) and not all(keeps)  # votes losing the original data come last
+    assert ranked[0]["models"] == ["a", "c", "d"] and ranked[0]["check_tumour_share"] == 1.0
+    last_kept = ranked[keeps.count(True) - 1]  # keeps the original data but calls the tumours clean
+    assert last_kept["models"][:2] == ["a", "b"] and last_kept["check_tumour_share"] == 0.0
+    cheap = rank_votes_by_check(
+        val_probs, check_probs, y_val, "validation", p, check, gmac=lambda names: len(names), max_gmac=2
+    )
+    assert cheap == []  # every vote of three over the compute budget

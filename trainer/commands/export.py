@@ -82,13 +82,19 @@ def add_export(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--select",
-        choices=("ensemble", "worst_group", "top"),
+        choices=("ensemble", "worst_group", "top", "check"),
         default="ensemble",
         help="ensemble: the combination whose majority vote has the best validation macro-F1 (default); "
         "worst_group: the best worst class × MRI sequence group validation accuracy, then macro-F1; "
-        "top: the individually best models",
+        "top: the individually best models; check (with --names, the runs to choose among): the vote with "
+        "validation macro-F1 ≥ 0.95 and the best worst cell of the tie-broken check",
     )
-    p.add_argument("--names", nargs="+", default=None, help="export exactly these runs (leaderboard names), in order")
+    p.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        help="export exactly these runs (leaderboard names), in order; with --select check, the runs chosen among",
+    )
     p.add_argument(
         "--separate-files",
         action="store_true",

@@ -31,6 +31,7 @@ from trainer.export.extras import OOD_SCORE
 from trainer.export.merge import halve_weights, merge_models_dir
 from trainer.export.selection import (
     bytes_per_param,
+    choose_by_check,
     choose_ensemble,
     choose_models,
     describe_sources,
@@ -151,7 +152,16 @@ def export_top(
 ) -> Manifest:
     """Export the chosen models (`names`, in that order; else by `select`) to ONNX with manifest.json."""
     bytes_per_param(weights_dtype)
-    if names:
+    if select == "check":  # the vote of `top` of the named runs chosen on validation and the tie-broken check
+        if not names or report_dir is None:
+            raise ValueError("select='check' needs --names (the runs to choose among) and the report dir")
+        by_name = {row["name"]: row for row in leaderboard}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(f"not in the leaderboard: {missing}")
+        chosen, tried = choose_by_check([by_name[n] for n in names], p, report_dir, top, max_gmac)
+        (report_dir / "ensembles_tried.json").write_text(json.dumps(tried, indent=1) + "\n")
+    elif names:
         by_name = {row["name"]: row for row in leaderboard}
         missing = [n for n in names if n not in by_name]
         if missing:
@@ -172,7 +182,7 @@ def export_top(
     elif select == "top":
         chosen = choose_models(leaderboard, top, max_mb, max_per_backbone, weights_dtype, merge)
     else:
-        raise ValueError(f"select must be 'ensemble', 'worst_group' or 'top', got {select!r}")
+        raise ValueError(f"select must be 'ensemble', 'worst_group', 'top' or 'check', got {select!r}")
     models_dir.mkdir(parents=True, exist_ok=True)
     for stale in models_dir.glob("*.onnx"):  # includes a previous merged file
         stale.unlink()

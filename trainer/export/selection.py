@@ -175,6 +175,98 @@ def choose_ensemble(
     return [by_name[n] for n in tried[0]["models"]], tried
 
 
+MIN_CHECK_MACRO_F1 = 0.95  # `--select check`: a vote below this validation macro-F1 loses the original data
+
+
+def choose_by_check(
+    pool: list[dict[str, Any]],
+    p: Prepared,
+    report_dir: Path,
+    top: int = 3,
+    max_gmac: float | None = None,
+    min_macro_f1: float = MIN_CHECK_MACRO_F1,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`--select check`: the vote of `top` runs of `pool` that rank_votes_by_check puts first (their validation
+    probabilities from the report dir, their answers on the tie-broken check computed here), within `max_gmac`.
+    ValueError when no vote reaches min_macro_f1. Returns (chosen rows, every vote scored, best first)."""
+    import keras
+
+    from trainer.evaluation.evaluate import validation_probabilities
+    from trainer.evaluation.tiebroken import check_indices
+
+    va, _ = evaluation_indices(p, pool[0]["config"])
+    check = check_indices(p)
+    if not len(check):
+        raise ValueError("--select check needs data roots whose files.csv lists a `val` split")
+    probs = {r["name"]: validation_probabilities(r, p, report_dir) for r in pool}
+    checked = {}
+    for r in pool:
+        model = keras.models.load_model(Path(r["run_dir"]) / "model.keras")
+        checked[r["name"]] = np.asarray(model.predict(p.x[check].astype(np.float32), batch_size=64, verbose=0))
+    by_name = {r["name"]: r for r in pool}
+
+    def gmac(names: list[str]) -> float:
+        return ensemble_macs([by_name[n] for n in names], tuple(p.x.shape[1:]), len(CLASSES)) / 1e9
+
+    split = split_names(pool[0]["config"])[0][1]
+    tried = rank_votes_by_check(probs, checked, p.y[va], split, p, check, top, gmac, max_gmac)
+    for t in tried[:10]:
+        print(
+            f"[export] vote val macro-F1 {t['val_macro_f1']:.4f} worst check cell {t['check_worst']} tumour share "
+            f"{t['check_tumour_share']}  {' + '.join(t['models'])}"
+        )
+    if not tried or tried[0]["val_macro_f1"] < min_macro_f1:
+        raise ValueError(f"no vote of {top} of these runs reaches validation macro-F1 {min_macro_f1}")
+    return [by_name[n] for n in tried[0]["models"]], tried
+
+
+def rank_votes_by_check(
+    val_probs: dict[str, np.ndarray],
+    check_probs: dict[str, np.ndarray],
+    y_val: np.ndarray,
+    split: str,
+    p: Prepared,
+    check: np.ndarray,
+    top: int = 3,
+    gmac: Any = None,
+    max_gmac: float | None = None,
+    min_macro_f1: float = MIN_CHECK_MACRO_F1,
+) -> list[dict[str, Any]]:
+    """Every majority vote of `top` runs (by name: validation probabilities and answers on the checked images
+    `check` of p), scored and sorted best first: validation macro-F1 ≥ min_macro_f1 first, then the best worst
+    tie-broken check cell, then the highest share of partially labelled tumours answered as a tumour, then
+    macro-F1. `gmac(names)`: compute per upload, votes over max_gmac are left out."""
+    from itertools import combinations
+
+    from service.ensemble import majority_vote
+    from trainer.evaluation.tiebroken import figures_of
+
+    tried = []
+    for names in combinations(list(val_probs), top):
+        cost = None if gmac is None else float(gmac(list(names)))
+        if max_gmac is not None and cost is not None and cost > max_gmac:
+            continue
+        m = vote_metrics(np.stack([val_probs[n] for n in names]), y_val, split)
+        fig = figures_of(p, majority_vote(np.stack([check_probs[n] for n in names]))[0], check)
+        shares = [r["answered_tumour"] for r in fig["sources"] if "answered_tumour" in r]
+        tried.append(
+            {
+                "models": list(names),
+                "val_macro_f1": m["macro_f1"],
+                "val_accuracy": m["accuracy"],
+                "gmac": None if cost is None else round(cost, 3),
+                "check_worst": fig["worst"],
+                "check_tumour_share": min(shares) if shares else None,
+            }
+        )
+
+    def key(t: dict[str, Any]) -> tuple[bool, float, float, float]:
+        worst = float((t["check_worst"] or {}).get("accuracy") or 0.0)
+        return t["val_macro_f1"] >= min_macro_f1, worst, float(t["check_tumour_share"] or 0.0), t["val_macro_f1"]
+
+    return sorted(tried, key=key, reverse=True)
+
+
 def grids_of(rows: list[dict[str, Any]]) -> list[str]:
     """The grid files the runs were trained from: as their result.json records it, else (runs recorded before it
     did) every grid in trainer/grids with an entry of that name."""
@@ -215,6 +307,17 @@ def training_info(
     how = f"trainer export --select {select} --top {top}"
     if select in ("ensemble", "worst_group"):
         how += f" --candidates {candidates}" + (f" --max-gmac {max_gmac:g}" if max_gmac is not None else "")
+    if select == "check":
+        return {
+            "grids": grids_of(chosen),
+            "protocol": recipe.protocol,
+            "validation": f"{cfg['val_fraction']:g} of the training pool, duplicate groups whole (seed {cfg['seed']}); "
+            "the tie-broken check: the `val` rows of the roots that list a split",
+            "selection": f"trainer export --select check --top {top}"
+            + (f" --max-gmac {max_gmac:g}" if max_gmac is not None else "")
+            + f": among the votes of the runs a written rule named, the one with validation macro-F1 ≥ "
+            f"{MIN_CHECK_MACRO_F1:g} and the best worst tie-broken check cell (docs/experiments.md)",
+        }
     if named:
         return {
             "grids": grids_of(chosen),

@@ -161,6 +161,26 @@ def ensembles_tried_section(work: Path, top: int = 15, named: list[str] | None =
         return []
     tried = json.loads(path.read_text())
     models = len({name for t in tried for name in t["models"]})
+    if tried and "check_worst" in tried[0]:  # `--select check`: chosen on validation and the tie-broken check
+        lines = [
+            ENSEMBLES_TRIED_SECTION,
+            "",
+            f"`python -m trainer export --select check` scored the majority vote of {len(tried)} combinations of three "
+            f"of the {models} runs a written rule named, on validation and on the tie-broken check, and kept the one "
+            "with the best worst check cell among those with validation macro-F1 ≥ 0.95 (docs/experiments.md); the "
+            f"official Testing split was not consulted. The best {min(top, len(tried))}:",
+            "",
+            "| # | voters | val macro-F1 | val accuracy | worst check cell | tumours answered as a tumour |",
+            "|---|---|---|---|---|---|",
+        ]
+        for i, t in enumerate(tried[:top], 1):
+            w = t["check_worst"] or {}
+            cell = f"{w['class'].replace('_', ' ')} × {w['sequence']}: {pct(w['accuracy'])} ({w['n']})" if w else "–"
+            lines.append(
+                f"| {i} | {' + '.join(t['models'])} | {t['val_macro_f1']:.4f} | {pct(t['val_accuracy'])} | {cell} | "
+                f"{pct(t['check_tumour_share'])} |"
+            )
+        return [*lines, ""]
     if len(tried) == 1:
         scored = [
             f"`python -m trainer export` had one combination to score: the {models} models its work dir holds "
