@@ -30,279 +30,30 @@ import importlib.metadata as md
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
+from bench.clients import measure_load, measure_service, start_server
+from bench.floor import (
+    baseline_dir,
+    bench_images,
+    cpu_model,
+    image_size_mb,
+    measure_crop,
+    measure_floor,
+    measure_keras,
+    measure_sizes,
+)
 from bench.loadtest import RESULTS, ROOT, rss_mb
 from service.config import Settings
-from service.preprocessing import preprocess_bytes, to_model_input
-from service.runtime import Ensemble
 
-FIXTURES = ROOT / "tests" / "fixtures" / "mri"
 # judged: a figure past its target fails the bench
 TARGETS = {"overhead": ("≤", 1.2), "service_p50_ms": ("≤", 30.0), "speedup": ("≥", 5.0)}
+
+
 REPORTED = ("efficiency", "vs_baseline")  # printed and stored, never a verdict
-
-
-def baseline_dir(spec: str) -> Path:
-    """A models dir to compare against: a path, or `git:<rev>` for the models/ folder of a commit (written to a
-    temporary dir; the service verifies every file against its manifest as usual)."""
-    import tempfile
-
-    if not spec.startswith("git:"):
-        return Path(spec)
-    rev = spec.removeprefix("git:")
-    listing = subprocess.run(
-        ["git", "ls-tree", "--name-only", rev, "models/"], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    out = Path(tempfile.mkdtemp(prefix="mri-baseline-"))
-    for name in listing.stdout.split():
-        blob = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=ROOT, capture_output=True, check=True).stdout
-        (out / Path(name).name).write_bytes(blob)
-    return out
-
-
-def bench_images() -> list[bytes]:
-    """The 512×512 fixture JPEGs, as a phone would upload them."""
-    import cv2
-
-    out = []
-    for path in sorted(FIXTURES.glob("*/*/*.jpg")):
-        data = path.read_bytes()
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if img is not None and img.shape[:2] == (512, 512):
-            out.append(data)
-    if not out:
-        raise FileNotFoundError(f"no 512×512 JPEG fixtures under {FIXTURES}")
-    return out
-
-
-def stats(ms: list[float] | np.ndarray) -> dict[str, float]:
-    a = np.asarray(ms, float)
-    return {
-        "n": len(a),
-        "p50_ms": round(float(np.percentile(a, 50)), 2),
-        "p99_ms": round(float(np.percentile(a, 99)), 2),
-        "mean_ms": round(float(a.mean()), 2),
-    }
-
-
-def timed(fn: Callable[[int], Any], n: int, warmup: int = 3) -> dict[str, float]:
-    for i in range(warmup):
-        fn(i)
-    out = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn(i)
-        out.append((time.perf_counter() - t0) * 1000)
-    return stats(out)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-SIZES = (256, 512, 1024, 2048)
-
-
-def measure_sizes(images: list[bytes], n: int = 40) -> dict[str, dict[str, float]]:
-    """Preprocessing (decode + crop + resize to the model input) of the same slices re-encoded as JPEGs
-    of each side length: what a larger upload costs before the models, which always see 150×150."""
-    import cv2
-
-    out = {}
-    for side in SIZES:
-        scaled = []
-        for data in images:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            resized = cv2.resize(img, (side, side), interpolation=cv2.INTER_CUBIC)
-            scaled.append(cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-        out[str(side)] = timed(lambda i, s=scaled: preprocess_bytes(s[i % len(s)]), n)  # type: ignore[misc]
-    return out
-
-
-def measure_floor(models_dir: Path, images: list[bytes], threads: int, n: int) -> dict[str, float]:
-    """The models alone: one ready crop per call, the outputs /v1/predict asks for."""
-    ensemble = Ensemble.load(models_dir, threads=threads)
-    params = ensemble.manifest.preprocessing
-    crops = [to_model_input(preprocess_bytes(b, params=params).image) for b in images]
-
-    def once(i: int) -> None:
-        ensemble.run_with(crops[i % len(crops)], "ood_score")
-
-    return timed(once, n)
-
-
-def measure_crop(models_dir: Path, images: list[bytes], n: int) -> dict[str, float]:
-    """Decode + crop + resize of the same uploads, under the ensemble's preprocessing."""
-    params = Ensemble.load(models_dir).manifest.preprocessing
-    return timed(lambda i: preprocess_bytes(images[i % len(images)], params=params), n)
-
-
-def measure_keras(models_dir: Path, images: list[bytes], n: int, runs: Path) -> dict[str, Any]:
-    """The original app's way: three Keras models, `model.predict` on each request (TensorFlow)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
-    from service.manifest import load_manifest
-    from trainer.models.builders import build_from_config
-
-    manifest = load_manifest(models_dir)
-    models, origin = [], []
-    for entry in manifest.models:
-        saved = runs / entry.name / "model.keras"
-        if saved.exists():
-            models.append(keras.models.load_model(saved))
-            origin.append("trained")
-        else:  # same architecture, same compute; weights do not change the time
-            cfg = {**entry.config, "weights": "none"} if entry.family == "transfer" else entry.config
-            models.append(build_from_config(cfg, tuple(manifest.input.shape[1:]), len(manifest.classes)))  # type: ignore[arg-type]
-            origin.append("same architecture, untrained weights")
-
-    def once(i: int) -> None:
-        x = to_model_input(preprocess_bytes(images[i % len(images)], params=manifest.preprocessing).image)
-        for m in models:
-            m.predict(x, verbose=0)
-
-    return {**timed(once, n), "models": origin, "tensorflow": md.version("tensorflow")}
-
-
-def start_server(models_dir: Path, port: int, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], float]:
-    env = {**os.environ, "MRI_MODELS_DIR": str(models_dir), "PORT": str(port), "HOST": "127.0.0.1", **env_extra}
-    log = open(RESULTS / "bench-server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    while time.perf_counter() - t0 < 120:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the service exited with {proc.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                return proc, time.perf_counter() - t0
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the service was not ready within 120 s")
-
-
-BOUNDARY = "mri-bench-boundary-7f3a9c"
-
-
-def predict_request(image: bytes) -> bytes:
-    """A complete HTTP/1.1 keep-alive `POST /v1/predict` with the image as a multipart upload, as raw bytes.
-
-    The bench's clients share the cores with the service, so they send pre-built requests over plain
-    sockets (a few µs of client CPU per request) instead of a full HTTP client library (~2 ms per request
-    with httpx, measured), which would otherwise be charged to the service's overhead and efficiency.
-    """
-    body = (
-        (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="scan.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + image
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
-    head = (
-        "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-def _content_length(headers: list[bytes]) -> int:
-    for line in headers:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    raise RuntimeError("response without Content-Length")
-
-
-def check_response(status_line: bytes, body: bytes) -> None:
-    """Raise unless the answer is a 200 with a prediction."""
-    if b" 200 " not in status_line or b'"label"' not in body:
-        raise RuntimeError(f"/v1/predict answered {status_line.strip()!r}: {body[:200]!r}")
-
-
-def measure_service(url: str, images: list[bytes], n: int) -> dict[str, float]:
-    host, port = url.removeprefix("http://").split(":")
-    requests = [predict_request(img) for img in images]
-    with socket.create_connection((host, int(port)), timeout=60) as sock, sock.makefile("rb") as rfile:
-
-        def once(i: int) -> None:
-            sock.sendall(requests[i % len(requests)])
-            status = rfile.readline()
-            headers = []
-            while (line := rfile.readline()) not in (b"\r\n", b""):
-                headers.append(line)
-            check_response(status, rfile.read(_content_length(headers)))
-
-        return timed(once, n)
-
-
-async def measure_load(url: str, images: list[bytes], clients: int, total: int, max_seconds: float) -> dict[str, Any]:
-    host, port = url.removeprefix("http://").split(":")
-    requests = [predict_request(img) for img in images]
-    latencies: list[float] = []
-    errors = 0
-    sent = 0
-    deadline = time.perf_counter() + max_seconds
-    streams = [await asyncio.open_connection(host, int(port)) for _ in range(clients)]
-
-    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal errors, sent
-        while sent < total and time.perf_counter() < deadline:
-            i = sent
-            sent += 1
-            t0 = time.perf_counter()
-            try:
-                writer.write(requests[i % len(requests)])
-                status = await reader.readline()
-                headers = []
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    headers.append(line)
-                check_response(status, await reader.readexactly(_content_length(headers)))
-            except (OSError, RuntimeError, ValueError, asyncio.IncompleteReadError):
-                errors += 1
-                writer.close()
-                reader, writer = await asyncio.open_connection(host, int(port))  # a fresh connection
-            latencies.append((time.perf_counter() - t0) * 1000)
-        writer.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(r, w) for r, w in streams))
-    wall = time.perf_counter() - start
-    return {
-        **stats(latencies),
-        "clients": clients,
-        "errors": errors,
-        "seconds": round(wall, 2),
-        "rps": len(latencies) / wall,
-    }
-
-
-def image_size_mb(image: str) -> float | None:
-    try:
-        out = subprocess.run(
-            ["docker", "image", "inspect", image, "--format", "{{.Size}}"], capture_output=True, text=True, timeout=20
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return round(int(out.stdout.strip()) / 1e6, 1) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
 
 def plot(r: dict[str, Any], path: Path) -> None:

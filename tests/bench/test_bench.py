@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.bench import bench_images, check_response, measure_load, measure_service, predict_request
+from bench.clients import check_response, measure_load, measure_service, predict_request
+from bench.floor import bench_images
 from service.manifest import load_manifest
 from tests.utils import ROOT, start_server
 
@@ -54,7 +55,7 @@ def test_quantize_keeps_the_configured_nodes_float() -> None:
     """The int8 variants leave what they say in float: the first Conv behind the models' pixel preprocessing
     (layout, RGB→BGR, mean), or every block5 Conv of the VGG16 voters. The merged file computes shared frozen
     layers once (in voter m0): block1 always, block5 too unless the voters fine-tuned it."""
-    from bench.bench import baseline_dir
+    from bench.floor import baseline_dir
     from bench.quantize import CONFIGS, _kept
 
     # the int8 experiment is about the VGG16 ensembles: E, the last of them, from git history
@@ -129,7 +130,7 @@ def test_transform_dir_rewrites_each_distinct_file_once_and_its_hashes(tiny_mode
 
 def test_baseline_dir_reads_the_models_of_a_commit() -> None:
     """`--baseline git:<rev>` serves the models/ of that commit: the same bytes git holds, beside a plain path."""
-    from bench.bench import baseline_dir
+    from bench.floor import baseline_dir
 
     out = baseline_dir("git:HEAD")
     committed = subprocess.run(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.service.test_service import make_client
+from tests.service.helpers import make_client
 from tests.utils import MRI_FIXTURES
 
 

@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RLELossless, gen
 
 from service.dicom import DicomError, decode_dicom, is_dicom
 from service.preprocessing import decode_image, preprocess_bytes
-from tests.service.test_service import make_client
+from tests.service.helpers import make_client
 from tests.utils import MRI_FIXTURES
 
 GLIOMA = MRI_FIXTURES / "Testing" / "glioma_tumor" / "image(1).jpg"

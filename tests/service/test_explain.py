@@ -13,7 +13,7 @@ from PIL import Image
 
 from service.plausibility import COLOUR_THRESHOLD, colourfulness
 from service.preprocessing import IMAGE_SIZE, preprocess_bytes
-from tests.service.test_service import make_client
+from tests.service.helpers import make_client
 from tests.utils import CLASSES, MRI_FIXTURES, make_cam_ensemble
 
 
