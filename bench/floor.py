@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from bench.loadtest import ROOT
-from service.preprocessing import preprocess_bytes, to_model_input
-from service.runtime import Ensemble
+from service.image.preprocessing import preprocess_bytes, to_model_input
+from service.inference.runtime import Ensemble
 
 FIXTURES = ROOT / "tests" / "fixtures" / "mri"
 
@@ -127,7 +127,7 @@ def measure_keras(models_dir: Path, images: list[bytes], n: int, runs: Path) -> 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from service.manifest import load_manifest
+    from service.inference.manifest import load_manifest
     from trainer.models.builders import build_from_config
 
     manifest = load_manifest(models_dir)

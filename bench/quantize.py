@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from bench.loadtest import RESULTS, ROOT
-from service.ensemble import majority_vote
-from service.manifest import ChangelogEntry, load_manifest, sha256_file, write_manifest
-from service.preprocessing import to_model_input
-from service.runtime import Ensemble
+from service.image.preprocessing import to_model_input
+from service.inference.ensemble import majority_vote
+from service.inference.manifest import ChangelogEntry, load_manifest, sha256_file, write_manifest
+from service.inference.runtime import Ensemble
 from trainer.export.merge import halve_weights
 
 

@@ -23,7 +23,7 @@ RUN pip install -c constraints.txt ".[service]" \
       pydicom/sr pydicom/data/test_files \
  && find . -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} + \
  && find . -name "*.pyi" -delete \
- && python -c "import numpy, cv2, onnxruntime, pydicom.pixels, service.dicom, service.main"
+ && python -c "import numpy, cv2, onnxruntime, pydicom.pixels, service.image.dicom, service.main"
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin app

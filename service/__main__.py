@@ -5,9 +5,9 @@ import os
 
 import uvicorn
 
+from service.api.observability import JsonFormatter
 from service.config import Settings
 from service.main import create_app
-from service.observability import JsonFormatter
 
 
 def local_url(host: str, port: int) -> str:

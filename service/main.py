@@ -13,14 +13,15 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from service import DISCLAIMER, __version__, repository
-from service.admission import Admission, AdmissionMiddleware, Overloaded, model_route
+from service import DISCLAIMER, __version__
+from service.api import repository
+from service.api.admission import Admission, AdmissionMiddleware, Overloaded, model_route
 from service.api.deps import AppState
+from service.api.middleware import BodyLimitMiddleware, TimeoutMiddleware, error_body
+from service.api.observability import Metrics, MetricsMiddleware
 from service.api.openapi import live_openapi
 from service.api.routes import explain, info, predict, v2
 from service.config import Settings
-from service.middleware import BodyLimitMiddleware, TimeoutMiddleware, error_body
-from service.observability import Metrics, MetricsMiddleware
 
 log = logging.getLogger("service")
 

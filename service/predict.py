@@ -19,11 +19,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from service import DISCLAIMER, repository
+from service import DISCLAIMER
+from service.api import repository
 from service.config import Settings
-from service.manifest import ManifestError
-from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
-from service.runtime import Ensemble, ModelLoadError
+from service.image.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
+from service.inference.manifest import ManifestError
+from service.inference.runtime import Ensemble, ModelLoadError
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
 

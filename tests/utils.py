@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.ensemble import VOTE_RULE
-from service.manifest import Manifest, sha256_file, write_manifest
-from service.preprocessing import IMAGE_SIZE, PREPROCESSING_PARAMS
+from service.image.preprocessing import IMAGE_SIZE, PREPROCESSING_PARAMS
+from service.inference.ensemble import VOTE_RULE
+from service.inference.manifest import Manifest, sha256_file, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

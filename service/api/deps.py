@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from fastapi import Header, HTTPException, Request, status
 from pydantic import SecretStr
 
-from service.admission import Admission
-from service.batching import MicroBatcher
+from service.api.admission import Admission
+from service.api.observability import Metrics
 from service.config import Settings
-from service.observability import Metrics
-from service.runtime import Ensemble
+from service.inference.batching import MicroBatcher
+from service.inference.runtime import Ensemble
 
 
 @dataclass
@@ -27,7 +27,7 @@ class AppState:
     not_ready_reason: str = "starting"
     extra: dict[str, object] = field(default_factory=dict)
     # each loaded ensemble's inference thread, by id(ensemble): a request that started before a reload
-    # finishes on the ensemble it started with (service/repository.py)
+    # finishes on the ensemble it started with (service/api/repository.py)
     batchers: dict[int, MicroBatcher] = field(default_factory=dict)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)

@@ -12,11 +12,11 @@ from fastapi.openapi.utils import get_openapi
 
 from service import DISCLAIMER
 from service.api.deps import WRONG_KEY, not_ready_message
+from service.api.middleware import late_body_message, late_work_message, too_large_message
 from service.config import Settings
-from service.middleware import late_body_message, late_work_message, too_large_message
-from service.preprocessing import EMPTY_MESSAGE, UNSUPPORTED_MESSAGE, undecodable_message
-from service.runtime import Ensemble
-from service.upload import MISSING_FIELD
+from service.image.preprocessing import EMPTY_MESSAGE, UNSUPPORTED_MESSAGE, undecodable_message
+from service.image.upload import MISSING_FIELD
+from service.inference.runtime import Ensemble
 
 # the example answer: two of three models vote for the first class, the second is also plausible
 EXAMPLE_MEAN = (0.62, 0.31, 0.04, 0.03)

@@ -13,7 +13,7 @@ import pytest
 
 from bench.clients import check_response, measure_load, measure_service, predict_request
 from bench.floor import bench_images
-from service.manifest import load_manifest
+from service.inference.manifest import load_manifest
 from tests.utils import ROOT, start_server
 
 
@@ -110,7 +110,7 @@ def test_fp16_weights_halve_the_file_and_keep_float32_outputs(tmp_path: Path) ->
 
 def test_transform_dir_rewrites_each_distinct_file_once_and_its_hashes(tiny_models: Path, tmp_path: Path) -> None:
     from bench.quantize import transform_dir
-    from service.manifest import load_manifest, sha256_file
+    from service.inference.manifest import load_manifest, sha256_file
 
     calls: list[str] = []
 

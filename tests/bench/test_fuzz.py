@@ -8,8 +8,8 @@ from pathlib import Path
 
 from bench.fuzz import Generator, mangle_multipart, multipart, mutate, run, seeds
 from service.config import Settings
+from service.image.preprocessing import sniff_format
 from service.main import create_app
-from service.preprocessing import sniff_format
 from tests.utils import make_cam_ensemble
 
 

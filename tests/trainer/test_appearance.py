@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.preprocessing import preprocess_bytes
+from service.image.preprocessing import preprocess_bytes
 from tests.utils import fixture_images
 from trainer.training.appearance import free_curve, head_mask, monotone_curve, random_appearance, remap_head
 

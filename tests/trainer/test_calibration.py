@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.confidence import (
+from service.inference.confidence import (
     HIGH_ENTROPY,
     LOW_TOP_PROBABILITY,
     MODELS_DISAGREE,
@@ -14,7 +14,7 @@ from service.confidence import (
     normalized_entropy,
     uncertainty_reasons,
 )
-from service.ensemble import majority_vote
+from service.inference.ensemble import majority_vote
 from trainer.export.calibration import calibration_report, choose_rule, ece, fit_temperature
 
 

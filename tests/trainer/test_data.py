@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.preprocessing import PREPROCESSING_PARAMS, PREPROCESSING_V1, PREPROCESSING_V2, preprocess_bytes
+from service.image.preprocessing import PREPROCESSING_PARAMS, PREPROCESSING_V1, PREPROCESSING_V2, preprocess_bytes
 from tests.utils import MRI_FIXTURES
 from trainer.data.dataset import CLASSES, TEST, TRAIN, duplicate_groups, phash, prepare, report, scan, split_train_val
 from trainer.data.workdir import PREPROCESSING_FILE, work_preprocessing
@@ -77,7 +77,7 @@ def test_a_work_dir_remembers_its_preprocessing(tmp_path: Path) -> None:
 
 
 def test_train_chooses_a_preprocessing_version_only_for_a_fresh_work_dir(tmp_path: Path) -> None:
-    from service.preprocessing import PREPROCESSING_V4
+    from service.image.preprocessing import PREPROCESSING_V4
     from trainer.cli import main
     from trainer.data.workdir import chosen_preprocessing
 
@@ -180,7 +180,7 @@ def test_protocol_split_pooled_keeps_groups_whole_and_official_follows_folders()
 
 
 def test_brightness_by_class_is_measured_on_the_originals_and_cached(tmp_path: Path) -> None:
-    from service.preprocessing import decode_image, grey_percentile
+    from service.image.preprocessing import decode_image, grey_percentile
     from trainer.data.dataset import brightness_by_class
     from trainer.reporting.sections import brightness_lines
 

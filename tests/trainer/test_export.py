@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("tensorflow")
 
 
-from service.manifest import load_manifest
-from service.runtime import Ensemble
+from service.inference.manifest import load_manifest
+from service.inference.runtime import Ensemble
 from tests.utils import MRI_FIXTURES, ROOT, run_trainer
 from trainer.export.convert import parity, to_onnx
 from trainer.models.builders import build_ann, build_cnn, build_resnet
@@ -112,7 +112,7 @@ def test_not_an_mri_thresholds_flag_no_image_of_the_training_pool(tmp_path: Path
     """Export calibrates each model's ood_score threshold, like the background threshold, to the largest value
     among the training pool (training + validation): recomputed through the service runtime, no pool image is
     above it and the largest sits at it (rounded up to 4 decimals)."""
-    from service.plausibility import background_levels
+    from service.image.plausibility import background_levels
     from trainer.data.dataset import prepare, protocol_split
     from trainer.export.extras import OOD_SCORE
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.manifest import load_manifest
+from service.inference.manifest import load_manifest
 from tests.utils import ROOT
 from trainer.data.dataset import CLASSES
 from trainer.evaluation.groups import cross_source_figures, group_figures
@@ -105,7 +105,7 @@ def test_fresh_test_scores_ensembles_on_testing_images_no_training_image_copies(
     import json
     import shutil
 
-    from service.runtime import Ensemble
+    from service.inference.runtime import Ensemble
     from tests.utils import MRI_FIXTURES, make_tiny_ensemble
     from trainer.data.dataset import TEST, prepare
     from trainer.evaluation.generalisation import fresh_test

@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
+from service.image.preprocessing import preprocess_bytes
+from service.inference.manifest import ManifestError, load_manifest, sha256_file
+from service.inference.runtime import Ensemble, ModelLoadError
 from service.main import create_app
-from service.manifest import ManifestError, load_manifest, sha256_file
-from service.preprocessing import preprocess_bytes
-from service.runtime import Ensemble, ModelLoadError
 from tests.utils import fixture_images, make_cam_ensemble, tiny_onnx
 from trainer.export.merge import MERGED_FILE, merge_models_dir
 

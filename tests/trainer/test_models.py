@@ -393,8 +393,8 @@ def test_multiscale_grid_entries() -> None:
 
 
 def test_pooled_reproduce_command_names_the_grid_that_trains_those_runs() -> None:
-    from service.manifest import load_manifest
-    from service.preprocessing import PREPROCESSING_VERSIONS
+    from service.image.preprocessing import PREPROCESSING_VERSIONS
+    from service.inference.manifest import load_manifest
     from trainer.reporting.pooled import pooled_commands, pooled_grid
 
     v3 = PREPROCESSING_VERSIONS[3]

@@ -16,9 +16,9 @@ pytest.importorskip("tensorflow")
 from fastapi.testclient import TestClient
 
 from service.config import Settings
+from service.inference.manifest import Manifest, load_manifest
+from service.inference.runtime import Ensemble
 from service.main import create_app
-from service.manifest import Manifest, load_manifest
-from service.runtime import Ensemble
 from tests.utils import MRI_FIXTURES, ROOT, run_trainer
 from trainer.evaluation.splits import eval_splits
 from trainer.evaluation.tta import mcnemar_p
@@ -126,8 +126,8 @@ def test_smoke_pipeline_on_fixture_images(tmp_path: Path) -> None:
     assert (same["only_reference_right"], same["only_candidate_right"], same["mcnemar_p"]) == (0, 0, 1.0)
     # an ensemble under another preprocessing version (the same ONNX file, declared version 2 with version 2's
     # data hash) is compared on the same images, each side fed its own crops
-    from service.manifest import write_manifest
-    from service.preprocessing import PREPROCESSING_V2
+    from service.image.preprocessing import PREPROCESSING_V2
+    from service.inference.manifest import write_manifest
     from trainer.data.dataset import prepare
     from trainer.evaluation.tta import scored_vote
 
@@ -265,7 +265,7 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
     assert f"**These runs use other recipes than the shipped ensemble `{other.model_version}`**" in warned
     # `trainer pooled` brings this work dir into an existing report (whose official run's artefacts are gone):
     # the headline gains the pooled row, the section lands before the ensembles tried, nothing else moves
-    from service.manifest import write_manifest
+    from service.inference.manifest import write_manifest
     from trainer.reporting.report import PUBLISHED
     from trainer.reporting.sections import ENSEMBLES_TRIED_SECTION, headline_section
 
@@ -314,7 +314,7 @@ def test_pooled_protocol_trains_exports_and_recomputes(tmp_path: Path) -> None:
     assert sum(row["n"] for row in both.values()) == len(unseen) > 0
     for row in both.values():
         assert row["pooled"] == row["shipped"] and (row["only_pooled_right"], row["only_shipped_right"]) == (0, 0)
-    from service.runtime import Ensemble as Loaded
+    from service.inference.runtime import Ensemble as Loaded
     from trainer.evaluation.origins import unseen_by_both
 
     with pytest.raises(ValueError, match="pooled-protocol export with an official-protocol one"):

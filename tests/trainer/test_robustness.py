@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.preprocessing import PREPROCESSING_PARAMS, crop_and_resize, decode_image
-from service.runtime import Ensemble
+from service.image.preprocessing import PREPROCESSING_PARAMS, crop_and_resize, decode_image
+from service.inference.runtime import Ensemble
 from tests.utils import MRI_FIXTURES
 from trainer.data.shifts import SHIFTS
 from trainer.evaluation.robustness import mean_shifted_accuracy, measure, plot_robustness, scale_box
@@ -105,7 +105,7 @@ def test_measure_runs_the_service_path_and_the_section_renders(tiny_models: Path
 
 
 def _crop(path: Path) -> np.ndarray:
-    from service.preprocessing import preprocess_bytes
+    from service.image.preprocessing import preprocess_bytes
 
     return preprocess_bytes(path.read_bytes()).image
 
@@ -129,7 +129,7 @@ def test_a_given_crop_box_is_used_scaled_and_checked() -> None:
 def test_random_shift_is_seeded_keeps_the_99th_percentile_and_varies() -> None:
     """The training shift (grid key shift_views): reproducible from its generator, a grey uint8 image of the
     same size, its grey 99th percentile put back (what preprocessing v2 would do), and different draws differ."""
-    from service.preprocessing import INTENSITY_PERCENTILE, crop_and_resize, grey_percentile
+    from service.image.preprocessing import INTENSITY_PERCENTILE, crop_and_resize, grey_percentile
     from trainer.data.shifts import random_shift
 
     crop = crop_and_resize(decode_image(FIXTURES[0].read_bytes())).image
@@ -145,7 +145,7 @@ def test_random_shift_is_seeded_keeps_the_99th_percentile_and_varies() -> None:
 
 
 def test_crop_stability_compares_versions_per_shift(tmp_path: Path) -> None:
-    from service.preprocessing import PREPROCESSING_V2, PREPROCESSING_V3
+    from service.image.preprocessing import PREPROCESSING_V2, PREPROCESSING_V3
     from trainer.evaluation.crops import crop_stability
     from trainer.evaluation.robustness import box_iou
 
@@ -198,7 +198,7 @@ def test_crop_stability_section_renders_every_shift_and_version() -> None:
 
 
 def test_limits_and_crop_sentence_follow_the_preprocessing_version() -> None:
-    from service.preprocessing import PREPROCESSING_V2, PREPROCESSING_V3, PREPROCESSING_V4
+    from service.image.preprocessing import PREPROCESSING_V2, PREPROCESSING_V3, PREPROCESSING_V4
     from trainer.reporting.shifts import shift_limits
 
     v2, v3, v4 = (" ".join(shift_limits(p)) for p in (PREPROCESSING_V2, PREPROCESSING_V3, PREPROCESSING_V4))

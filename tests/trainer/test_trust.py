@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.runtime import Ensemble
+from service.inference.runtime import Ensemble
 from tests.utils import make_cam_ensemble
 from trainer.export.trust import LEVELS, answer_figures, choose_rule, cross_fitted, shifted_figures
 
@@ -77,7 +77,7 @@ def test_a_partial_label_is_right_and_covered_by_any_tumour_class(tmp_path: Path
 
 
 def test_an_ensemble_from_other_data_gets_its_flags_measured_on_the_check_without_a_refit(tmp_path: Path) -> None:
-    from service.manifest import load_manifest
+    from service.inference.manifest import load_manifest
     from tests.trainer.test_tiebroken import _partial_root, _tie_broken_root
     from tests.utils import MRI_FIXTURES
     from trainer.data.dataset import prepare

@@ -128,8 +128,8 @@ def run_generalisation(args: argparse.Namespace) -> int:
     """Accuracy per class × sequence group and across sources of an exported ensemble; into its manifest."""
     import json
 
-    from service.manifest import load_manifest
-    from service.runtime import Ensemble
+    from service.inference.manifest import load_manifest
+    from service.inference.runtime import Ensemble
     from trainer.evaluation import generalisation as gen
     from trainer.export.bundle import write_generalisation
     from trainer.models.sequence import prepared_groups

@@ -139,7 +139,7 @@ def run_trust(args: argparse.Namespace) -> int:
     from trainer.export.trust import apply_trust, measure_check
 
     if args.check_only:
-        from service.manifest import load_manifest
+        from service.inference.manifest import load_manifest
 
         manifest = measure_check(args.models_dir, prepare(args, load_manifest(args.models_dir).preprocessing))
     else:

@@ -9,7 +9,7 @@ from trainer.commands.common import DEFAULT_WORK, Refused, Subparsers, common, e
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from service.manifest import load_manifest
+    from service.inference.manifest import load_manifest
     from trainer.reporting.report import write_report
 
     manifest = load_manifest(args.models_dir)

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from service.preprocessing import (
+from service.image.preprocessing import (
     IMAGE_SIZE,
     PREPROCESSING_PARAMS,
     decode_image,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from service.preprocessing import INTENSITY_PERCENTILE, grey_percentile
+from service.image.preprocessing import INTENSITY_PERCENTILE, grey_percentile
 
 REFERENCE_SIDE = 512  # the dataset's usual side: blur and noise are defined at this size
 

@@ -29,7 +29,7 @@ def work_preprocessing(work: Path) -> dict[str, Any]:
     """The preprocessing block a work dir's models are trained with: <work>/preprocessing.json (written by its
     first `train`); version 1 for a work dir with runs from before preprocessing was versioned; else the
     current version."""
-    from service.preprocessing import PREPROCESSING_PARAMS, PREPROCESSING_V1
+    from service.image.preprocessing import PREPROCESSING_PARAMS, PREPROCESSING_V1
 
     recorded = work / PREPROCESSING_FILE
     if recorded.exists():
@@ -41,7 +41,7 @@ def chosen_preprocessing(work: Path, version: int | None) -> dict[str, Any]:
     """The preprocessing `train` uses: the work dir's (work_preprocessing), or version `version` for a fresh work
     dir (no preprocessing.json, no runs). ValueError for an unknown version or for a work dir that already
     trains with another one (its runs would mix crops)."""
-    from service.preprocessing import PREPROCESSING_VERSIONS
+    from service.image.preprocessing import PREPROCESSING_VERSIONS
 
     current = work_preprocessing(work)
     if version is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime import Ensemble
+from service.inference.runtime import Ensemble
 from trainer.data.dataset import DataRoots, Prepared
 from trainer.evaluation.splits import eval_splits
 from trainer.evaluation.tta import MCNEMAR_ALPHA, paired_counts, scored_vote
@@ -78,7 +78,7 @@ def compare_shipped(
 ) -> dict[str, Any]:
     """compare_ensembles of two exported ensembles, each voting on the images as its own preprocessing crops
     them (same images, same split)."""
-    from service.manifest import load_manifest
+    from service.inference.manifest import load_manifest
     from trainer.data.dataset import prepare
 
     candidate = load_manifest(candidate_dir)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from service.preprocessing import PREPROCESSING_VERSIONS, crop_and_resize, decode_image
+from service.image.preprocessing import PREPROCESSING_VERSIONS, crop_and_resize, decode_image
 from trainer.data.dataset import DataRoots
 from trainer.data.shifts import SHIFTS
 from trainer.evaluation.robustness import box_iou

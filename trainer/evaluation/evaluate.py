@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 import trainer.models.builders  # noqa: F401  (registers the custom layers for loading)
-from service.preprocessing import preprocessing_version
+from service.image.preprocessing import preprocessing_version
 from trainer.data.dataset import CLASSES, Prepared
 from trainer.evaluation.metrics import compute_metrics
 from trainer.evaluation.plots import plot_confusion, plot_curves, plot_leaderboard

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from service.ensemble import majority_vote
-from service.manifest import Manifest
-from service.runtime import Ensemble
+from service.inference.ensemble import majority_vote
+from service.inference.manifest import Manifest
+from service.inference.runtime import Ensemble
 from trainer.data.dataset import CLASSES, PRIMARY_SOURCE, Prepared
 from trainer.evaluation.groups import cross_source_figures, group_figures, unseen_label
 from trainer.evaluation.splits import eval_splits

@@ -20,7 +20,7 @@ def group_figures(
     y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list[str], split: str, min_n: int = MIN_CELL
 ) -> dict[str, Any]:
     """Accuracy per class × sequence group, per group, and the worst cell with at least `min_n` images
-    (the shape of service.manifest.GroupFigures)."""
+    (the shape of service.inference.manifest.GroupFigures)."""
     right = y == pred
     cells = {
         c: {g: _cell(right[(y == k) & (groups == j)]) for j, g in enumerate(SEQUENCE_GROUPS)}
@@ -39,8 +39,9 @@ def group_figures(
 def cross_source_figures(
     source: str, model: str, y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: list[str]
 ) -> dict[str, Any]:
-    """A held-out source's accuracy, per class and per sequence group (the shape of service.manifest.CrossSource); a
-    partial label (a tumour of unknown type) is right as any tumour class, counted under its own name."""
+    """A held-out source's accuracy, per class and per sequence group (the shape of
+    service.inference.manifest.CrossSource); a partial label (a tumour of unknown type) is right as any tumour class,
+    counted under its own name."""
     from trainer.data.dataset import ANY_TUMOUR_NAME, correct
 
     right = correct(y, pred, classes)

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from service.confidence import UncertaintyRule, uncertainty_reasons
-from service.ensemble import majority_vote
+from service.inference.confidence import UncertaintyRule, uncertainty_reasons
+from service.inference.ensemble import majority_vote
 from trainer.data.dataset import CLASSES
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
-from service.runtime import Assessment, Ensemble
+from service.image.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
+from service.inference.runtime import Assessment, Ensemble
 
 # scikit-image's Shepp–Logan phantom is a synthetic head slice: excluded from the non-MRI set
 NOT_COUNTED = {"phantom.png"}
@@ -105,7 +105,7 @@ def assess_all(
 def non_mri_verdicts(ensemble: Ensemble) -> dict[str, Any]:
     """How the non-MRI set is answered: the share flagged uncertain, and the share flagged as probably not a
     brain MRI (whose page shows no tumour label as its headline)."""
-    from service.trust import NOT_BRAIN_MRI
+    from service.inference.trust import NOT_BRAIN_MRI
 
     crops, names = [], []
     for name, data in non_mri_set():

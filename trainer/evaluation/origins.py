@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime import Ensemble
+from service.inference.runtime import Ensemble
 from trainer.data.dataset import SPLITS, Prepared
 from trainer.evaluation.splits import eval_splits, test_key
 from trainer.evaluation.tta import paired_counts, scored_vote

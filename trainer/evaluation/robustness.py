@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from service.plausibility import input_warnings
-from service.preprocessing import (
+from service.image.plausibility import input_warnings
+from service.image.preprocessing import (
     crop_and_resize,
     decode_image,
     preprocessing_version,
 )
-from service.runtime import Ensemble
+from service.inference.runtime import Ensemble
 from trainer.data.dataset import DataRoots, image_path
 from trainer.data.shifts import SHIFTS
 from trainer.evaluation.metrics import compute_metrics

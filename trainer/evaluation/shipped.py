@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from service.manifest import Manifest, load_manifest
+from service.inference.manifest import Manifest, load_manifest
 from trainer.data.dataset import DataRoots
 from trainer.data.workdir import prepare_work
 
@@ -36,7 +36,7 @@ def validation_indices(manifest: Manifest, p: Any) -> Any:
 def recheck(models_dir: Path, manifest: Manifest, p: Any) -> int:
     """Recompute the headline numbers of an exported ensemble (vote metrics, how many wrong and right answers are
     flagged uncertain, compute per upload), print them beside the manifest's; 0 when every one matches."""
-    from service.runtime import Ensemble
+    from service.inference.runtime import Ensemble
     from trainer.evaluation.metrics import flag_rates, vote_metrics
     from trainer.evaluation.splits import eval_splits
     from trainer.models.compute import onnx_macs

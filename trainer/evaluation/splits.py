@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.manifest import Manifest
-from service.runtime import Ensemble
+from service.inference.manifest import Manifest
+from service.inference.runtime import Ensemble
 from trainer.data.dataset import Prepared
 from trainer.evaluation.evaluate import split_names
 from trainer.training.train import evaluation_indices

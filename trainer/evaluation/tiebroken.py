@@ -30,7 +30,7 @@ def check_figures(
     """Figures of answers `pred` on checked images (labels y, their source and listed sequence): per source, its
     accuracy, its class × sequence cells (sources that give sequences) and the share of its partially labelled
     images answered as a tumour; `worst`: the lowest cell of at least MIN_CELL images over all sources (the shape
-    of service.manifest.TieBrokenCheck)."""
+    of service.inference.manifest.TieBrokenCheck)."""
     right = correct(y, pred, classes)
     rows = []
     worst: dict[str, Any] = {}

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from service.ensemble import majority_vote
-from service.runtime import Ensemble
+from service.inference.ensemble import majority_vote
+from service.inference.runtime import Ensemble
 from trainer.data.dataset import CLASSES, Prepared
 from trainer.evaluation.metrics import vote_metrics
 from trainer.evaluation.splits import eval_splits

@@ -16,11 +16,11 @@ import keras
 import numpy as np
 
 import trainer
-from service.confidence import apply_temperature
-from service.ensemble import VOTE_RULE
-from service.manifest import Manifest, Metrics, load_manifest, sha256_file, write_manifest
-from service.plausibility import background_levels, lack_backdrop
-from service.runtime import Ensemble
+from service.image.plausibility import background_levels, lack_backdrop
+from service.inference.confidence import apply_temperature
+from service.inference.ensemble import VOTE_RULE
+from service.inference.manifest import Manifest, Metrics, load_manifest, sha256_file, write_manifest
+from service.inference.runtime import Ensemble
 from trainer.data.dataset import CLASS_WORDS, CLASSES, Prepared, protocol_split
 from trainer.data.sources import source_table
 from trainer.evaluation.metrics import vote_metrics

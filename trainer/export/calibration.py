@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from service.confidence import UncertaintyRule, apply_temperature, normalized_entropy
-from service.ensemble import majority_vote
+from service.inference.confidence import UncertaintyRule, apply_temperature, normalized_entropy
+from service.inference.ensemble import majority_vote
 from trainer.evaluation.metrics import flag_shares, flagged_answers
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 301))

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tf2onnx
 
-from service.preprocessing import to_model_input
+from service.image.preprocessing import to_model_input
 from trainer.data.dataset import CLASSES, Prepared
 from trainer.export.extras import CLASS_MAP, OOD_SCORE, fit_mahalanobis, with_extras, with_own_extras
 from trainer.models.builders import INPUT_NAME, OUTPUT_NAME

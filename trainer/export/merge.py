@@ -188,8 +188,8 @@ MERGE_TOLERANCE = 1e-5
 def merge_models_dir(models_dir: Path, check_images: np.ndarray) -> dict[str, float]:
     """Replace the separate ONNX files of an exported ensemble by one merged file (MERGED_FILE), after
     checking on check_images (uint8 RGB) that every output is unchanged; update the manifest."""
-    from service.manifest import load_manifest, sha256_file, write_manifest
-    from service.preprocessing import to_model_input
+    from service.image.preprocessing import to_model_input
+    from service.inference.manifest import load_manifest, sha256_file, write_manifest
 
     manifest = load_manifest(models_dir)
     files = [m.file for m in manifest.models]

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from service.manifest import SourceInfo
+from service.inference.manifest import SourceInfo
 from trainer.data.dataset import CLASSES, Prepared
 from trainer.evaluation.evaluate import split_names
 from trainer.models.builders import build_backbone, fine_tune_prefixes
@@ -126,7 +126,7 @@ def choose_ensemble(
     Returns (chosen rows, every combination tried, best first)."""
     from itertools import combinations
 
-    from service.ensemble import majority_vote
+    from service.inference.ensemble import majority_vote
     from trainer.evaluation.evaluate import validation_probabilities
     from trainer.evaluation.groups import group_figures
 
@@ -238,7 +238,7 @@ def rank_votes_by_check(
     macro-F1. `gmac(names)`: compute per upload, votes over max_gmac are left out."""
     from itertools import combinations
 
-    from service.ensemble import majority_vote
+    from service.inference.ensemble import majority_vote
     from trainer.evaluation.tiebroken import figures_of
 
     tried = []

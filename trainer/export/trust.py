@@ -9,10 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from service.ensemble import majority_vote
-from service.manifest import Manifest, write_manifest
-from service.runtime import Ensemble
-from service.trust import UNLIKE_TRAINING, ConformalRule, ShiftRule, conformal_thresholds, prediction_sets, shift_scores
+from service.inference.ensemble import majority_vote
+from service.inference.manifest import Manifest, write_manifest
+from service.inference.runtime import Ensemble
+from service.inference.trust import (
+    UNLIKE_TRAINING,
+    ConformalRule,
+    ShiftRule,
+    conformal_thresholds,
+    prediction_sets,
+    shift_scores,
+)
 from trainer.data.dataset import CLASS_WORDS, Prepared, correct, label_sets
 from trainer.evaluation.nonmri import non_mri_verdicts
 from trainer.evaluation.splits import eval_splits

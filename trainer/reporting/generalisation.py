@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from service.manifest import Manifest
+from service.inference.manifest import Manifest
 from trainer.evaluation.groups import format_groups, recipe_means
 from trainer.evaluation.plots import plot_group_cells
 from trainer.reporting.markdown import pct

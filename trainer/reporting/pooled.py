@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from service.manifest import Manifest, load_manifest
-from service.preprocessing import preprocessing_version
+from service.image.preprocessing import preprocessing_version
+from service.inference.manifest import Manifest, load_manifest
 from trainer.evaluation.origins import load_origins, origins_lines
 from trainer.evaluation.plots import plot_confusion
 from trainer.reporting.markdown import pct, per_class_table

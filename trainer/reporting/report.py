@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from service.manifest import Manifest, load_manifest
-from service.runtime import Ensemble
+from service.inference.manifest import Manifest, load_manifest
+from service.inference.runtime import Ensemble
 from trainer.data.dataset import DataRoots, Prepared
 from trainer.evaluation.plots import plot_confusion, plot_leaderboard
 from trainer.export.selection import NAMED_SELECTION

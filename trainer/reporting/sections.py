@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from service.confidence import apply_temperature
-from service.manifest import Manifest
-from service.plausibility import FLAT_BACKDROP_SPREAD
-from service.preprocessing import preprocessing_version
-from service.runtime import Ensemble
+from service.image.plausibility import FLAT_BACKDROP_SPREAD
+from service.image.preprocessing import preprocessing_version
+from service.inference.confidence import apply_temperature
+from service.inference.manifest import Manifest
+from service.inference.runtime import Ensemble
 from trainer.data.dataset import Prepared, class_rows
 from trainer.evaluation.plots import plot_reliability
 from trainer.export.bundle import raw_probabilities
@@ -232,7 +232,7 @@ def brightness_lines(b: dict[str, dict[str, float]] | None) -> list[str]:
 
 
 def preprocessing_lines(preprocessing: dict[str, Any]) -> list[str]:
-    from service.preprocessing import INTENSITY_PERCENTILE, INTENSITY_TARGET
+    from service.image.preprocessing import INTENSITY_PERCENTILE, INTENSITY_TARGET
 
     version = preprocessing_version(preprocessing)
     step = (
@@ -244,7 +244,7 @@ def preprocessing_lines(preprocessing: dict[str, Any]) -> list[str]:
     return [
         f"- Preprocessing version {version} (the manifest declares it, the service applies it): images are {step}"
         "cropped to the brain (largest external contour) and resized to 150×150 RGB by the shared "
-        "`service/preprocessing.py`; models normalise inside themselves.",
+        "`service/image/preprocessing.py`; models normalise inside themselves.",
     ]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.preprocessing import GAMMA_PERCENTILE, GAMMA_TARGET, THRESHOLD_OFFSET
-from service.preprocessing import THRESHOLD as CROP_THRESHOLD
+from service.image.preprocessing import GAMMA_PERCENTILE, GAMMA_TARGET, THRESHOLD_OFFSET
+from service.image.preprocessing import THRESHOLD as CROP_THRESHOLD
 from trainer.evaluation.robustness import ensemble_label, mean_shifted_accuracy
 from trainer.reporting.markdown import pct
 

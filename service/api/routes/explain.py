@@ -9,10 +9,10 @@ from starlette.concurrency import run_in_threadpool
 from service import DISCLAIMER
 from service.api.deps import ready_ensemble, require_api_key
 from service.api.routes.predict import ERRORS, FRAME_QUERY, UPLOAD_DOC, read_crop
-from service.heatmap import combine, overlay_png, peak
-from service.preprocessing import CropResult
-from service.runtime import Ensemble
-from service.schemas import ErrorResponse
+from service.api.schemas import ErrorResponse
+from service.image.preprocessing import CropResult
+from service.inference.heatmap import combine, overlay_png, peak
+from service.inference.runtime import Ensemble
 
 router = APIRouter(prefix="/v1", tags=["prediction"], dependencies=[Depends(require_api_key)])
 

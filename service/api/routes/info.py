@@ -11,10 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import DISCLAIMER
 from service.api.deps import get_state, ready_ensemble, require_api_key
-from service.model_card import FAVICON_SVG
-from service.model_card import render as render_card
-from service.runtime import Ensemble
-from service.schemas import ErrorResponse, Health, ModelsInfo
+from service.api.model_card import FAVICON_SVG
+from service.api.model_card import render as render_card
+from service.api.schemas import ErrorResponse, Health, ModelsInfo
+from service.inference.runtime import Ensemble
 
 router = APIRouter()
 PAGE = Path(__file__).resolve().parents[2] / "static" / "index.html"

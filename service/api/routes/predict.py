@@ -13,10 +13,10 @@ from starlette.concurrency import run_in_threadpool
 
 from service import DISCLAIMER
 from service.api.deps import get_state, ready_ensemble, require_api_key
-from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
-from service.runtime import Ensemble, Prediction
-from service.schemas import BatchResponse, ErrorResponse, PredictResponse
-from service.upload import FIELD, UploadError, extract_image, extract_images
+from service.api.schemas import BatchResponse, ErrorResponse, PredictResponse
+from service.image.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
+from service.image.upload import FIELD, UploadError, extract_image, extract_images
+from service.inference.runtime import Ensemble, Prediction
 
 router = APIRouter(prefix="/v1", tags=["prediction"], dependencies=[Depends(require_api_key)])
 

@@ -15,12 +15,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from service import DISCLAIMER, __version__, repository
+from service import DISCLAIMER, __version__
+from service.api import repository
 from service.api.deps import AppState, get_state, key_matches
-from service.manifest import ManifestError
-from service.oip import HEADER_LENGTH, ProtocolError, Tensor, encode_response, parse_request
-from service.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
-from service.runtime import Ensemble, ModelLoadError
+from service.api.oip import HEADER_LENGTH, ProtocolError, Tensor, encode_response, parse_request
+from service.image.preprocessing import CropResult, ImageDecodeError, preprocess_bytes
+from service.inference.manifest import ManifestError
+from service.inference.runtime import Ensemble, ModelLoadError
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 

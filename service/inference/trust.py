@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 SEVERAL_CLASSES = "several_classes_possible"
 UNLIKE_TRAINING = "unlike_training_images"
 NOT_BRAIN_MRI = "probably_not_brain_mri"
-# the input warnings (service.plausibility) that say an upload is probably not a brain-MRI slice
+# the input warnings (service.image.plausibility) that say an upload is probably not a brain-MRI slice
 NOT_MRI_WARNINGS = ("not_grayscale", "no_brain_outline", "no_dark_background")
 REASON_WORDS = {
     SEVERAL_CLASSES: "the models cannot single out one class: more than one is plausible",

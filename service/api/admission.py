@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.middleware import drain, error_body, send_json
+from service.api.middleware import drain, error_body, send_json
 
 # The routes that run the models: (path test, metrics label).
 MODEL_ROUTES: tuple[tuple[str, str], ...] = (

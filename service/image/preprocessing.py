@@ -278,7 +278,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int |
     """
     if not data:
         raise ImageDecodeError(EMPTY_MESSAGE)
-    from service.dicom import DicomError, decode_dicom, is_dicom
+    from service.image.dicom import DicomError, decode_dicom, is_dicom
 
     if is_dicom(data):
         try:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from service.manifest import load_manifest
-from service.plausibility import NO_DARK_BACKGROUND, NOT_GRAYSCALE, input_warnings
-from service.preprocessing import preprocess_bytes
-from service.runtime import Ensemble
+from service.image.plausibility import NO_DARK_BACKGROUND, NOT_GRAYSCALE, input_warnings
+from service.image.preprocessing import preprocess_bytes
+from service.inference.manifest import load_manifest
+from service.inference.runtime import Ensemble
 from tests.utils import DATASET, ROOT, fixture_images
 
 MODELS = ROOT / "models"

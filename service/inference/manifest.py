@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.confidence import UncertaintyRule
-from service.plausibility import FLAT_BACKDROP_SPREAD
-from service.preprocessing import preprocessing_version
-from service.trust import ConformalRule, ShiftRule
+from service.image.plausibility import FLAT_BACKDROP_SPREAD
+from service.image.preprocessing import preprocessing_version
+from service.inference.confidence import UncertaintyRule
+from service.inference.trust import ConformalRule, ShiftRule
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 2
@@ -261,7 +261,7 @@ class PublicManifest(BaseModel):
     input: TensorSpec
     output: TensorSpec
     preprocessing: dict[str, Any] = Field(
-        description="How an image becomes the models' input (service/preprocessing.py implements each version "
+        description="How an image becomes the models' input (service/image/preprocessing.py implements each version "
         "exactly; a manifest asking for anything else is refused at start-up)."
     )
     models: list[PublicModelEntry] = Field(min_length=1)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.plausibility import COLOUR_THRESHOLD, colourfulness
-from service.preprocessing import IMAGE_SIZE, preprocess_bytes
+from service.image.plausibility import COLOUR_THRESHOLD, colourfulness
+from service.image.preprocessing import IMAGE_SIZE, preprocess_bytes
 from tests.service.helpers import make_client
 from tests.utils import CLASSES, MRI_FIXTURES, make_cam_ensemble
 

@@ -125,7 +125,7 @@ def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
 def test_json_log_lines_carry_the_request_id() -> None:
     import logging
 
-    from service.observability import JsonFormatter
+    from service.api.observability import JsonFormatter
 
     record = logging.makeLogRecord(
         {"msg": "POST /v1/predict %d", "args": (200,), "request_id": "r1", "levelname": "INFO"}

@@ -9,7 +9,7 @@
   export) *and* the darkest BACKGROUND_PERCENTILE % of the crop is not one flat grey level: a viewer or export
   that renders the air mid-grey (a windowing choice) gives a flat grey backdrop, whose spread
   (BACKGROUND_PERCENTILE-th minus FLAT_PERCENTILE-th percentile) stays within FLAT_BACKDROP_SPREAD grey levels.
-- `unlike_training_images`: the answer's shift score (service.trust: the models' `ood_score`, the Mahalanobis
+- `unlike_training_images`: the answer's shift score (service.inference.trust: the models' `ood_score`, the Mahalanobis
   distance of their pooled features to their training images, each over its validation median) is above the
   threshold that flags a stated share of the validation images (`ensemble.shift`); for ensembles without that
   rule, a model's `ood_score` above its own threshold (the largest among the training pool).

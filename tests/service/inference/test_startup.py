@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
+from service.inference.manifest import ManifestError, sha256_file
+from service.inference.runtime import Ensemble, ModelLoadError
 from service.main import create_app
-from service.manifest import ManifestError, sha256_file
-from service.runtime import Ensemble, ModelLoadError
 from tests.utils import ROOT, tiny_onnx
 
 

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.preprocessing import preprocess_bytes
+from service.image.preprocessing import preprocess_bytes
 from tests.utils import CLASSES, MRI_FIXTURES
 
 httpclient = pytest.importorskip("tritonclient.http")

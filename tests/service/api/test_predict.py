@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.ensemble import majority_vote
-from service.preprocessing import PREPROCESSING_VERSIONS, preprocess_bytes
-from service.runtime import Ensemble
+from service.image.preprocessing import PREPROCESSING_VERSIONS, preprocess_bytes
+from service.inference.ensemble import majority_vote
+from service.inference.runtime import Ensemble
 from tests.service.helpers import (
     assert_prediction,
     make_client,

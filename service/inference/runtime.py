@@ -11,12 +11,19 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.confidence import apply_temperature, uncertainty_reasons
-from service.ensemble import majority_vote
-from service.manifest import Manifest, ManifestError, load_manifest, sha256_file
-from service.plausibility import input_warnings
-from service.preprocessing import to_model_input
-from service.trust import NOT_BRAIN_MRI, SEVERAL_CLASSES, UNLIKE_TRAINING, judge, prediction_sets, shift_scores
+from service.image.plausibility import input_warnings
+from service.image.preprocessing import to_model_input
+from service.inference.confidence import apply_temperature, uncertainty_reasons
+from service.inference.ensemble import majority_vote
+from service.inference.manifest import Manifest, ManifestError, load_manifest, sha256_file
+from service.inference.trust import (
+    NOT_BRAIN_MRI,
+    SEVERAL_CLASSES,
+    UNLIKE_TRAINING,
+    judge,
+    prediction_sets,
+    shift_scores,
+)
 
 
 class ModelLoadError(ManifestError):

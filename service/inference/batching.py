@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.runtime import Ensemble, Prediction
+from service.inference.runtime import Ensemble, Prediction
 
-log = logging.getLogger("service.batching")
+log = logging.getLogger("service.inference.batching")
 
 
 @dataclass

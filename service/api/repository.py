@@ -17,11 +17,11 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AppState
-from service.batching import MicroBatcher
-from service.manifest import MANIFEST_NAME, ManifestError, load_manifest
-from service.runtime import Ensemble
+from service.inference.batching import MicroBatcher
+from service.inference.manifest import MANIFEST_NAME, ManifestError, load_manifest
+from service.inference.runtime import Ensemble
 
-log = logging.getLogger("service.repository")
+log = logging.getLogger("service.api.repository")
 
 
 class RepositoryError(LookupError):

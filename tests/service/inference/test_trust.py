@@ -1,4 +1,4 @@
-"""service/trust.py: prediction sets with their coverage, the shift score, the one rule that sets `uncertain`;
+"""service/inference/trust.py: prediction sets with their coverage, the shift score, the one rule that sets `uncertain`;
 and the model card that reports them."""
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.model_card import render
 from service.config import Settings
-from service.main import create_app
-from service.manifest import load_manifest
-from service.model_card import render
-from service.trust import (
+from service.inference.manifest import load_manifest
+from service.inference.trust import (
     NOT_BRAIN_MRI,
     SEVERAL_CLASSES,
     UNLIKE_TRAINING,
@@ -22,6 +21,7 @@ from service.trust import (
     prediction_sets,
     shift_scores,
 )
+from service.main import create_app
 from tests.utils import ROOT, make_tiny_ensemble
 
 

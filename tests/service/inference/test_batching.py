@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher
-from service.runtime import Ensemble
+from service.inference.batching import MicroBatcher
+from service.inference.runtime import Ensemble
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.runtime import Ensemble
+from service.inference.runtime import Ensemble
 from tests.service.helpers import (
     LIMIT,
     make_client,
@@ -128,7 +128,7 @@ def test_slow_work_is_504_and_the_service_stays_ready(
 def test_stalled_upload_is_408() -> None:
     import asyncio
 
-    from service.middleware import TimeoutMiddleware
+    from service.api.middleware import TimeoutMiddleware
 
     async def app(scope: dict, receive: object, send: object) -> None:
         while True:  # reads the body like the real app does

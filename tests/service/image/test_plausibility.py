@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.plausibility import (
+from service.image.plausibility import (
     FLAT_BACKDROP_SPREAD,
     NO_DARK_BACKGROUND,
     NOT_GRAYSCALE,
@@ -17,7 +17,7 @@ from service.plausibility import (
     input_warnings,
     lack_backdrop,
 )
-from service.preprocessing import PREPROCESSING_VERSIONS, preprocess_bytes
+from service.image.preprocessing import PREPROCESSING_VERSIONS, preprocess_bytes
 from tests.utils import MRI_FIXTURES
 
 FIXTURES = sorted(MRI_FIXTURES.rglob("*.jpg"))

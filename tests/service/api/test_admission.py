@@ -1,4 +1,4 @@
-"""service/admission.py: a bounded number of images wait for the models; past it, a fast 503 with Retry-After in
+"""service/api/admission.py: a bounded number of images wait for the models; past it, a fast 503 with Retry-After in
 each API's error shape, counted per route; a batch counts its images; nothing leaks; a burst of simultaneous
 uploads on a live server gets only 200s and 503s, and the server stays ready."""
 
@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.admission import Admission, model_route
+from service.api.admission import Admission, model_route
 from service.config import Settings
 from service.main import create_app
 from tests.utils import start_server

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
 
-from service.dicom import DicomError, decode_dicom, is_dicom
-from service.preprocessing import decode_image, preprocess_bytes
+from service.image.dicom import DicomError, decode_dicom, is_dicom
+from service.image.preprocessing import decode_image, preprocess_bytes
 from tests.service.helpers import make_client
 from tests.utils import MRI_FIXTURES
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.preprocessing import (
+from service.image.preprocessing import (
     IMAGE_SIZE,
     INTENSITY_TARGET,
     PREPROCESSING_V1,
@@ -99,7 +99,10 @@ def test_formats_sniffed_by_content_and_sizes_read_from_headers() -> None:
 
 
 def test_module_does_not_import_tensorflow() -> None:
-    code = "import sys, service.preprocessing, service.runtime, service.main; print('tensorflow' in sys.modules)"
+    code = (
+        "import sys, service.image.preprocessing, service.inference.runtime, service.main; "
+        "print('tensorflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -220,7 +223,7 @@ def test_version_3_crop_survives_darker_darks() -> None:
 
 
 def test_mask_gamma_puts_the_percentile_on_the_target_within_limits() -> None:
-    from service.preprocessing import GAMMA_LIMITS, GAMMA_PERCENTILE, GAMMA_TARGET, INTENSITY_TARGET, mask_gamma
+    from service.image.preprocessing import GAMMA_LIMITS, GAMMA_PERCENTILE, GAMMA_TARGET, INTENSITY_TARGET, mask_gamma
 
     def level(gray: np.ndarray) -> int:
         cumulative = np.bincount(gray.ravel(), minlength=256).cumsum()
@@ -267,7 +270,7 @@ def test_a_png_chunk_longer_than_the_file_is_refused_before_decoding() -> None:
     import cv2
     import numpy as np
 
-    from service.preprocessing import ImageDecodeError, decode_image
+    from service.image.preprocessing import ImageDecodeError, decode_image
 
     png = cv2.imencode(".png", np.full((96, 96), 80, np.uint8))[1].tobytes()
     idat = png.index(b"IDAT") - 4

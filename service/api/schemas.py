@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from service import DISCLAIMER
-from service.manifest import PublicManifest
+from service.inference.manifest import PublicManifest
 
 EXAMPLE_PROBS = {"glioma": 0.71, "meningioma": 0.2, "no_tumor": 0.04, "pituitary": 0.05}
 

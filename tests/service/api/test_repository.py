@@ -1,4 +1,4 @@
-"""The model repository: one ensemble, or one directory per model_version (service/repository.py)."""
+"""The model repository: one ensemble, or one directory per model_version (service/api/repository.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service import repository
+from service.api import repository
 
 
 def _copy(src: Path, dst: Path, version: str) -> Path:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from service.ensemble import majority_vote
+from service.inference.ensemble import majority_vote
 
 
 def test_majority_wins_over_confidence() -> None:

@@ -6,7 +6,7 @@ from html import escape
 from typing import Any
 
 from service import DISCLAIMER
-from service.manifest import Manifest
+from service.inference.manifest import Manifest
 
 FAVICON_SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64">'
