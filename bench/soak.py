@@ -3,13 +3,14 @@ default) records the server's resident memory, its open file descriptors and the
 fails on memory growth after warm-up, on descriptors that keep growing, on a p99 that drifts up, or on any answer
 but 200.
 
-    python -m bench.soak                           # 30 minutes at 48 req/s on models/ (make soak)
+    python -m bench.soak                           # 30 minutes near the knee on models/ (make soak)
     python -m bench.soak --minutes 2 --rate 20     # shorter
     python -m bench.soak --url http://host:8000 --pid 1234
 
 The rate is open-loop (request i is due at i / rate seconds), so a slower service meets the same load rather than
-a lighter one; at most --max-in-flight requests are outstanding. Writes bench/results/soak-*.json and a plot.
-Research tool, not for clinical use.
+a lighter one; at most --max-in-flight requests are outstanding. Without --rate it is KNEE_SHARE of the throughput
+a short closed-loop burst of 16 clients measures first on the same machine: near the knee, with headroom. Writes
+bench/results/soak-*.json and a plot. Research tool, not for clinical use.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import numpy as np
 
 from bench.loadtest import RESULTS, ROOT, mri_images, rss_mb, start_service
 
-# 75 % of the 2-core throughput `make bench` measures with 16 clients (~64 req/s, docs/performance.md): near the
-# knee, with headroom, so that a flat service stays flat and a leak or a slowdown shows.
-DEFAULT_RATE = 48.0
+# the soak's rate as a share of the throughput 16 closed-loop clients reach: near the knee, with headroom, so that a
+# flat service stays flat and a leak or a slowdown shows
+KNEE_SHARE = 0.75
+CALIBRATION_S = 15.0
 WARM_BUCKETS = 2  # buckets before the memory baseline is taken
 MAX_RSS_GROWTH = 0.05  # after warm-up
 MAX_P99_DRIFT = 1.2  # p99 of the last 5 buckets against the first 5 after warm-up
@@ -44,6 +46,31 @@ def open_fds(pid: int) -> int | None:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
+
+
+def throughput(url: str, seconds: float = CALIBRATION_S, clients: int = 16) -> float:
+    """Requests per second that `clients` closed-loop clients get answered in `seconds` (errors count as none)."""
+    images = mri_images()
+
+    async def burst() -> int:
+        done = 0
+        deadline = time.monotonic() + seconds
+
+        async def client(k: int, c: httpx.AsyncClient) -> None:
+            nonlocal done
+            i = k
+            while time.monotonic() < deadline:
+                r = await c.post(
+                    url + "/v1/predict", files={"file": ("scan.jpg", images[i % len(images)], "image/jpeg")}
+                )
+                done += r.status_code == 200
+                i += clients
+
+        async with httpx.AsyncClient(timeout=30) as c:
+            await asyncio.gather(*(client(k, c) for k in range(clients)))
+        return done
+
+    return asyncio.run(burst()) / seconds
 
 
 async def run_soak(
@@ -195,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
     ap.add_argument("--port", type=int, default=8766)
     ap.add_argument("--minutes", type=float, default=30.0)
-    ap.add_argument("--rate", type=float, default=DEFAULT_RATE, help="requests per second")
+    ap.add_argument(
+        "--rate", type=float, default=None, help=f"requests per second (default: {KNEE_SHARE:g} × a measured burst)"
+    )
     ap.add_argument("--bucket-s", type=float, default=60.0, help="seconds per measurement bucket")
     ap.add_argument("--out", type=Path, default=None, help="JSON result (default bench/results/soak-*.json)")
     ap.add_argument("--plot", type=Path, default=None, help="also draw the curves (PNG)")
@@ -206,8 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         proc = start_service(args.models_dir, args.port)
         url, pid = f"http://127.0.0.1:{args.port}", proc.pid
     try:
-        print(f"soak: {args.rate:g} req/s for {args.minutes:g} min against {url} ...", flush=True)
-        result = asyncio.run(run_soak(url, pid, args.minutes * 60, args.rate, args.bucket_s))
+        rate, knee = args.rate, None
+        if rate is None:
+            knee = throughput(url)
+            rate = round(KNEE_SHARE * knee, 1)
+            print(f"soak: 16 clients reached {knee:.1f} req/s; soaking at {KNEE_SHARE:g} of it", flush=True)
+        print(f"soak: {rate:g} req/s for {args.minutes:g} min against {url} ...", flush=True)
+        result = asyncio.run(run_soak(url, pid, args.minutes * 60, rate, args.bucket_s))
+        result["knee_req_s"] = None if knee is None else round(knee, 1)
     finally:
         if proc is not None:
             proc.terminate()

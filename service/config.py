@@ -35,8 +35,8 @@ class Settings(BaseSettings):
         64,
         ge=1,
         description="Most images admitted to wait for or run in the models at once; past it a model route answers "
-        "503 with Retry-After at once. 64 is about 1 s of work at the 2-core throughput of `make bench` (~64 images/s "
-        "with 16 clients): an admitted request waits about limit / throughput.",
+        "503 with Retry-After at once. An admitted request waits about limit / throughput: on 2 cores, 64 images are "
+        "under a second of work (docs/performance.md).",
     )
     retry_after_s: int = Field(1, ge=0, description="The Retry-After (seconds) of a 503 for overload.")
     drain_timeout_s: int = Field(

@@ -59,3 +59,15 @@ def test_a_short_soak_measures_every_bucket(tiny_models: Path, tmp_path: Path) -
     assert not [f for f in failed if "other than 200" in f]
     plot(result, tmp_path / "soak.png")
     assert (tmp_path / "soak.png").stat().st_size > 1000
+
+
+def test_the_default_rate_comes_from_a_measured_burst(tiny_models: Path) -> None:
+    from bench.soak import throughput
+
+    proc, url = start_server(tiny_models)
+    try:
+        rps = throughput(url, seconds=2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert rps > 5  # the tiny models answer hundreds a second; errors would count as none

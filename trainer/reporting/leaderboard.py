@@ -222,10 +222,51 @@ def update_docs(board: list[dict[str, Any]], docs: Path, clean: list[dict[str, A
 
 def merged(work: Path, docs: Path, protocol: str = "official") -> list[dict[str, Any]]:
     """The protocol's committed board (FILES) with that protocol's rows of <work>/report/leaderboard.json
-    merged in."""
+    merged in (for protocol clean, those scored on the board's own images: other_data_boards takes the rest)."""
+    fresh_path = work / "report" / FILE
+    fresh = [
+        r
+        for r in (json.loads(fresh_path.read_text()) if fresh_path.exists() else [])
+        if r.get("protocol", "official") == protocol
+    ]
+    if protocol == "clean":
+        hashes = {h for r in load(docs, protocol) if (h := _dataset(r))}
+        fresh = [r for r in fresh if not hashes or _dataset(r) in hashes]
+    return merge(load(docs, protocol), fresh)
+
+
+def other_data_boards(work: Path, docs: Path, protocol: str = "clean") -> dict[str, list[dict[str, Any]]]:
+    """The protocol's fresh rows scored on other images than its committed board (more data roots, say), each
+    dataset on a board of its own, `<board>-<dataset hash>.json`, merged with what that file already holds: they
+    do not rank with the committed board (merge refuses), and none of them drops out."""
     fresh_path = work / "report" / FILE
     fresh = json.loads(fresh_path.read_text()) if fresh_path.exists() else []
-    return merge(load(docs, protocol), [r for r in fresh if r.get("protocol", "official") == protocol])
+    hashes = {h for r in load(docs, protocol) if (h := _dataset(r))}
+    other = [r for r in fresh if r.get("protocol", "official") == protocol and hashes and _dataset(r) not in hashes]
+    boards = {}
+    for h in sorted({str(_dataset(r)) for r in other}):
+        name = f"{FILES[protocol].removesuffix('.json')}-{h[:8]}.json"
+        committed = json.loads((docs / name).read_text()) if (docs / name).exists() else []
+        boards[name] = merge(committed, [r for r in other if _dataset(r) == h])
+    return boards
+
+
+def other_data_section(boards: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One table per board of other_data_boards."""
+    lines: list[str] = []
+    for name, board in boards.items():
+        lines += [
+            f"### Protocol clean on other data (`docs/{name}`)",
+            "",
+            f"{len(board)} models trained under protocol `clean` on a different set of data roots (dataset "
+            f"`{name.rsplit('-', 1)[1].removesuffix('.json')}`): their validation images differ from the table "
+            "above, so they rank only among themselves. The tie-broken check of each run is in the generalisation "
+            "section.",
+            "",
+            *_table(board),
+            "",
+        ]
+    return lines
 
 
 def update(work: Path, docs: Path) -> list[dict[str, Any]]:

@@ -156,6 +156,9 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
     board, clean = leaderboard.merged(work, docs), leaderboard.merged(work, docs, "clean")
     leaderboard.save(board, docs)
     leaderboard.save(clean, docs, "clean")
+    other_data = leaderboard.other_data_boards(work, docs)
+    for name, other_board in other_data.items():
+        (docs / name).write_text(json.dumps(other_board, indent=1) + "\n")
     manifest = load_manifest(models_dir)
     plot_leaderboard(board, img / "leaderboard.png")
     for key, title in (("validation", "validation"), ("official_test", "official Testing split")):
@@ -173,7 +176,7 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
         "dataset": dataset_section(data),
         "ensemble": ensemble_section(manifest),
         "measurements": _measurements(work, models_dir, img, p, manifest, pooled, dataset),
-        "leaderboard": leaderboard.section(board, clean),
+        "leaderboard": [*leaderboard.section(board, clean), *leaderboard.other_data_section(other_data)],
         "provenance": provenance_section(manifest),
         "shift_limits": shift_limits(manifest.preprocessing),
     }
