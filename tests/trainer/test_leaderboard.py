@@ -180,3 +180,27 @@ def test_ensembles_tried_section_of_a_named_export_claims_no_choice(tmp_path: Pa
     text = "\n".join(ensembles_tried_section(tmp_path, named=["a", "b", "c"]))
     assert "exported the 3 models a rule written before their training named" in text
     assert "x + y + z" not in text and "combinations of three" not in text
+
+
+def test_clean_rows_on_other_data_get_a_board_of_their_own(tmp_path: Path) -> None:
+    """More data roots make other validation images: those runs rank among themselves, in a file named by their
+    dataset, and the committed clean board keeps its rows."""
+    import json
+
+    docs, work = tmp_path / "docs", tmp_path / "work"
+    (work / "report").mkdir(parents=True)
+    docs.mkdir()
+    committed = leaderboard.merge([], [row("a-clean", 0.9, protocol="clean", dataset_hash="three-roots")])
+    leaderboard.save(committed, docs, "clean")
+    fresh = [
+        row("b-clean", 0.8, data_hash="h5", protocol="clean", dataset_hash="five-roots-x"),
+        row("a-clean", 0.95, protocol="clean", dataset_hash="three-roots"),
+    ]
+    (work / "report" / "leaderboard.json").write_text(json.dumps(fresh))
+    clean = leaderboard.merged(work, docs, "clean")
+    assert [(r["name"], r["val_macro_f1"]) for r in clean] == [("a-clean", 0.95)]
+    boards = leaderboard.other_data_boards(work, docs)
+    assert list(boards) == ["leaderboard-clean-five-roo.json"]
+    assert [r["name"] for r in boards["leaderboard-clean-five-roo.json"]] == ["b-clean"]
+    text = "\n".join(leaderboard.other_data_section(boards))
+    assert "### Protocol clean on other data (`docs/leaderboard-clean-five-roo.json`)" in text and "| b-clean |" in text

@@ -255,13 +255,13 @@ def other_data_section(boards: dict[str, list[dict[str, Any]]]) -> list[str]:
     """One table per board of other_data_boards."""
     lines: list[str] = []
     for name, board in boards.items():
+        dataset = name.removeprefix(FILES["clean"].removesuffix(".json") + "-").removesuffix(".json")
         lines += [
             f"### Protocol clean on other data (`docs/{name}`)",
             "",
             f"{len(board)} models trained under protocol `clean` on a different set of data roots (dataset "
-            f"`{name.rsplit('-', 1)[1].removesuffix('.json')}`): their validation images differ from the table "
-            "above, so they rank only among themselves. The tie-broken check of each run is in the generalisation "
-            "section.",
+            f"`{dataset}`): their validation images differ from the table above, so they rank only among "
+            "themselves. The tie-broken check of each run is in the generalisation section.",
             "",
             *_table(board),
             "",
