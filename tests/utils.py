@@ -217,3 +217,21 @@ def run_trainer(*args: str, cwd: Path, **env_vars: str) -> str:
     proc = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+def imported_stages(path: Path, package: str, stages: list[str]) -> set[str]:
+    """The stage folders of `package` (e.g. trainer's data, models, …) that the module at path imports."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == package and len(parts) > 1 and parts[1] in stages:
+                found.add(parts[1])
+    return found

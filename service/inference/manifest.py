@@ -188,7 +188,7 @@ class CheckedSource(BaseModel):
 
 
 class TieBrokenCheck(BaseModel):
-    """The vote on images where sequence does not give the class (trainer.evaluation.tiebroken)."""
+    """The vote on images where sequence does not give the class (trainer.data.tiebroken)."""
 
     split: str = Field(description="Which images: the `val` rows of the data roots that list a split.")
     n: int

@@ -4,34 +4,16 @@ config.py stand aside and may use any."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
-from tests.utils import ROOT
+from tests.utils import ROOT, imported_stages
 
 STAGES = ["image", "inference", "api"]
-
-
-def imported_stages(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "service" and len(parts) > 1 and parts[1] in STAGES:
-                found.add(parts[1])
-    return found
 
 
 def test_stages_import_only_earlier_stages() -> None:
     backwards = []
     for i, stage in enumerate(STAGES):
         for path in sorted((ROOT / "service" / stage).rglob("*.py")):
-            later = imported_stages(path) & set(STAGES[i + 1 :])
+            later = imported_stages(path, "service", STAGES) & set(STAGES[i + 1 :])
             if later:
                 backwards.append(f"{path.relative_to(ROOT)} imports {sorted(later)}")
     assert not backwards, backwards

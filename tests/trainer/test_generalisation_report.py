@@ -126,7 +126,7 @@ def test_fresh_test_scores_ensembles_on_testing_images_no_training_image_copies(
 
 
 def test_the_tie_broken_check_is_shown_beside_the_ensemble_it_replaces_with_every_candidate(tmp_path: Path) -> None:
-    from trainer.evaluation.tiebroken import check_figures
+    from trainer.data.tiebroken import check_figures
 
     y = np.array([0] * 12 + [2] * 12 + [4] * 5)
     seq = np.array(["FLAIR"] * 12 + ["T1C"] * 12 + [""] * 5)
@@ -152,7 +152,7 @@ def test_writing_figures_into_a_manifest_keeps_cross_source_rows_measured_on_oth
     import json
 
     from tests.utils import make_tiny_ensemble
-    from trainer.evaluation.tiebroken import check_figures
+    from trainer.data.tiebroken import check_figures
     from trainer.export.bundle import write_generalisation
 
     make_tiny_ensemble(tmp_path)

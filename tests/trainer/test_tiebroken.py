@@ -21,7 +21,7 @@ from trainer.data.dataset import (
     scan,
 )
 from trainer.data.sources import source_table
-from trainer.evaluation.tiebroken import check_figures, check_indices, figures_of, headline
+from trainer.data.tiebroken import check_figures, check_indices, figures_of, headline
 from trainer.training.online import balanced_weights, choose_checkpoint, online_crop, sequence_cells
 from trainer.training.train import class_weights, train_val_indices
 

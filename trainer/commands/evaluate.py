@@ -175,7 +175,7 @@ def run_generalisation(args: argparse.Namespace) -> int:
     for row in figures["runs"]:
         print(f"run {row['name']}: val accuracy {row['val_accuracy']:.1%}, worst {row['worst']}")
     if "tie_broken" in figures:
-        from trainer.evaluation.tiebroken import headline
+        from trainer.data.tiebroken import headline
 
         print(f"tie-broken check, {manifest.model_version}: {headline(figures['tie_broken'])}")
         if "tie_broken_baseline" in figures:

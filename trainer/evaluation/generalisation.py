@@ -112,7 +112,7 @@ def run_groups(report_dir: Path, p: Prepared, groups: np.ndarray) -> list[dict[s
 
 def tie_broken(ensemble: Ensemble, p: Prepared) -> dict[str, Any] | None:
     """The ensemble's vote on the tie-broken check (evaluation.tiebroken; None when p holds no checked images)."""
-    from trainer.evaluation.tiebroken import check_indices, figures_of
+    from trainer.data.tiebroken import check_indices, figures_of
 
     idx = check_indices(p)
     if not len(idx):
@@ -126,7 +126,7 @@ def run_checks(runs_dir: Path, p: Prepared, names: list[str] | None = None) -> l
     import keras
 
     import trainer.models.builders  # noqa: F401  (registers the custom layers for loading)
-    from trainer.evaluation.tiebroken import check_indices, figures_of
+    from trainer.data.tiebroken import check_indices, figures_of
 
     idx = check_indices(p)
     if not len(idx):

@@ -191,8 +191,8 @@ def choose_by_check(
     ValueError when no vote reaches min_macro_f1. Returns (chosen rows, every vote scored, best first)."""
     import keras
 
+    from trainer.data.tiebroken import check_indices
     from trainer.evaluation.evaluate import validation_probabilities
-    from trainer.evaluation.tiebroken import check_indices
 
     va, _ = evaluation_indices(p, pool[0]["config"])
     check = check_indices(p)
@@ -239,7 +239,7 @@ def rank_votes_by_check(
     from itertools import combinations
 
     from service.inference.ensemble import majority_vote
-    from trainer.evaluation.tiebroken import figures_of
+    from trainer.data.tiebroken import figures_of
 
     tried = []
     for names in combinations(list(val_probs), top):

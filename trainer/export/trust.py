@@ -21,10 +21,10 @@ from service.inference.trust import (
     shift_scores,
 )
 from trainer.data.dataset import CLASS_WORDS, Prepared, correct, label_sets
+from trainer.data.tiebroken import SPLIT as CHECK_SPLIT
+from trainer.data.tiebroken import check_indices
 from trainer.evaluation.nonmri import non_mri_verdicts
 from trainer.evaluation.splits import eval_splits
-from trainer.evaluation.tiebroken import SPLIT as CHECK_SPLIT
-from trainer.evaluation.tiebroken import check_indices
 
 LEVELS = (0.9, 0.95, 0.98, 0.99)  # the coverages a prediction set may state (`level` None: chosen on validation)
 FLAG_SHARE = 0.05  # the share of validation images the shift check flags

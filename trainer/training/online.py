@@ -19,7 +19,7 @@ import numpy as np
 
 from trainer.data.dataset import CLASSES, Prepared
 from trainer.data.shifts import random_shift
-from trainer.evaluation.tiebroken import check_indices, figures_of
+from trainer.data.tiebroken import check_indices, figures_of
 from trainer.training.appearance import random_appearance
 
 # the sequence names roots give → the groups of trainer.models.sequence (T2 and FLAIR are one group)
@@ -162,7 +162,7 @@ class Checkpoints(keras.callbacks.Callback):
         return self.scored if self.scored is not None else self.model
 
     def _record(self, name: str) -> None:
-        from trainer.evaluation.tiebroken import headline
+        from trainer.data.tiebroken import headline
 
         s = score(self.full, self.p, self.va)
         self.scores[name] = s

@@ -143,7 +143,7 @@ def test_the_tie_broken_check_is_served_and_on_the_model_card(tmp_path: Path) ->
     """The check where sequence does not give the class: a manifest's figures reach /v1/models and the card."""
     import json
 
-    from trainer.evaluation.tiebroken import check_figures
+    from trainer.data.tiebroken import check_figures
 
     make_tiny_ensemble(tmp_path)
     y = np.array([0] * 10 + [2] * 10 + [4] * 4)
