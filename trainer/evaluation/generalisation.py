@@ -111,7 +111,7 @@ def run_groups(report_dir: Path, p: Prepared, groups: np.ndarray) -> list[dict[s
 
 
 def tie_broken(ensemble: Ensemble, p: Prepared) -> dict[str, Any] | None:
-    """The ensemble's vote on the tie-broken check (evaluation.tiebroken; None when p holds no checked images)."""
+    """The ensemble's vote on the tie-broken check (data.tiebroken; None when p holds no checked images)."""
     from trainer.data.tiebroken import check_indices, figures_of
 
     idx = check_indices(p)

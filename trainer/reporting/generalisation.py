@@ -128,7 +128,7 @@ def _tumour_share(fig: dict[str, Any]) -> str:
 def tie_broken_lines(
     figures: dict[str, Any], img: Path, before: dict[str, Any] | None = None, role: str = "The ensemble it replaces"
 ) -> list[str]:
-    """The tie-broken check (evaluation.tiebroken): the vote per class × the sequence the source gives, beside the
+    """The tie-broken check (data.tiebroken): the vote per class × the sequence the source gives, beside the
     ensemble it replaces (`before`, or the baseline measured in the same run) as a table and heatmaps, and each
     candidate run's worst cell."""
     check = figures.get("tie_broken")

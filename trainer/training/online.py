@@ -4,7 +4,7 @@ A cached-view recipe fixes the low-level features and sees a few precomputed vie
 through the whole backbone with a fresh random appearance (training.appearance: non-monotone curves, inversion,
 gamma, bias field inside the head, then blur/noise/rotation/resolution/JPEG), so that no intensity pattern of one
 sequence or one collection stays a shortcut. Balanced sampling draws source × class × sequence cells more evenly.
-Each epoch's weights are scored on validation and on the tie-broken check (evaluation.tiebroken); the kept
+Each epoch's weights are scored on validation and on the tie-broken check (data.tiebroken); the kept
 checkpoint is chosen by `choose_checkpoint`.
 """
 

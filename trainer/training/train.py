@@ -98,7 +98,7 @@ def train_val_indices(
     a cross-source run tests on them.
 
     A root that lists a split (files.csv) is not carved: its `train` rows train and its `val` rows are the
-    tie-broken check (evaluation.tiebroken), never trained on; no image in a duplicate group with a validation or
+    tie-broken check (data.tiebroken), never trained on; no image in a duplicate group with a validation or
     checked image trains."""
     train_pool, _ = protocol_split(p, protocol)
     if exclude_source:
