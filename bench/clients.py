@@ -61,18 +61,23 @@ def predict_request(image: bytes) -> bytes:
     return head.encode() + body
 
 
-def _content_length(headers: list[bytes]) -> int:
-    for line in headers:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    raise RuntimeError("response without Content-Length")
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer off a keep-alive connection: (status, lower-cased headers, body)."""
+    status = await reader.readline()
+    if not status:
+        raise ConnectionResetError("closed before an answer")
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status.split()[1]), headers, body
 
 
-def check_response(status_line: bytes, body: bytes) -> None:
+def check_response(status: int, body: bytes) -> None:
     """Raise unless the answer is a 200 with a prediction."""
-    if b" 200 " not in status_line or b'"label"' not in body:
-        raise RuntimeError(f"/v1/predict answered {status_line.strip()!r}: {body[:200]!r}")
+    if status != 200 or b'"label"' not in body:
+        raise RuntimeError(f"/v1/predict answered {status}: {body[:200]!r}")
 
 
 def measure_service(url: str, images: list[bytes], n: int) -> dict[str, float]:
@@ -83,10 +88,12 @@ def measure_service(url: str, images: list[bytes], n: int) -> dict[str, float]:
         def once(i: int) -> None:
             sock.sendall(requests[i % len(requests)])
             status = rfile.readline()
-            headers = []
+            length = 0
             while (line := rfile.readline()) not in (b"\r\n", b""):
-                headers.append(line)
-            check_response(status, rfile.read(_content_length(headers)))
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            check_response(int(status.split()[1]), rfile.read(length))
 
         return timed(once, n)
 
@@ -108,11 +115,8 @@ async def measure_load(url: str, images: list[bytes], clients: int, total: int, 
             t0 = time.perf_counter()
             try:
                 writer.write(requests[i % len(requests)])
-                status = await reader.readline()
-                headers = []
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    headers.append(line)
-                check_response(status, await reader.readexactly(_content_length(headers)))
+                status, _, body = await read_answer(reader)
+                check_response(status, body)
             except (OSError, RuntimeError, ValueError, asyncio.IncompleteReadError):
                 errors += 1
                 writer.close()

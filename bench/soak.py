@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.clients import measure_load, predict_request, read_answer
 from bench.loadtest import RESULTS, ROOT, mri_images, rss_mb, start_service
 
 # the soak's rate as a share of the throughput 16 closed-loop clients reach: near the knee, with headroom, so that a
@@ -38,7 +39,9 @@ CALIBRATION_S = 15.0
 WARM_BUCKETS = 2  # buckets before the memory baseline is taken
 MAX_RSS_GROWTH = 0.05  # after warm-up
 MAX_P99_DRIFT = 1.2  # p99 of the last 5 buckets against the first 5 after warm-up
-MAX_FD_GROWTH = 8
+MAX_FD_GROWTH = 8  # median of the last 5 buckets against the first 5 after warm-up
+KEEP_ALIVE_S = 4.0  # reuse an idle connection only below the service's keep-alive timeout (5 s)
+ANSWER_TIMEOUT_S = 30.0
 
 
 def open_fds(pid: int) -> int | None:
@@ -49,53 +52,44 @@ def open_fds(pid: int) -> int | None:
 
 
 def throughput(url: str, seconds: float = CALIBRATION_S, clients: int = 16) -> float:
-    """Requests per second that `clients` closed-loop clients get answered in `seconds` (errors count as none)."""
-    images = mri_images()
-
-    async def burst() -> int:
-        done = 0
-        deadline = time.monotonic() + seconds
-
-        async def client(k: int, c: httpx.AsyncClient) -> None:
-            nonlocal done
-            i = k
-            while time.monotonic() < deadline:
-                r = await c.post(
-                    url + "/v1/predict", files={"file": ("scan.jpg", images[i % len(images)], "image/jpeg")}
-                )
-                done += r.status_code == 200
-                i += clients
-
-        async with httpx.AsyncClient(timeout=30) as c:
-            await asyncio.gather(*(client(k, c) for k in range(clients)))
-        return done
-
-    return asyncio.run(burst()) / seconds
+    """Requests per second that `clients` closed-loop clients get answered in `seconds`."""
+    return float(asyncio.run(measure_load(url, mri_images(), clients, 10**9, seconds))["rps"])
 
 
 async def run_soak(
     url: str, pid: int | None, seconds: float, rate: float, bucket_s: float = 60.0, max_in_flight: int = 64
 ) -> dict[str, Any]:
     """Send `rate` requests a second for `seconds`; per bucket, latency percentiles and the server's RSS and fds."""
-    images = mri_images()
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    requests = [predict_request(img) for img in mri_images()]
     buckets: list[dict[str, Any]] = []
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     slots = asyncio.Semaphore(max_in_flight)
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    idle: list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = []  # keep-alive connections, last used
 
-    async def one(client: httpx.AsyncClient, i: int) -> None:
+    async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while idle:
+            used, reader, writer = idle.pop()
+            if time.monotonic() - used < KEEP_ALIVE_S:
+                return reader, writer
+            writer.close()  # the server may be closing it: never send on one that has idled that long
+        return await asyncio.open_connection(host, int(port))
+
+    async def one(i: int) -> None:
+        t = time.perf_counter()  # from when it was due: waiting for a free slot counts (open loop)
         async with slots:
-            data = images[i % len(images)]
-            t = time.perf_counter()
             try:
-                r = await client.post(url + "/v1/predict", files={"file": ("scan.jpg", data, "image/jpeg")})
-                statuses[str(r.status_code)] += 1
-            except httpx.HTTPError as e:
+                reader, writer = await connection()
+                writer.write(requests[i % len(requests)])
+                status, _, _ = await asyncio.wait_for(read_answer(reader), ANSWER_TIMEOUT_S)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
                 errors[type(e).__name__] += 1
                 return
+            statuses[str(status)] += 1
             latencies.append(time.perf_counter() - t)
+            idle.append((time.monotonic(), reader, writer))
 
     def close_bucket(index: int, started: float) -> None:
         lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
@@ -118,26 +112,28 @@ async def run_soak(
             flush=True,
         )
 
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        started = time.monotonic()
-        tasks: set[asyncio.Task[None]] = set()
-        i, bucket = 0, 0
-        while True:
-            now = time.monotonic() - started
-            if now >= (bucket + 1) * bucket_s:
-                close_bucket(bucket, started)
-                bucket += 1
-            if now >= seconds:
-                break
-            due = i / rate
-            if due > now:
-                await asyncio.sleep(min(due - now, 0.05))
-                continue
-            task = asyncio.create_task(one(client, i))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            i += 1
-        await asyncio.gather(*tasks)
+    started = time.monotonic()
+    tasks: set[asyncio.Task[None]] = set()
+    i, bucket = 0, 0
+    while True:
+        now = time.monotonic() - started
+        if now >= (bucket + 1) * bucket_s:
+            close_bucket(bucket, started)
+            bucket += 1
+        if now >= seconds:
+            break
+        due = i / rate
+        if due > now:
+            await asyncio.sleep(min(due - now, 0.05))
+            continue
+        task = asyncio.create_task(one(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        i += 1
+    await asyncio.gather(*tasks)
+    for _, _, writer in idle:
+        writer.close()
+    async with httpx.AsyncClient(timeout=30) as client:
         ready = (await client.get(url + "/health/ready")).status_code
     return {
         "seconds": seconds,
@@ -164,12 +160,13 @@ def verdict(result: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         figures["rss_growth"] = round(growth, 4)
         if growth > MAX_RSS_GROWTH:
             failed.append(f"memory grew {growth:.1%} after warm-up (limit {MAX_RSS_GROWTH:.0%})")
-    if after and after[0]["fds"] is not None:
-        fd_growth = after[-1]["fds"] - after[0]["fds"]
+    n = min(5, len(after) // 2)
+    if n and after[0]["fds"] is not None:
+        # medians, not single samples: the count swings with the connections open at the instant of the sample
+        fd_growth = float(np.median([x["fds"] for x in after[-n:]]) - np.median([x["fds"] for x in after[:n]]))
         figures["fd_growth"] = fd_growth
         if fd_growth > MAX_FD_GROWTH:
-            failed.append(f"open file descriptors grew by {fd_growth} (limit {MAX_FD_GROWTH})")
-    n = min(5, len(after) // 2)
+            failed.append(f"open file descriptors grew by {fd_growth:g} (limit {MAX_FD_GROWTH})")
     if n:
         first = float(np.median([x["p99_ms"] for x in after[:n]]))
         last = float(np.median([x["p99_ms"] for x in after[-n:]]))

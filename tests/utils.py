@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -182,24 +183,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# each test server's combined output, by pid (server_output)
+_SERVER_LOGS: dict[int, Path] = {}
+
+
 def start_server(models_dir: Path, **env_vars: str) -> tuple[subprocess.Popen[str], str]:
     """`python -m service` on a free loopback port serving models_dir (extra environment: env_vars); waits for
-    /health/ready."""
+    /health/ready. Its output goes to a file (server_output): a pipe nobody reads fills after ~64 KB of access log
+    and then blocks the server's event loop, which looks like a server that hangs."""
     port = free_port()
     env = {**os.environ, "MRI_MODELS_DIR": str(models_dir), "PORT": str(port), "HOST": "127.0.0.1", **env_vars}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log_path = Path(tempfile.mkstemp(prefix="mri-server-", suffix=".log")[1])
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+    _SERVER_LOGS[proc.pid] = log_path
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+            raise RuntimeError(f"server exited: {server_output(proc)}")
         try:
             if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
                 return proc, url
@@ -208,6 +212,11 @@ def start_server(models_dir: Path, **env_vars: str) -> tuple[subprocess.Popen[st
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not become ready in 60 s")
+
+
+def server_output(proc: subprocess.Popen[str]) -> str:
+    """Everything a server from start_server has printed so far."""
+    return _SERVER_LOGS[proc.pid].read_text(errors="replace")
 
 
 def run_trainer(*args: str, cwd: Path, **env_vars: str) -> str:

@@ -40,6 +40,8 @@ def test_the_verdict_passes_a_flat_run_and_fails_each_kind_of_drift() -> None:
     assert any("memory grew" in f for f in verdict(_result(leak))[0])
     fds = [_bucket(i, 500.0, 30 + 2 * i, 180.0) for i in range(14)]
     assert any("descriptors" in f for f in verdict(_result(fds))[0])
+    swing = [_bucket(i, 500.0, 30 + (40 if i == 13 else 0), 180.0) for i in range(14)]  # connections at the instant
+    assert verdict(_result(swing))[0] == []
     slower = [_bucket(i, 500.0, 30, 180.0 + 10 * i) for i in range(14)]
     assert any("p99 drifted" in f for f in verdict(_result(slower))[0])
     assert any("other than 200" in f for f in verdict(_result(flat, {"200": 990, "504": 10}))[0])

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.burst import run_burst, verdict
 from service.api.admission import Admission, model_route
 from service.config import Settings
 from service.main import create_app
@@ -79,30 +79,16 @@ def test_a_batch_counts_its_images_and_every_unit_is_released(tiny_models: Path,
 def test_a_burst_of_simultaneous_uploads_gets_200s_and_fast_503s_and_the_server_stays_ready(
     tiny_models: Path, mri_jpeg: bytes
 ) -> None:
-    """Short version of the 1,000-upload check (docs/operations.md): 300 uploads at once, 8 admitted at a time."""
+    """Short version of `make burst` (docs/operations.md): 300 uploads at once, 8 admitted at a time."""
     proc, url = start_server(tiny_models, MRI_MAX_WAITING="8", MRI_RETRY_AFTER_S="2")
     try:
-
-        async def one(client: httpx.AsyncClient) -> tuple[int, str | None, float]:
-            start = time.perf_counter()
-            r = await client.post(url + "/v1/predict", files={"file": ("a.jpg", mri_jpeg, "image/jpeg")})
-            return r.status_code, r.headers.get("retry-after"), time.perf_counter() - start
-
-        async def burst() -> list[tuple[int, str | None, float]]:
-            limits = httpx.Limits(max_connections=300, max_keepalive_connections=0)
-            async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-                return list(await asyncio.gather(*(one(client) for _ in range(300))))
-
-        answers = asyncio.run(burst())  # a reset or a hang would raise here
-        statuses = [s for s, _, _ in answers]
-        assert set(statuses) <= {200, 503} and statuses.count(200) >= 8 and statuses.count(503) > 0, statuses
-        refused = [(retry, t) for s, retry, t in answers if s == 503]
-        assert all(retry == "2" for retry, _ in refused)
-        assert max(t for _, t in refused) < 5.0  # refusals do not wait in line (1 s on an idle machine)
+        summary = asyncio.run(run_burst(url, 300, [mri_jpeg]))
+        assert verdict(summary) == [], summary  # only 200/503, no reset or hang, 503s within 1 s, ready after
+        assert summary["accepted"]["n"] >= 8 and summary["refused"]["n"] > 0, summary
+        assert summary["refused"]["retry_after"] == ["2"]
         assert httpx.get(url + "/health/ready").status_code == 200
         metrics = httpx.get(url + "/metrics").text
-        refused_count = statuses.count(503)
-        assert f'mri_refused_requests_total{{endpoint="/v1/predict"}} {refused_count}.0' in metrics
+        assert f'mri_refused_requests_total{{endpoint="/v1/predict"}} {summary["refused"]["n"]}.0' in metrics
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.utils import ROOT, start_server
+from tests.utils import ROOT, server_output, start_server
 
 CLIENTS = 64
 
@@ -77,7 +77,7 @@ def test_sigterm_under_load_answers_every_request_sent_before_it_and_exits_withi
     assert not lost, f"{len(lost)} of {len(before)} requests sent before SIGTERM not answered 200: {lost[:10]}"
     # uvicorn finishes the requests in flight, then re-raises the signal it caught: the exit says SIGTERM
     assert code in (0, -signal.SIGTERM) and exited - signalled[0] < 10 + 5
-    log = proc.stdout.read() if proc.stdout else ""
+    log = server_output(proc)
     assert "Shutting down" in log and "Finished server process" in log
 
 

@@ -111,20 +111,15 @@ def test_a_schema_1_manifest_with_free_text_notes_still_loads(models_copy: Path)
 def test_python_m_service_announces_a_url_to_open(tiny_models: Path) -> None:
     """`make serve` binds 0.0.0.0; what it prints to click is the localhost address, once the models are ready."""
     from service.__main__ import local_url
-    from tests.utils import start_server
+    from tests.utils import server_output, start_server
 
     assert local_url("0.0.0.0", 8000) == "http://localhost:8000/"
     assert local_url("127.0.0.1", 9) == "http://127.0.0.1:9/" and local_url("::1", 9) == "http://[::1]:9/"
     proc, url = start_server(tiny_models, HOST="0.0.0.0")
     port = url.rsplit(":", 1)[1]
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "open http" in line:
-                assert f"open http://localhost:{port}/ (upload page)" in line
-                break
-        else:
-            pytest.fail("the service exited without announcing its URL")
+        # the line comes once the models are ready, which start_server waited for
+        assert f"open http://localhost:{port}/ (upload page)" in server_output(proc)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
