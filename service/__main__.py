@@ -5,6 +5,7 @@ import os
 
 import uvicorn
 
+from service.api.memory import limit_malloc_arenas
 from service.api.observability import JsonFormatter
 from service.config import Settings
 from service.main import create_app
@@ -24,6 +25,8 @@ def main() -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    if limit_malloc_arenas(settings.malloc_arenas):  # before the thread pool and the models' threads exist
+        logging.getLogger("service").info("malloc arenas capped at %d", settings.malloc_arenas)
     host = os.environ.get("HOST", settings.host)
     port = int(os.environ.get("PORT", settings.port))
     # our middleware writes the access log (with request id); uvicorn's own lines go through the same handler

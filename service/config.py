@@ -49,6 +49,13 @@ class Settings(BaseSettings):
         32, ge=1, description="Most images in one POST /v1/predict/batch (or /v2 infer) request (413 above)."
     )
     threads: int = Field(0, description="onnxruntime intra-op threads per model (0 = one per core).")
+    malloc_arenas: int = Field(
+        2,
+        ge=0,
+        description="glibc malloc arenas for `python -m service` (0 = glibc's default, 8 per core). Each thread that "
+        "decodes an upload would otherwise get an arena of its own, and the process grows for hours "
+        "(docs/performance.md#soak). A MALLOC_ARENA_MAX in the environment wins.",
+    )
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
     api_key: SecretStr | None = Field(None, description="If set, /v1/* and /v2 models require header X-API-Key.")
     admin_key: SecretStr | None = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,8 @@ def test_python_m_service_announces_a_url_to_open(tiny_models: Path) -> None:
     try:
         # the line comes once the models are ready, which start_server waited for
         assert f"open http://localhost:{port}/ (upload page)" in server_output(proc)
+        if platform.libc_ver()[0] == "glibc":  # service/api/memory.py
+            assert "malloc arenas capped at 2" in server_output(proc)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
