@@ -39,11 +39,18 @@ class Settings(BaseSettings):
         "under a second of work (docs/performance.md).",
     )
     retry_after_s: int = Field(1, ge=0, description="The Retry-After (seconds) of a 503 for overload.")
+    shutdown_delay_s: float = Field(
+        2.0,
+        ge=0,
+        description="On SIGTERM: first this long as a lame duck (/health/ready answers 503, everything else is served "
+        "as usual) so that balancers stop sending and the connections already made are read; then the drain.",
+    )
     drain_timeout_s: int = Field(
         20,
         ge=0,
-        description="On SIGTERM: stop accepting, finish the requests in flight for at most this long, then exit. "
-        "Below the 30 s grace period of docker-compose.yml and deploy/k8s, less the k8s preStop pause (5 s).",
+        description="After the shutdown delay: stop accepting, finish the requests in flight for at most this long, "
+        "then exit. Delay and drain fit in the 30 s grace period of docker-compose.yml and deploy/k8s, less the k8s "
+        "preStop pause (5 s).",
     )
     max_files: int = Field(
         32, ge=1, description="Most images in one POST /v1/predict/batch (or /v2 infer) request (413 above)."

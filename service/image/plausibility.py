@@ -45,14 +45,31 @@ def colourfulness(rgb: np.ndarray) -> float:
 
 
 def _grey_percentiles(images: np.ndarray, percentiles: list[float]) -> np.ndarray:
-    """(len(percentiles), N) grey-level (mean over channels) percentiles of a (N, H, W, 3) batch."""
+    """(len(percentiles), N) grey-level (mean over channels) percentiles of a (N, H, W, 3) uint8 batch, equal to
+    np.percentile(grey, percentiles, axis=1) ('linear') to the last bit.
+
+    Every request pays for it, so it reads the two order statistics each percentile needs off a histogram of the
+    channel sums (integers 0-765) instead of sorting 22,500 floats: about ten times faster. The interpolation is
+    numpy's own (its virtual index, and the lerp that switches form at t = 0.5), so that thresholds fitted with
+    np.percentile at export keep their meaning.
+    """
     if images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"expected RGB images (N, H, W, 3), got shape {images.shape}")
-    # the channel mean as a sum of planes: the same float64 values as images.mean(axis=3) (sums of three
-    # integers are exact), several times faster
-    grey = (images[..., 0].astype(np.float64) + images[..., 1] + images[..., 2]) / 3.0
-    grey = grey.reshape(len(images), -1)
-    return np.asarray(np.percentile(grey, percentiles, axis=1), np.float64)
+    sums = (images[..., 0].astype(np.int32) + images[..., 1] + images[..., 2]).reshape(len(images), -1)
+    n = sums.shape[1]
+    q = np.asarray(percentiles, np.float64) / 100
+    virtual = (n - 1) * q  # numpy's virtual index for 'linear'
+    below = np.floor(virtual).astype(np.int64)
+    t = virtual - below
+    below, above = np.clip(below, 0, n - 1), np.clip(below + 1, 0, n - 1)
+    out = np.empty((len(q), len(images)), np.float64)
+    for i, row in enumerate(sums):
+        rank = np.cumsum(np.bincount(row, minlength=766))  # rank[s]: how many sums are ≤ s
+        a = np.searchsorted(rank, below, side="right") / 3.0  # the below-th smallest grey level
+        b = np.searchsorted(rank, above, side="right") / 3.0
+        diff = b - a
+        out[:, i] = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+    return out
 
 
 def background_levels(images: np.ndarray) -> np.ndarray:

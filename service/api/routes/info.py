@@ -1,4 +1,8 @@
-"""Health, model information, metrics and the upload page."""
+"""Health, model information, metrics and the upload page.
+
+Probes, metrics and the model JSON are `async def`: they answer on the event loop, never behind uploads' decoding
+in the thread pool, so that a busy server still says promptly whether it is ready. The page and the card, which
+read files, stay in the pool."""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ PAGE = Path(__file__).resolve().parents[2] / "static" / "index.html"
 
 
 @router.get("/health/live", response_model=Health, tags=["health"], summary="The process is up")
-def live() -> dict[str, Any]:
+async def live() -> dict[str, Any]:
     return {"status": "ok"}
 
 
@@ -32,10 +36,10 @@ def live() -> dict[str, Any]:
     summary="All models loaded and warmed up",
     responses={503: {"model": Health, "description": "Not ready yet."}},
 )
-def ready(request: Request) -> Any:
+async def ready(request: Request) -> Any:
     state = get_state(request)
-    if not state.ready:
-        return JSONResponse({"status": "not ready", "detail": state.not_ready_reason, "disclaimer": DISCLAIMER}, 503)
+    if not state.probe_ready:
+        return JSONResponse({"status": "not ready", "detail": state.probe_reason, "disclaimer": DISCLAIMER}, 503)
     return {"status": "ready"}
 
 
@@ -47,13 +51,13 @@ def ready(request: Request) -> Any:
     response_model=ModelsInfo,
     responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
-def models(ensemble: Ensemble = Depends(ready_ensemble)) -> dict[str, Any]:
+async def models(ensemble: Ensemble = Depends(ready_ensemble)) -> dict[str, Any]:
     # response_model drops what is not public (the file paths)
     return {**ensemble.manifest.model_dump(), "disclaimer": DISCLAIMER}
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     return Response(generate_latest(get_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -143,21 +143,21 @@ def server_metadata() -> dict[str, Any]:
 
 
 @router.get("/health/live", summary="Server live")
-def live() -> dict[str, Any]:
+async def live() -> dict[str, Any]:
     return {"live": True}
 
 
 @router.get("/health/ready", summary="Server ready: the ensemble is loaded and warmed up", responses=errors(503))
-def ready(request: Request) -> Response:
+async def ready(request: Request) -> Response:
     state = get_state(request)
-    return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+    return JSONResponse({"ready": state.probe_ready}, status_code=200 if state.probe_ready else 503)
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=errors(401, 404, 503))
 @router.get(
     "/models/{name}/versions/{version}", summary="Model metadata of one version", responses=errors(401, 404, 503)
 )
-def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
+async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
     try:
         _check_key(request, "api_key", "x-api-key")
         return JSONResponse(metadata(get_state(request), _model(request, name, version)))
@@ -167,7 +167,7 @@ def model_metadata(request: Request, name: str, version: str | None = None) -> R
 
 @router.get("/models/{name}/ready", summary="Model ready", responses=errors(404, 503))
 @router.get("/models/{name}/versions/{version}/ready", summary="Model version ready", responses=errors(404, 503))
-def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     try:
         _model(request, name, version)
         return JSONResponse({"name": name, "ready": True})

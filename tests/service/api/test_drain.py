@@ -1,5 +1,6 @@
-"""Graceful drain: SIGTERM under load loses nothing that was sent before it, and the process exits within its
-drain timeout; docker-compose.yml gives it the same grace period as deploy/k8s."""
+"""Graceful drain: SIGTERM under load loses nothing that was sent before it, the service says it is not ready during
+its lame-duck period, and the process exits within delay + drain timeout; docker-compose.yml gives it the same grace
+period as deploy/k8s."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import yaml
 
 from tests.utils import ROOT, server_output, start_server
@@ -51,17 +53,22 @@ async def _client(host: str, port: int, payload: bytes, results: list[tuple[floa
 def test_sigterm_under_load_answers_every_request_sent_before_it_and_exits_within_the_drain_timeout(
     tiny_models: Path, mri_jpeg: bytes
 ) -> None:
-    proc, url = start_server(tiny_models, MRI_DRAIN_TIMEOUT_S="10")
+    proc, url = start_server(tiny_models, MRI_DRAIN_TIMEOUT_S="10", MRI_SHUTDOWN_DELAY_S="2")
     host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
     payload = _request(f"{host}:{port}", mri_jpeg)
     results: list[tuple[float, int | None]] = []
     signalled: list[float] = []
+    probes: list[int] = []
 
     async def run() -> None:
         clients = [asyncio.create_task(_client(host, port, payload, results)) for _ in range(CLIENTS)]
         await asyncio.sleep(1.5)  # under load
         signalled.append(time.monotonic())
         os.kill(proc.pid, signal.SIGTERM)
+        await asyncio.sleep(0.5)  # the lame-duck period: still served, but no longer ready
+        async with httpx.AsyncClient(timeout=5) as c:
+            probes.append((await c.get(url + "/health/ready")).status_code)
+            probes.append((await c.get(url + "/health/live")).status_code)
         await asyncio.wait_for(asyncio.gather(*clients), 60)
 
     try:
@@ -76,9 +83,10 @@ def test_sigterm_under_load_answers_every_request_sent_before_it_and_exits_withi
     lost = [status for status in before if status != 200]
     assert not lost, f"{len(lost)} of {len(before)} requests sent before SIGTERM not answered 200: {lost[:10]}"
     # uvicorn finishes the requests in flight, then re-raises the signal it caught: the exit says SIGTERM
-    assert code in (0, -signal.SIGTERM) and exited - signalled[0] < 10 + 5
+    assert code in (0, -signal.SIGTERM) and exited - signalled[0] < 2 + 10 + 5
+    assert probes == [503, 200]
     log = server_output(proc)
-    assert "Shutting down" in log and "Finished server process" in log
+    assert "SIGTERM: not ready" in log and "Shutting down" in log and "Finished server process" in log
 
 
 def test_compose_and_kubernetes_give_the_same_grace_period_above_the_drain_timeout() -> None:
@@ -92,4 +100,5 @@ def test_compose_and_kubernetes_give_the_same_grace_period_above_the_drain_timeo
     k8s_grace = pod["terminationGracePeriodSeconds"]
     assert grace == f"{k8s_grace}s"
     pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert Settings.model_fields["drain_timeout_s"].default < k8s_grace - pre_stop
+    fields = Settings.model_fields
+    assert fields["shutdown_delay_s"].default + fields["drain_timeout_s"].default < k8s_grace - pre_stop

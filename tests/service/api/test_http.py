@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service import DISCLAIMER
@@ -132,3 +134,25 @@ def test_json_log_lines_carry_the_request_id() -> None:
     )
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "POST /v1/predict 200" and line["request_id"] == "r1" and line["level"] == "info"
+
+
+def test_an_upload_goes_to_the_thread_pool_once_and_a_probe_never(
+    client: TestClient, mri_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the decode and crop leave the event loop (the models have their own thread): a `def` dependency or
+    probe would cost a hop each, and would leave probes waiting behind uploads when the pool is busy."""
+    import anyio.to_thread
+
+    trips: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(getattr(func, "func", func), "__name__", "?"))  # starlette passes a partial
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    for path in ("/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics", "/v1/models"):
+        assert client.get(path).status_code == 200, path
+    assert trips == []
+    assert post(client, mri_jpeg).status_code == 200
+    assert trips == ["preprocess_bytes"]

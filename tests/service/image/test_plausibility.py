@@ -114,3 +114,20 @@ def test_channel_measures_equal_numpys_reductions_along_the_channel_axis() -> No
     grey = images.mean(axis=3).reshape(len(images), -1)
     assert np.array_equal(background_levels(images), np.percentile(grey, [10], axis=1)[0])
     assert colourfulness(images[0]) == 0.0
+
+
+def test_grey_percentiles_equal_numpys_to_the_last_bit() -> None:
+    """The histogram shortcut must give what np.percentile gave when the export fitted the thresholds."""
+    from service.image.plausibility import _grey_percentiles
+
+    rng = np.random.default_rng(3)
+    crops = np.stack([preprocess_bytes(p.read_bytes()).image for p in FIXTURES])
+    batches = [crops] + [
+        rng.integers(0, 256, (2, *rng.integers(1, 160, 2), 3), dtype=np.uint8) for _ in range(200)
+    ]  # odd sizes, a single pixel, ties
+    batches += [(rng.integers(0, 3, (2, 40, 31, 3)) * 100).astype(np.uint8)]
+    percentiles = [0.0, 1.0, 10.0, 33.3, 50.0, 99.9, 100.0]
+    for images in batches:
+        grey = (images[..., 0].astype(np.float64) + images[..., 1] + images[..., 2]) / 3.0
+        expected = np.percentile(grey.reshape(len(images), -1), percentiles, axis=1)
+        assert np.array_equal(_grey_percentiles(images, percentiles), expected)
