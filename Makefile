@@ -17,7 +17,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help serve test lint train train-smoke vgg16-weights weights install-service install-dev clean docker-smoke scale-smoke loadtest bench soak fuzz burst profile
+.PHONY: help serve test lint train train-smoke vgg16-weights weights install-service install-dev clean docker-smoke scale-smoke loadtest bench soak fuzz covfuzz burst profile
 
 help:
 	@echo "make serve        install the service and start it on models/ (HOST=$(HOST) PORT=$(PORT))"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench        floor vs service vs Keras vs hardware (docs/performance.md)"
 	@echo "make soak         a fixed rate near the knee for SOAK_MINUTES (30): memory, descriptors, p99 per minute"
 	@echo "make fuzz         FUZZ_CASES (50000) mutated uploads against the bundled models: no 5xx, no hang"
+	@echo "make covfuzz      COVFUZZ_SECONDS (600) of coverage-guided fuzzing of the decoders (atheris)"
 	@echo "make burst        BURST_UPLOADS (1000) simultaneous uploads: only 200/503, fast 503s, ready afterwards"
 	@echo "make profile      where one /v1/predict's time goes, stage by stage (docs/performance.md)"
 
@@ -108,6 +109,10 @@ FUZZ_CASES ?= 50000
 FUZZ_SEED ?= 1
 fuzz: $(VENV)/.dev
 	$(BIN)/python -m bench.fuzz --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --models-dir models
+
+COVFUZZ_SECONDS ?= 600
+covfuzz: $(VENV)/.dev
+	$(BIN)/python -m bench.covfuzz --seconds $(COVFUZZ_SECONDS)
 
 # Overload (docs/operations.md): uploads at the same instant against the bundled models and default settings.
 BURST_UPLOADS ?= 1000

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import platform
 import time
 from collections import Counter
@@ -132,6 +133,13 @@ def verdict(summary: dict[str, Any]) -> list[str]:
     return fails
 
 
+def model_version(models_dir: Path) -> str | None:
+    try:
+        return str(json.loads((models_dir / "manifest.json").read_text())["model_version"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--uploads", type=int, default=1000)
@@ -157,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     fails = verdict(summary)
     result = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "models": str(args.models) if args.url is None else None,
+        "model_version": model_version(args.models) if args.url is None else None,
         "settings": args.env,
         **summary,
         "verdict": "PASS" if not fails else "FAIL",

@@ -1,16 +1,22 @@
-"""The upload fuzzer: reproducible cases of every format and framing, and 2,000 of them through the service in CI
-without a 5xx, an exception or a slow answer (`make fuzz` runs more against the bundled models)."""
+"""The upload fuzzers: reproducible cases of every format and framing, and 2,000 of them through the service in CI
+without a 5xx, an exception or a slow answer (`make fuzz` runs more against the bundled models); and the
+coverage-guided one of the decoders (`make covfuzz`), 3,000 inputs in CI."""
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from bench.fuzz import Generator, mangle_multipart, multipart, mutate, run, seeds
 from service.config import Settings
 from service.image.preprocessing import sniff_format
 from service.main import create_app
-from tests.utils import make_cam_ensemble
+from tests.utils import ROOT, make_cam_ensemble
 
 
 def test_seeds_are_every_format_the_service_reads_and_cases_are_reproducible() -> None:
@@ -44,3 +50,31 @@ def test_two_thousand_fuzzed_uploads_get_no_5xx() -> None:
     assert not result.failures, [(c.route, c.recipe, why) for c, why in result.failures[:5]]
     assert result.cases == 2000 and sum(result.statuses.values()) == 2000
     assert result.statuses[200] > 100 and result.statuses[422] > 100 and result.statuses[415] > 0
+
+
+def test_every_seed_of_the_coverage_guided_corpus_decodes_both_ways(tmp_path: Path) -> None:
+    """The corpus is where coverage starts: a seed the harness refuses would leave its format's decoder unexplored."""
+    from bench.covfuzz import one_input, write_corpus
+
+    write_corpus(tmp_path)
+    assert {p.name: one_input(p.read_bytes()) for p in tmp_path.iterdir()} == {
+        f"{name}-{how}": 1 for name in seeds() for how in ("raw", "multipart")
+    }
+    for data in (b"", b"\x00", b"\x01", b"\x00GIF89a", b"\x01\xff\xd8\xff" + bytes(300)):
+        assert one_input(data) == 0  # refused quietly
+    multi_frame = seeds()["dicom-frames"][0]
+    assert one_input(b"\x00" + multi_frame) == 0 and one_input(b"\x02" + multi_frame) == 1  # a frame is needed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is Linux-only (dev extra)")
+def test_coverage_guided_fuzzing_of_the_decoders_finds_no_crash(tmp_path: Path) -> None:
+    """CI's short `make covfuzz`: 3,000 inputs grown from the seeds by coverage; any exception but a refusal fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.covfuzz", "--runs", "3000", "--artifacts", str(tmp_path / "crashes")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and not list((tmp_path / "crashes").iterdir()), proc.stderr[-3000:]
+    assert "Done 3000 runs" in proc.stderr
