@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 BOUNDARY = "covfuzz"
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts", type=Path, default=Path("out/covfuzz"), help="where a crashing input is written")
     args = p.parse_args(argv)
     import atheris
+
+    # pydicom warns on every malformed element it reads; the fuzzer reads millions
+    warnings.filterwarnings("ignore", module="pydicom")
 
     with atheris.instrument_imports(include=["service.image", "pydicom"]):
         # pydicom is imported lazily by the service: instrument it now

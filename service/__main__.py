@@ -77,7 +77,7 @@ def main() -> None:
         access_log=False,
         log_config=None,
         timeout_keep_alive=5,
-        # SIGTERM: uvicorn stops accepting and waits for the requests in flight, at most this long
+        # after the lame-duck delay uvicorn stops accepting and waits for the requests in flight, at most this long
         timeout_graceful_shutdown=settings.drain_timeout_s,
     )
     LameDuckServer(config, settings.shutdown_delay_s, lame_duck).run()

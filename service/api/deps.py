@@ -1,7 +1,8 @@
 """Shared request dependencies: the app state and the optional API key.
 
 The dependencies are `async def` although they never wait: FastAPI runs a plain `def` dependency in the thread pool,
-which would cost every upload two hops between the event loop and a thread (docs/performance.md#profile)."""
+which would cost every upload two hops between the event loop and a thread (docs/performance.md, "Where a
+request's time goes")."""
 
 from __future__ import annotations
 
