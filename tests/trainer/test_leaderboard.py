@@ -204,3 +204,29 @@ def test_clean_rows_on_other_data_get_a_board_of_their_own(tmp_path: Path) -> No
     assert [r["name"] for r in boards["leaderboard-clean-five-roo.json"]] == ["b-clean"]
     text = "\n".join(leaderboard.other_data_section(boards))
     assert "### Protocol clean on other data (`docs/leaderboard-clean-five-roo.json`)" in text and "| b-clean |" in text
+
+
+def test_trainer_leaderboard_keeps_and_extends_the_boards_of_other_data(tmp_path: Path) -> None:
+    """`trainer leaderboard` renders what `trainer report` does: a committed other-data board stays (file and
+    table) when nothing new is scored on its data, and fresh rows on other data land on theirs."""
+    import json
+
+    docs, work = tmp_path / "docs", tmp_path / "work"
+    (work / "report").mkdir(parents=True)
+    docs.mkdir()
+    (docs / "evaluation.md").write_text(f"{leaderboard.SECTION}\n\nold\n\n{leaderboard.NEXT_SECTION}\n")
+    leaderboard.save(leaderboard.merge([], [row("ann-d0-u32", 0.4)]), docs)
+    leaderboard.save(
+        leaderboard.merge([], [row("a-clean", 0.9, protocol="clean", dataset_hash="three")]), docs, "clean"
+    )
+    kept = leaderboard.merge([], [row("b-clean", 0.8, protocol="clean", dataset_hash="fiveroots")])
+    (docs / "leaderboard-clean-fiveroot.json").write_text(json.dumps(kept))
+    (work / "report" / "leaderboard.json").write_text(json.dumps([row("cnn-c1-f32-d0", 0.7)]))
+    leaderboard.update(work, docs)
+    assert [r["name"] for r in json.loads((docs / "leaderboard-clean-fiveroot.json").read_text())] == ["b-clean"]
+    assert "| b-clean |" in (docs / "evaluation.md").read_text()
+    fresh = [row("c-clean", 0.85, data_hash="h9", protocol="clean", dataset_hash="fiveroots")]
+    (work / "report" / "leaderboard.json").write_text(json.dumps(fresh))
+    leaderboard.update(work, docs)
+    names = [r["name"] for r in json.loads((docs / "leaderboard-clean-fiveroot.json").read_text())]
+    assert names == ["c-clean", "b-clean"] and "| c-clean |" in (docs / "evaluation.md").read_text()

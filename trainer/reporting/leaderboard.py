@@ -205,8 +205,14 @@ def section(board: list[dict[str, Any]], clean: list[dict[str, Any]] | None = No
     return [*lines, "", "![leaderboard](img/leaderboard.png)", "", *clean_section(clean or [])]
 
 
-def update_docs(board: list[dict[str, Any]], docs: Path, clean: list[dict[str, Any]] | None = None) -> Path:
-    """Replace the leaderboard section of docs/evaluation.md and redraw docs/img/leaderboard.png."""
+def update_docs(
+    board: list[dict[str, Any]],
+    docs: Path,
+    clean: list[dict[str, Any]] | None = None,
+    other_data: dict[str, list[dict[str, Any]]] | None = None,
+) -> Path:
+    """Replace the leaderboard section of docs/evaluation.md (the boards, as `trainer report` renders them) and
+    redraw docs/img/leaderboard.png."""
     from trainer.evaluation.plots import plot_leaderboard
 
     report = docs / "evaluation.md"
@@ -214,7 +220,8 @@ def update_docs(board: list[dict[str, Any]], docs: Path, clean: list[dict[str, A
     start, end = text.find(SECTION), text.find(NEXT_SECTION)
     if start < 0 or end < start:
         raise ValueError(f"{report}: no '{SECTION}' section followed by '{NEXT_SECTION}'")
-    report.write_text(text[:start] + "\n".join(section(board, clean)) + "\n" + text[end:])
+    lines = [*section(board, clean), *other_data_section(other_data or {})]
+    report.write_text(text[:start] + "\n".join(lines) + "\n" + text[end:])
     (docs / "img").mkdir(exist_ok=True)
     plot_leaderboard(board, docs / "img" / "leaderboard.png")
     return report
@@ -236,19 +243,25 @@ def merged(work: Path, docs: Path, protocol: str = "official") -> list[dict[str,
 
 
 def other_data_boards(work: Path, docs: Path, protocol: str = "clean") -> dict[str, list[dict[str, Any]]]:
-    """The protocol's fresh rows scored on other images than its committed board (more data roots, say), each
-    dataset on a board of its own, `<board>-<dataset hash>.json`, merged with what that file already holds: they
-    do not rank with the committed board (merge refuses), and none of them drops out."""
+    """The protocol's boards of runs scored on other images than its committed board (more data roots, say), one
+    per dataset, `<board>-<dataset hash>.json`: every such board already in docs, with the fresh rows of
+    <work>/report/leaderboard.json merged into theirs. They do not rank with the committed board (merge refuses),
+    and none of them drops out."""
+    stem = FILES[protocol].removesuffix(".json")
+    boards = {path.name: json.loads(path.read_text()) for path in sorted(docs.glob(f"{stem}-*.json"))}
     fresh_path = work / "report" / FILE
     fresh = json.loads(fresh_path.read_text()) if fresh_path.exists() else []
     hashes = {h for r in load(docs, protocol) if (h := _dataset(r))}
     other = [r for r in fresh if r.get("protocol", "official") == protocol and hashes and _dataset(r) not in hashes]
-    boards = {}
     for h in sorted({str(_dataset(r)) for r in other}):
-        name = f"{FILES[protocol].removesuffix('.json')}-{h[:8]}.json"
-        committed = json.loads((docs / name).read_text()) if (docs / name).exists() else []
-        boards[name] = merge(committed, [r for r in other if _dataset(r) == h])
-    return boards
+        name = f"{stem}-{h[:8]}.json"
+        boards[name] = merge(boards.get(name, []), [r for r in other if _dataset(r) == h])
+    return dict(sorted(boards.items()))
+
+
+def save_other_data(boards: dict[str, list[dict[str, Any]]], docs: Path) -> None:
+    for name, board in boards.items():
+        (docs / name).write_text(json.dumps(board, indent=1) + "\n")
 
 
 def other_data_section(boards: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -270,12 +283,14 @@ def other_data_section(boards: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def update(work: Path, docs: Path) -> list[dict[str, Any]]:
-    """Merge <work>/report/leaderboard.json into docs/leaderboard.json and docs/leaderboard-clean.json and
-    refresh docs/evaluation.md. Returns the official board."""
+    """Merge <work>/report/leaderboard.json into docs/leaderboard.json, docs/leaderboard-clean.json and the clean
+    boards of other data (other_data_boards), and refresh docs/evaluation.md. Returns the official board."""
     board, clean = merged(work, docs), merged(work, docs, "clean")
     if not board:
         raise FileNotFoundError(f"nothing to merge: no {work / 'report' / FILE} and no {docs / FILE}")
+    other_data = other_data_boards(work, docs)
     save(board, docs)
     save(clean, docs, "clean")
-    update_docs(board, docs, clean)
+    save_other_data(other_data, docs)
+    update_docs(board, docs, clean, other_data)
     return board

@@ -157,8 +157,7 @@ def write_report(work: Path, models_dir: Path, docs: Path, p: Prepared, dataset:
     leaderboard.save(board, docs)
     leaderboard.save(clean, docs, "clean")
     other_data = leaderboard.other_data_boards(work, docs)
-    for name, other_board in other_data.items():
-        (docs / name).write_text(json.dumps(other_board, indent=1) + "\n")
+    leaderboard.save_other_data(other_data, docs)
     manifest = load_manifest(models_dir)
     plot_leaderboard(board, img / "leaderboard.png")
     for key, title in (("validation", "validation"), ("official_test", "official Testing split")):
