@@ -33,8 +33,8 @@ async def live() -> dict[str, Any]:
     "/health/ready",
     response_model=Health,
     tags=["health"],
-    summary="All models loaded and warmed up",
-    responses={503: {"model": Health, "description": "Not ready yet."}},
+    summary="All models loaded and warmed up (503 while starting, and from SIGTERM on)",
+    responses={503: {"model": Health, "description": "Not ready yet, or shutting down."}},
 )
 async def ready(request: Request) -> Any:
     state = get_state(request)
