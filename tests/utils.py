@@ -193,7 +193,9 @@ def start_server(models_dir: Path, **env_vars: str) -> tuple[subprocess.Popen[st
     and then blocks the server's event loop, which looks like a server that hangs."""
     port = free_port()
     env = {**os.environ, "MRI_MODELS_DIR": str(models_dir), "PORT": str(port), "HOST": "127.0.0.1", **env_vars}
-    log_path = Path(tempfile.mkstemp(prefix="mri-server-", suffix=".log")[1])
+    fd, name = tempfile.mkstemp(prefix="mri-server-", suffix=".log")
+    os.close(fd)
+    log_path = Path(name)
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
