@@ -39,14 +39,12 @@ def start_server(models_dir: Path, port: int, env_extra: dict[str, str]) -> tupl
 BOUNDARY = "mri-bench-boundary-7f3a9c"
 
 
-def predict_request(image: bytes) -> bytes:
-    """A complete HTTP/1.1 keep-alive `POST /v1/predict` with the image as a multipart upload, as raw bytes.
+MULTIPART_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 
-    The bench's clients share the cores with the service, so they send pre-built requests over plain
-    sockets (a few µs of client CPU per request) instead of a full HTTP client library (~2 ms per request
-    with httpx, measured), which would otherwise be charged to the service's overhead and efficiency.
-    """
-    body = (
+
+def multipart_body(image: bytes) -> bytes:
+    """The image as the multipart field `file` of a body with Content-Type MULTIPART_TYPE."""
+    return (
         (
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="scan.jpg"\r\n'
             "Content-Type: image/jpeg\r\n\r\n"
@@ -54,9 +52,19 @@ def predict_request(image: bytes) -> bytes:
         + image
         + f"\r\n--{BOUNDARY}--\r\n".encode()
     )
+
+
+def predict_request(image: bytes) -> bytes:
+    """A complete HTTP/1.1 keep-alive `POST /v1/predict` with the image as a multipart upload, as raw bytes.
+
+    The bench's clients share the cores with the service, so they send pre-built requests over plain
+    sockets (a few µs of client CPU per request) instead of a full HTTP client library (~2 ms per request
+    with httpx, measured), which would otherwise be charged to the service's overhead and efficiency.
+    """
+    body = multipart_body(image)
     head = (
         "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: {MULTIPART_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 

@@ -46,6 +46,8 @@ def one_input(data: bytes) -> int:
     mode, payload = (data[0] if data else 0), data[1:]
     as_multipart, frame = bool(mode & 1), (0 if mode & 2 else None)
     if as_multipart:
+        # built here, not with bench.clients.multipart_body: importing bench.clients imports service.image before
+        # main() instruments it, and the decoders would run uninstrumented
         body = (
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'.encode()
             + payload
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     # pydicom warns on every malformed element it reads; the fuzzer reads millions
     warnings.filterwarnings("ignore", module="pydicom")
 
+    if "service.image.preprocessing" in sys.modules:  # instrumenting happens at import: too late for it now
+        raise SystemExit("service.image was imported before atheris could instrument it")
     with atheris.instrument_imports(include=["service.image", "pydicom"]):
         # pydicom is imported lazily by the service: instrument it now
         import pydicom  # noqa: F401

@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.clients import BOUNDARY, measure_service, start_server
+from bench.clients import MULTIPART_TYPE, measure_service, multipart_body, start_server
 from bench.floor import bench_images, cpu_model, timed
 from bench.loadtest import RESULTS, ROOT
 from service.api.routes.predict import format_prediction
@@ -36,27 +36,14 @@ STAGES: tuple[tuple[str, str], ...] = (
 )
 
 
-def multipart_body(image: bytes) -> bytes:
-    return (
-        (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="scan.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + image
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
-
-
-def measure_stages(models_dir: Path, images: list[bytes], n: int) -> dict[str, dict[str, float]]:
+def measure_stages(ensemble: Ensemble, images: list[bytes], n: int) -> dict[str, dict[str, float]]:
     """Each stage's timing on the outputs of the one before, as the service runs them for one upload."""
-    ensemble = Ensemble.load(models_dir)
     params = ensemble.manifest.preprocessing
-    content_type = f"multipart/form-data; boundary={BOUNDARY}"
     bodies = [multipart_body(img) for img in images]
     crops = [preprocess_bytes(img, params=params) for img in images]
     inputs = [to_model_input(c.image[None]) for c in crops]
     raws = [ensemble.run_with(x, "ood_score") for x in inputs]
-    preds = [ensemble.predict_batch(c.image[None])[0] for c in crops]
+    preds = [ensemble._predictions(*raw)[0] for raw in raws]
     answers = [format_prediction(ensemble, c, p, False, time.perf_counter()) for c, p in zip(crops, preds, strict=True)]
     k = len(images)
 
@@ -65,7 +52,7 @@ def measure_stages(models_dir: Path, images: list[bytes], n: int) -> dict[str, d
         return json.dumps(model.model_dump(mode="json"), separators=(",", ":")).encode()
 
     return {
-        "multipart": timed(lambda i: extract_image(content_type, bodies[i % k]), n),
+        "multipart": timed(lambda i: extract_image(MULTIPART_TYPE, bodies[i % k]), n),
         "crop": timed(lambda i: preprocess_bytes(images[i % k], params=params), n),
         "models": timed(lambda i: ensemble.run_with(inputs[i % k], "ood_score"), n),
         "vote": timed(
@@ -116,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     images = bench_images()
     print(f"stages in process, {args.n} runs each …", flush=True)
-    stages = measure_stages(args.models, images, args.n)
+    ensemble = Ensemble.load(args.models)
+    stages = measure_stages(ensemble, images, args.n)
     print("end to end through the service, one client …", flush=True)
     proc, _ = start_server(args.models, args.port, {})
     try:
@@ -129,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "models": str(args.models),
-        "model_version": Ensemble.load(args.models).manifest.model_version,
+        "model_version": ensemble.manifest.model_version,
         "stages": stages,
         "end_to_end": end_to_end,
         "breakdown_p50_ms": parts,
